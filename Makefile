@@ -1,0 +1,35 @@
+# Two commands do all the set-up:
+#   make reproduce   # the whole pipeline at the smoke profile (PROFILE=offline|paper to choose)
+#   make test        # unit tests + notebooks under nbval at the smoke profile
+# Both create or refresh .venv themselves; nothing is reinstalled when nothing changed.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PROFILE ?= smoke
+# The CPU build is enough for the smoke and offline profiles; choose another build with
+#   make TORCH="torch==2.14.1" reproduce
+TORCH   ?= torch==2.13.0
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.emprl-installed
+
+.PHONY: reproduce test venv clean-outputs
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@
+
+reproduce: $(STAMP)
+	$(PY) -m emprl.pipeline --profile $(PROFILE)
+
+# Notebooks run under nbval into a temporary output folder, in order (02 trains what 04 needs).
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+	EMPRL_OUTPUT_DIR=$${EMPRL_OUTPUT_DIR:-$$(mktemp -d)} MPLBACKEND=Agg \
+		$(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks
+
+clean-outputs:
+	rm -rf outputs/$(PROFILE)

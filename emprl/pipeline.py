@@ -1,0 +1,121 @@
+"""Run the numbered notebooks in order with papermill.
+
+    python -m emprl.pipeline --profile smoke|offline|paper [--only 01,03] [--out DIR]
+                             [--data-dir DIR] [--seed N]
+
+Each notebook ``notebooks/NN_*.ipynb`` is executed into ``<out>/NN_*.ipynb`` (default
+``outputs/<profile>/``) with the parameters ``profile``, ``data_dir``, ``output_dir`` and
+``seed``. The run stops at the first failing notebook and names it and the failing cell.
+After a full run the report ``<out>/report.md`` is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from emprl import paths
+from emprl.profiles import PROFILES, get_profile
+
+NOTEBOOK_DIR = paths.REPO_ROOT / "notebooks"
+
+
+def discover(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks, in order."""
+    found = sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"no numbered notebooks (NN_*.ipynb) in {notebook_dir}")
+    return found
+
+
+def select(notebooks: list[Path], only: str | None) -> list[Path]:
+    """Keep the notebooks whose two-digit number is listed in ``only`` ("01,03")."""
+    if not only:
+        return notebooks
+    wanted = [w.strip().zfill(2) for w in only.split(",") if w.strip()]
+    by_number = {p.name[:2]: p for p in notebooks}
+    unknown = [w for w in wanted if w not in by_number]
+    if unknown:
+        raise ValueError(f"--only: no notebook numbered {unknown}; available: {sorted(by_number)}")
+    return [by_number[w] for w in sorted(set(wanted))]
+
+
+def _failing_cell(output_nb: Path) -> str:
+    """Describe the first cell (1-based, as in the source notebook) that holds an error output."""
+    try:
+        nb = json.loads(output_nb.read_text())
+    except (OSError, ValueError):
+        return "(rendered notebook unreadable)"
+    added = {"injected-parameters", "papermill-error-cell-tag"}
+    source_cells = [c for c in nb.get("cells", []) if not added & set(c.get("metadata", {}).get("tags", []))]
+    for index, cell in enumerate(source_cells, start=1):  # numbered as in the source notebook
+        for out in cell.get("outputs", []) or []:
+            if out.get("output_type") == "error":
+                src = "".join(cell.get("source", "")).strip().splitlines()
+                first = src[0] if src else ""
+                return f"cell {index} (first line: {first!r}): {out.get('ename')}: {out.get('evalue')}"
+    return "(no error cell recorded)"
+
+
+def run(profile: str, only: str | None = None, out: str | None = None, data_dir: str | None = None,
+        seed: int = 0, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
+    """Execute the selected notebooks; return the output folder. Raises RuntimeError on failure."""
+    import papermill as pm
+
+    get_profile(profile, seed=seed)  # validates the profile before anything runs
+    out_dir = paths.output_dir(profile, out)
+    notebooks = select(discover(notebook_dir), only)
+    timings: dict[str, float] = {}
+    for nb in notebooks:
+        target = out_dir / nb.name
+        print(f"[emprl.pipeline] {profile}: running {nb.name} -> {target}", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(nb), str(target),
+                parameters={"profile": profile, "data_dir": data_dir, "output_dir": str(out_dir), "seed": seed},
+                cwd=str(nb.parent), progress_bar=False, log_output=False,
+            )
+        except pm.PapermillExecutionError as err:
+            raise RuntimeError(
+                f"notebook {nb.name} failed at {_failing_cell(target)}; rendered notebook: {target}"
+            ) from err
+        timings[nb.name] = round(time.perf_counter() - start, 1)
+        print(f"[emprl.pipeline] {nb.name} done in {timings[nb.name]:.1f} s", flush=True)
+    (out_dir / "metrics").mkdir(exist_ok=True)
+    (out_dir / "metrics" / "pipeline_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    if only is None:
+        try:
+            from emprl.report import write_report
+        except ImportError:
+            write_report = None
+        if write_report is not None:
+            report = write_report(out_dir, profile)
+            print(f"[emprl.pipeline] report: {report}")
+    total = sum(timings.values())
+    print(f"[emprl.pipeline] {len(timings)} notebook(s) in {total:.1f} s; outputs in {out_dir}")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emprl.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="smoke", help=f"one of {sorted(PROFILES)} (default smoke)")
+    parser.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
+    parser.add_argument("--out", default=None, help="output folder (default outputs/<profile>)")
+    parser.add_argument("--data-dir", default=None, help="data folder (default $EMPRL_DATA_DIR)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        run(args.profile, args.only, args.out, args.data_dir or os.environ.get("EMPRL_DATA_DIR"), args.seed)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"[emprl.pipeline] error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
