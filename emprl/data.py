@@ -431,7 +431,7 @@ def dataset_dir(profile_name: str, data_dir: str | Path | None = None) -> Path:
     if root is not None:
         return root
     if profile_name == "smoke":
-        return paths.SAMPLE_DATA_DIR
+        return paths.sample_data_dir()
     raise FileNotFoundError(
         f"profile {profile_name!r} needs the real datasets: set EMPRL_DATA_DIR (or pass data_dir) to a directory "
         f"with empatheticdialogues/ and epitome/; `{DOWNLOAD_COMMAND}` fetches them. "

@@ -7,7 +7,6 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
-SAMPLE_DATA_DIR = PACKAGE_DIR / "sample_data"
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -25,6 +24,13 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
             "`python -m emprl.download --data-dir DIR` fetches the official files)"
         )
     return path
+
+
+def sample_data_dir() -> Path:
+    """The bundled smoke sample (invented data written by emprl.smoke_sample into a cache folder)."""
+    from emprl import smoke_sample
+
+    return smoke_sample.ensure()
 
 
 def output_dir(profile: str, explicit: str | os.PathLike | None = None) -> Path:

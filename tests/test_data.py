@@ -357,7 +357,7 @@ def test_split_rejects_bad_fraction():
 
 
 def test_bundled_sample_layouts_agree_and_cover_all_levels(tmp_path):
-    sample = paths.SAMPLE_DATA_DIR
+    sample = paths.sample_data_dir()
     for split in data.SPLITS:
         raw_only = tmp_path / split
         (raw_only / "empatheticdialogues").mkdir(parents=True)
@@ -376,20 +376,22 @@ def test_bundled_sample_layouts_agree_and_cover_all_levels(tmp_path):
 
 
 def test_sample_generator_is_reproducible(tmp_path, monkeypatch):
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_sample", paths.SAMPLE_DATA_DIR / "make_sample.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "OUT", tmp_path)
-    module.main()
-    for path in tmp_path.rglob("*.*"):
-        assert path.read_bytes() == (paths.SAMPLE_DATA_DIR / path.relative_to(tmp_path)).read_bytes(), path
+    from emprl import smoke_sample
+
+    first, second = smoke_sample.write(tmp_path / "a"), smoke_sample.write(tmp_path / "b")
+    written = sorted(p.relative_to(first) for p in first.rglob("*.*"))
+    assert len(written) == 9
+    for rel in written:
+        assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
+    cached = smoke_sample.ensure(tmp_path / "cache")
+    assert smoke_sample.ensure(tmp_path / "cache") == cached
+    assert (cached / "epitome" / "explorations-reddit.csv").read_bytes() == (first / "epitome" / "explorations-reddit.csv").read_bytes()
 
 
 def test_dataset_dir_and_profile_caps(tmp_path, monkeypatch):
     monkeypatch.delenv("EMPRL_DATA_DIR", raising=False)
-    assert dataset_dir("smoke") == paths.SAMPLE_DATA_DIR
+    assert dataset_dir("smoke") == paths.sample_data_dir()
     with pytest.raises(FileNotFoundError, match="EMPRL_DATA_DIR.*python -m emprl.download"):
         dataset_dir("offline")
     assert dataset_dir("offline", tmp_path) == tmp_path.resolve()
@@ -401,9 +403,9 @@ def test_dataset_dir_and_profile_caps(tmp_path, monkeypatch):
 
     p = get_profile("smoke", overrides={"data": {"max_train": 7, "max_epitome": 11, "max_valid": None}})
     train = load_split(p, "train")
-    assert train == load_empathetic_dialogues("train", paths.SAMPLE_DATA_DIR)[:7]
-    assert len(load_split(p, "valid")) == len(load_empathetic_dialogues("valid", paths.SAMPLE_DATA_DIR))
-    assert load_epitome_for(p) == load_epitome(paths.SAMPLE_DATA_DIR)[:11]
+    assert train == load_empathetic_dialogues("train", paths.sample_data_dir())[:7]
+    assert len(load_split(p, "valid")) == len(load_empathetic_dialogues("valid", paths.sample_data_dir()))
+    assert load_epitome_for(p) == load_epitome(paths.sample_data_dir())[:11]
     assert len(load_split("smoke", "test")) > 0
 
 

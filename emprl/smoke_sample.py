@@ -4,7 +4,9 @@ Nothing here is copied from EmpatheticDialogues or EPITOME; every sentence was w
 It only has the datasets' shape, in both EmpatheticDialogues layouts (rebuilt ``{split}.jsonl.gz`` and
 the official ``{split}.csv`` with ``_comma_`` and, in valid/test, a ragged 9th field of inline candidates)
 and the three EPITOME csv files (every level of every mechanism, one pair repeated as in the real files).
-Reproducible byte for byte: ``python emprl/sample_data/make_sample.py`` (gzip mtime 0, fixed seed).
+Reproducible byte for byte (gzip mtime 0, fixed seed). The files are not committed: ``ensure()`` writes
+them once into a cache folder (``$EMPRL_CACHE_DIR``, else ``~/.cache/emprl``) named after a hash of this
+module, so an edited generator gives a fresh sample; ``python -m emprl.smoke_sample DIR`` writes them anywhere.
 Numbers computed on this sample are not meaningful.
 """
 
@@ -12,13 +14,17 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
 import io
 import json
 import random
 from itertools import product
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent
 N_DIALOGUES = {"train": 40, "valid": 12, "test": 12}
 TURNS = (2, 3, 4, 4, 4, 4, 5, 5, 6, 6)
 
@@ -405,17 +411,35 @@ def write_epitome(folder: Path, pairs: list[dict]) -> None:
         (folder / name).write_text(buf.getvalue(), encoding="utf-8")
 
 
-def main() -> None:
+def write(out: Path) -> Path:
+    """Write both EmpatheticDialogues layouts and the three EPITOME files under ``out``."""
     rng = random.Random(0)
-    ed, ep = OUT / "empatheticdialogues", OUT / "epitome"
-    ed.mkdir(exist_ok=True)
-    ep.mkdir(exist_ok=True)
+    ed, ep = Path(out) / "empatheticdialogues", Path(out) / "epitome"
+    ed.mkdir(parents=True, exist_ok=True)
+    ep.mkdir(parents=True, exist_ok=True)
     for split, dialogues in make_dialogues(rng).items():
         write_jsonl_gz(ed / f"{split}.jsonl.gz", dialogues)
         write_official_csv(ed / f"{split}.csv", dialogues, inline_candidates=split != "train", rng=rng)
     write_epitome(ep, make_epitome(rng))
-    print(f"wrote the smoke sample under {OUT}")
+    return Path(out)
+
+
+def ensure(cache_root: str | os.PathLike | None = None) -> Path:
+    """The sample's folder, written atomically on first use (a temp folder renamed into place)."""
+    root = Path(cache_root or os.environ.get("EMPRL_CACHE_DIR") or Path.home() / ".cache" / "emprl")
+    version = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    target = root / f"smoke-sample-{version}"
+    if (target / "epitome" / MECHANISM_FILES["explorations"]).exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smoke-sample-", dir=root))
+    write(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process won the race: its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 if __name__ == "__main__":
-    main()
+    print(f"wrote the smoke sample under {write(Path(sys.argv[1]) if len(sys.argv) > 1 else ensure())}")
