@@ -1,0 +1,157 @@
+"""EmpRL reward: empathy reward (Eq. 2-5), KL penalty (Eq. 6) and the reward vector (Eq. 7-8).
+
+Also the reward options of the authors' released code (which used trl 0.9.6): running score
+scaling / normalisation (``RunningMoments``, ``scale_scores``), masked whitening, and the fixed and
+adaptive KL controllers (Ziegler et al. 2019). Tensors are right-padded: ``mask`` [B, T] is 1 for the
+real generated tokens of each response, then 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "empathy_reward",
+    "kl_penalty",
+    "reward_vector",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "RunningMoments",
+    "scale_scores",
+    "FixedKLController",
+    "AdaptiveKLController",
+    "check_right_padded",
+]
+
+
+def empathy_reward(logits: torch.Tensor, gold_labels: torch.Tensor) -> torch.Tensor:
+    """R_emp = exp(-sum_i CE(l_hat_i, l_i)) per example (Eq. 2-3).
+
+    ``logits`` [B, 3 mechanisms, 3 levels]: the identifiers on (context, generated response) (Eq. 4);
+    ``gold_labels`` [B, 3] long: the identifiers' levels of the human response (Eq. 5). Returns [B].
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"empathy_reward: logits must be [batch, mechanisms, levels], got shape {tuple(logits.shape)}")
+    if gold_labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"empathy_reward: gold_labels shape {tuple(gold_labels.shape)} does not match logits {tuple(logits.shape)}"
+        )
+    logp = F.log_softmax(logits.float(), dim=-1)
+    ce = -logp.gather(-1, gold_labels.long().unsqueeze(-1)).squeeze(-1)  # [B, 3], Eq. 3 terms
+    return torch.exp(-ce.sum(dim=-1))  # Eq. 2
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """R_kl at each step: log pi(a_t|s_t) - log rho(a_t|s_t) of the sampled tokens (Eq. 6), [B, T]."""
+    if logprobs.shape != ref_logprobs.shape:
+        raise ValueError(f"kl_penalty: shapes differ {tuple(logprobs.shape)} vs {tuple(ref_logprobs.shape)}")
+    return logprobs - ref_logprobs
+
+
+def check_right_padded(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
+    """Return the lengths of a right-padded 0/1 mask [B, T]; error if a row has a gap or is empty."""
+    lengths = mask.long().sum(dim=1)
+    expected = (torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]).to(mask.dtype)
+    if not torch.equal(mask, expected):
+        bad = (mask != expected).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"{name} must be right-padded (ones then zeros); rows {bad[:10]} are not")
+    if (lengths == 0).any():
+        raise ValueError(f"{name}: rows {(lengths == 0).nonzero().flatten().tolist()[:10]} have no real token")
+    return lengths
+
+
+def reward_vector(r_emp: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """r_t = -beta * R_kl_t, plus R_emp at the last real token t = T; 0 at padding (Eq. 7-8). [B, T]."""
+    lengths = check_right_padded(mask)
+    rewards = -beta * kl * mask  # Eq. 8, t = 1..T-1 (and the KL part of t = T)
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    rewards[rows, lengths - 1] += r_emp.to(rewards.dtype)  # Eq. 8, t = T
+    return rewards
+
+
+# --------------------------------------------------------------------------- masked statistics (as trl 0.9.6)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum()
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = mask.sum()
+        if n < 2:
+            raise ValueError("masked_var: need at least two real tokens for an unbiased variance")
+        var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the real tokens; ``shift_mean=False`` adds the mean back (trl's reward whitening)."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return out if shift_mean else out + mean
+
+
+# --------------------------------------------------------------------------- authors'-code options
+
+
+class RunningMoments:
+    """Running mean/std of the scores over all steps (trl 0.9.6 ``use_score_scaling``)."""
+
+    def __init__(self) -> None:
+        self.mean, self.std, self.var, self.count = 0.0, 1.0, 1.0, 1e-24
+
+    def update(self, xs: torch.Tensor) -> None:
+        xs = xs.detach().double().flatten()
+        n = xs.numel()
+        xs_var, xs_mean = torch.var_mean(xs, unbiased=False)
+        delta = xs_mean.item() - self.mean
+        tot = self.count + n
+        tot_sum = xs_var.item() * n + self.var * self.count + delta**2 * self.count * n / tot
+        self.mean += delta * n / tot
+        self.var = tot_sum / tot
+        self.std = math.sqrt(self.var * tot / (tot - 1)) if tot > 1 else 1.0
+        self.count = tot
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.mean, self.std, self.var, self.count = (float(d[k]) for k in ("mean", "std", "var", "count"))
+
+
+def scale_scores(scores: torch.Tensor, running: RunningMoments, normalize: bool, clip: float | None = None) -> torch.Tensor:
+    """Divide by the running std (and subtract the running mean if ``normalize``), then clip (trl 0.9.6)."""
+    running.update(scores)
+    scale = running.std + torch.finfo(scores.dtype).eps
+    out = (scores - running.mean) / scale if normalize else scores / scale
+    if clip is not None:
+        out = out.clamp(-clip, clip)
+    return out
+
+
+class FixedKLController:
+    """Constant beta (the paper)."""
+
+    def __init__(self, beta: float) -> None:
+        self.value = float(beta)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+
+class AdaptiveKLController:
+    """beta_{k+1} = beta_k * (1 + clip(KL/target - 1, -0.2, 0.2) * n / horizon) (Ziegler et al. 2019)."""
+
+    def __init__(self, beta: float, target: float, horizon: int) -> None:
+        self.value, self.target, self.horizon = float(beta), float(target), int(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon

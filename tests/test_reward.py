@@ -1,0 +1,90 @@
+"""Reward equations (Eq. 2-8) and the authors'-code reward options against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from emprl.reward import (
+    AdaptiveKLController,
+    RunningMoments,
+    empathy_reward,
+    kl_penalty,
+    masked_whiten,
+    reward_vector,
+    scale_scores,
+)
+
+
+def test_empathy_reward_hand_computed():
+    # example 0: uniform logits -> CE = log 3 per mechanism -> R = exp(-3 log 3) = 1/27
+    # example 1: logits [0, log 2, log 3] (probs 1/6, 2/6, 3/6), gold 2, 1, 0 -> CE = log 2, log 3, log 6
+    l1 = torch.tensor([0.0, math.log(2), math.log(3)])
+    logits = torch.stack([torch.zeros(3, 3), torch.stack([l1, l1, l1])])
+    gold = torch.tensor([[0, 1, 2], [2, 1, 0]])
+    r = empathy_reward(logits, gold)
+    expected = torch.tensor([1 / 27, (1 / 2) * (1 / 3) * (1 / 6)])
+    assert torch.allclose(r, expected, atol=1e-7)
+
+
+def test_empathy_reward_is_one_for_certain_correct_prediction_and_bad_shapes_raise():
+    logits = torch.full((1, 3, 3), -1e4)
+    logits[0, :, 1] = 0.0
+    assert torch.allclose(empathy_reward(logits, torch.ones(1, 3, dtype=torch.long)), torch.ones(1))
+    with pytest.raises(ValueError, match="gold_labels"):
+        empathy_reward(torch.zeros(2, 3, 3), torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="logits"):
+        empathy_reward(torch.zeros(2, 9), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_kl_penalty_and_reward_vector_by_hand():
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.1, -0.2, -9.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-0.3, -0.2, -1.0]])
+    kl = kl_penalty(logp, ref)
+    assert torch.allclose(kl, torch.tensor([[0.5, -1.0, 0.0], [0.2, 0.0, -8.0]]))
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    r = reward_vector(torch.tensor([0.7, 0.3]), kl, mask, beta=0.2)
+    expected = torch.tensor([[-0.1, 0.2, 0.0 + 0.7], [-0.04, 0.0 + 0.3, 0.0]])  # padding carries nothing
+    assert torch.allclose(r, expected, atol=1e-7)
+
+
+def test_reward_vector_rejects_left_padding_and_empty_rows():
+    kl = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="right-padded"):
+        reward_vector(torch.ones(2), kl, torch.tensor([[0, 1, 1], [1, 1, 1]]), 0.2)
+    with pytest.raises(ValueError, match="no real token"):
+        reward_vector(torch.ones(2), kl, torch.tensor([[0, 0, 0], [1, 1, 1]]), 0.2)
+
+
+def test_masked_whiten_matches_manual():
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    vals = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    std = vals.std(unbiased=True)
+    w = masked_whiten(x, mask)
+    assert torch.allclose(w[mask.bool()], (vals - 2.5) / torch.sqrt(std**2 + 1e-8), atol=1e-6)
+    w2 = masked_whiten(x, mask, shift_mean=False)
+    assert torch.allclose(w2[mask.bool()], (vals - 2.5) / torch.sqrt(std**2 + 1e-8) + 2.5, atol=1e-6)
+
+
+def test_running_moments_equal_batch_statistics():
+    rm = RunningMoments()
+    a, b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, -4.0])
+    rm.update(a)
+    rm.update(b)
+    allv = torch.cat([a, b]).double()
+    assert rm.mean == pytest.approx(allv.mean().item(), rel=1e-9)
+    assert rm.std == pytest.approx(allv.std(unbiased=True).item(), rel=1e-9)
+    rm2 = RunningMoments()
+    s = scale_scores(torch.tensor([1.0, 3.0]), rm2, normalize=True)
+    # after one batch: mean 2, std sqrt(2) -> (x - 2) / sqrt(2)
+    assert torch.allclose(s, torch.tensor([-1.0, 1.0]) / math.sqrt(2), atol=1e-6)
+
+
+def test_adaptive_kl_controller_by_hand():
+    c = AdaptiveKLController(0.2, target=6.0, horizon=10000)
+    c.update(9.0, n_steps=8)  # error = clip(0.5, +-0.2) = 0.2 -> 0.2 * (1 + 0.2 * 8 / 10000)
+    assert c.value == pytest.approx(0.2 * (1 + 0.2 * 8 / 10000))
+    c2 = AdaptiveKLController(0.2, target=6.0, horizon=10000)
+    c2.update(5.4, n_steps=100)  # error = -0.1
+    assert c2.value == pytest.approx(0.2 * (1 - 0.1 * 100 / 10000))
