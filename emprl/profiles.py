@@ -36,8 +36,9 @@ class IdentifierConfig:
     weight_decay: float = 0.01
     epochs: int = 4
     patience: int = 2
-    class_weighting: str = "inverse_sqrt"  # "none" | "inverse" | "inverse_sqrt"
+    class_weighting: str = "inverse_sqrt"  # "none" | "inverse" | "inverse_sqrt": CE weights (N / (K n_c))^p
     val_fraction: float = 0.2
+    gold_preview: int = 500  # ED test examples whose gold levels notebook 02 computes and shows
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,19 @@ class GeneratorConfig:
     num_heads: int = 4
     max_source_len: int = 128
     max_target_len: int = 32
+    # prefix-tuning run (paper IV-B: AdamW, lr 1e-4, batch 8, early stopping)
     lr: float = 1e-4
     batch_size: int = 8
     epochs: int = 10
     max_steps: int | None = None
-    patience: int = 2
-    eval_every: int | None = None
+    # full fine-tuning run: the "w/o RL, prefix-tuning" ablation, and for model="scratch" the
+    # fully trained T5 that is then frozen and prefix-tuned (stands in for pretrained T5)
+    full_lr: float = 1e-4
+    full_epochs: int = 10
+    full_max_steps: int | None = None
+    patience: int = 2  # evaluations without validation-loss improvement before stopping
+    eval_every: int | None = None  # optimizer steps between validation evaluations (None: once per epoch)
+    eval_examples: int | None = None  # validation examples used for early stopping (None: all)
     # decoding (paper, IV-B)
     top_k: int = 20
     top_p: float = 1.0
@@ -69,33 +77,49 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class PPOConfig:
-    steps: int = 24000  # one step = one PPO batch: rollout of `batch_size` contexts + `ppo_epochs` updates
+    # One step = one PPO batch: roll out `batch_size` contexts (per process), score them, then
+    # `ppo_epochs` passes over the batch in mini-batches of `mini_batch_size`, one optimizer step per
+    # `grad_accum` mini-batches. Paper (IV-B): 24,000 steps, AdamW lr 1.41e-5, batch 8, 4 epochs, one
+    # mini-batch. Authors' released code: batch 32, mini_batch 8, grad_accum 4, lr 1e-5, reward scaling,
+    # normalisation and whitening.
+    steps: int = 24000
     lr: float = 1.41e-5
+    weight_decay: float = 0.01  # torch AdamW default; the paper names AdamW without a value
     batch_size: int = 8
     mini_batch_size: int = 8
     ppo_epochs: int = 4
     grad_accum: int = 1
-    beta: float = 0.2  # KL coefficient, Eq. 8
+    max_grad_norm: float | None = None
+    beta: float = 0.2  # KL coefficient, Eq. 8 (initial value if adaptive_kl)
     gamma: float = 1.0  # Eq. 10
     lam: float = 0.95  # Eq. 9
     alpha: float = 0.1  # value-loss coefficient, Eq. 13
     clip: float = 0.2  # epsilon, Eq. 14
+    value_clip: float | None = None  # trl's cliprange_value (0.2 there); the paper has none
+    whiten_advantages: bool = True  # trl 0.9.6 (the authors' stack) and CleanRL whiten; the paper is silent
     min_new_tokens: int = 5
-    adaptive_kl: bool = False
-    reward_scaling: bool = False
-    whiten_rewards: bool = False
+    adaptive_kl: bool = False  # Ziegler et al. controller instead of a fixed beta
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    reward_scaling: bool = False  # divide R_emp by its running std (authors' code)
+    reward_norm: bool = False  # ... and subtract its running mean (with reward_scaling)
+    score_clip: float | None = None
+    whiten_rewards: bool = False  # whiten the reward vector before GAE (authors' code)
     checkpoint_every: int = 500
     log_every: int = 1
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    max_examples: int | None = None
-    batch_size: int = 32
-    bootstrap: int = 1000
+    max_examples: int | None = None  # cap on test examples evaluated (None: the whole test split)
+    batch_size: int = 32  # sampling / PPL batch (length-sorted)
+    bootstrap: int = 1000  # bootstrap resamples for CIs and paired tests
+    ci_level: float = 0.95
+    tokenizer: str = "word"  # Dist-n tokenizer (emprl.metrics.TOKENIZERS): lowercase word/punctuation split
     ablation_ppo_steps: int | None = None  # None: the PPO section's steps
     ablation_no_kl_steps: int = 1600  # Table V footnote 4
-    n_random_cases: int = 4
+    n_random_cases: int = 4  # random test contexts in the case study (besides Table VI's four)
+    human_eval_contexts: int = 100  # contexts sampled for the human-evaluation sheets (paper: 100)
 
 
 @dataclass(frozen=True)
@@ -130,18 +154,23 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # Seconds to a few minutes on two CPU cores. Numbers are NOT meaningful.
     "smoke": {
         "data": {"max_train": 96, "max_valid": 24, "max_test": 24, "max_epitome": 60, "max_context_tokens": 64},
-        "identifiers": {"max_context_len": 48, "max_response_len": 32, "epochs": 1, "patience": 1, "batch_size": 16},
+        "identifiers": {"max_context_len": 48, "max_response_len": 32, "epochs": 1, "patience": 1, "batch_size": 16, "gold_preview": 24},
         "generator": {
             "vocab_size": 600, "d_model": 32, "d_ff": 64, "num_layers": 2, "num_heads": 2,
             "prefix_encoder_len": 8, "prefix_decoder_len": 4, "prefix_hidden": 32,
             "max_source_len": 64, "max_target_len": 24, "epochs": 2, "lr": 1e-3, "max_new_tokens": 12,
+            "full_epochs": 2, "full_lr": 1e-3,
         },
-        "ppo": {"steps": 4, "batch_size": 4, "mini_batch_size": 4, "checkpoint_every": 2, "lr": 1e-4},
-        "evaluation": {"max_examples": 24, "bootstrap": 100, "ablation_ppo_steps": 2, "ablation_no_kl_steps": 2, "n_random_cases": 2},
+        "ppo": {"steps": 4, "batch_size": 4, "mini_batch_size": 4, "checkpoint_every": 2, "lr": 1e-3},
+        "evaluation": {"max_examples": 24, "bootstrap": 100, "ablation_ppo_steps": 2, "ablation_no_kl_steps": 2, "n_random_cases": 2, "human_eval_contexts": 8},
     },
     # Real data, offline MiniLM identifiers, T5 trained from scratch: CPU or GPU, minutes to hours.
     "offline": {
-        "generator": {"epochs": 3, "lr": 5e-4, "batch_size": 32},
+        # sized for a shared 2-core CPU (about an hour for the three): short texts, 2 epochs
+        "identifiers": {"max_context_len": 64, "max_response_len": 48, "epochs": 2, "patience": 1, "lr": 5e-5},
+        # generator: step caps sized for ~45 min of notebook 03 on the shared 2-core CPU (a fraction of an epoch)
+        "generator": {"epochs": 3, "lr": 5e-4, "batch_size": 32, "full_epochs": 3, "full_lr": 5e-4,
+                      "full_max_steps": 600, "max_steps": 200, "eval_every": 100, "eval_examples": 1000},
         "ppo": {"steps": 300, "checkpoint_every": 50},
         "evaluation": {"ablation_ppo_steps": 100, "ablation_no_kl_steps": 100},
     },
