@@ -162,15 +162,16 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "full_epochs": 2, "full_lr": 1e-3,
         },
         "ppo": {"steps": 4, "batch_size": 4, "mini_batch_size": 4, "checkpoint_every": 2, "lr": 1e-3},
-        "evaluation": {"max_examples": 24, "bootstrap": 100, "ablation_ppo_steps": 2, "ablation_no_kl_steps": 2, "n_random_cases": 2, "human_eval_contexts": 8},
+        "evaluation": {"max_examples": 24, "bootstrap": 100, "ablation_no_kl_steps": 2, "n_random_cases": 2, "human_eval_contexts": 8},
     },
     # Real data, offline MiniLM identifiers, T5 trained from scratch: CPU or GPU, minutes to hours.
     "offline": {
         # sized for a shared 2-core CPU (about an hour for the three): short texts, 2 epochs
         "identifiers": {"max_context_len": 64, "max_response_len": 48, "epochs": 2, "patience": 1, "lr": 5e-5},
-        # generator: step caps sized for ~45 min of notebook 03 on the shared 2-core CPU (a fraction of an epoch)
+        # generator: step caps sized for ~45 min of notebook 03 on the shared, busy 2-core CPU (about a third
+        # of an epoch); raise them (the run resumes) or drop them on a GPU
         "generator": {"epochs": 3, "lr": 5e-4, "batch_size": 32, "full_epochs": 3, "full_lr": 5e-4,
-                      "full_max_steps": 600, "max_steps": 200, "eval_every": 100, "eval_examples": 1000},
+                      "full_max_steps": 400, "max_steps": 120, "eval_every": 100, "eval_examples": 1000},
         "ppo": {"steps": 300, "checkpoint_every": 50},
         "evaluation": {"ablation_ppo_steps": 100, "ablation_no_kl_steps": 100},
     },

@@ -1,0 +1,139 @@
+"""Evaluate a generator on the test split: sample, PPL, identifier levels, metrics (notebooks 05-07).
+
+``evaluate_system`` runs the three costly parts once each, batched: ``generator.sample_responses``
+and ``generator.perplexity`` (length-sorted batches) and one ``scorer.levels`` call (the three
+mechanisms scored together, length-sorted). Gold levels come from the cache that
+``scoring.gold_labels`` keeps (computed once per identifier weights), not from here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from emprl import metrics
+from emprl.paper_tables import TABLE_II, as_frame
+
+# Our systems, named as the paper's rows, and where their checkpoints lie under OUT/checkpoints.
+SYSTEMS = {
+    "EmpRL": ("ppo", "emprl", "policy"),
+    "w/o KL Penalty": ("ppo", "no_kl", "policy"),
+    "w/o Empathy Reward": ("ppo", "no_emp", "policy"),
+    "w/o RL": ("generator", "prefix"),
+    "w/o RL, Prefix-tuning": ("generator", "full"),
+}
+METRIC_COLUMNS = {"ppl": "PPL", "dist1": "Dist-1", "dist2": "Dist-2", "emp_f1": "Emp-F1 (%)"}
+
+
+def system_dir(out, system: str, root=None) -> Path:
+    """The checkpoint folder of ``system`` (a key of SYSTEMS) under ``root or out``; not created."""
+    if system not in SYSTEMS:
+        raise ValueError(f"unknown system {system!r}; known: {list(SYSTEMS)}")
+    return Path(root or out).joinpath("checkpoints", *SYSTEMS[system])
+
+
+def is_saved_generator(directory) -> bool:
+    return (Path(directory) / "generator.json").is_file()
+
+
+def test_contexts(examples, max_context_tokens: int | None) -> tuple[list[str], list[str]]:
+    """(generator inputs truncated to ``max_context_tokens`` words, full contexts for the identifiers).
+
+    The identifiers' contexts are untruncated ``format_context`` strings, as in ``scoring.gold_labels``
+    (the scorer truncates from the left itself), so generated and gold responses are scored alike.
+    """
+    from emprl.data import format_context
+
+    return ([format_context(ex.context, max_tokens=max_context_tokens) for ex in examples],
+            [format_context(ex.context) for ex in examples])
+
+
+def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg, max_context_tokens=None,
+                    seed: int = 0, progress: bool = True) -> dict:
+    """Sample one response per example, compute PPL on the gold responses, score the samples.
+
+    Returns {"row": metrics.evaluate_responses(...) + timings, "responses": [...], "levels": [N, 3] array}.
+    """
+    from emprl import generator
+
+    gen_contexts, score_contexts = test_contexts(examples, max_context_tokens)
+    timings = {}
+    t = time.perf_counter()
+    responses = generator.sample_responses(model, tokenizer, gen_contexts, gen_cfg, seed=seed,
+                                           batch_size=eval_cfg.batch_size, progress=progress)
+    timings["generation_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ppl = generator.perplexity(model, tokenizer, gen_contexts, [ex.response for ex in examples],
+                               batch_size=eval_cfg.batch_size, max_source_len=gen_cfg.max_source_len, progress=progress)
+    timings["ppl_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    levels = scorer.levels(score_contexts, responses).numpy()
+    timings["scoring_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    row = metrics.evaluate_responses(responses, levels, np.asarray(gold), ppl=ppl, tokenizer=eval_cfg.tokenizer,
+                                     n_boot=eval_cfg.bootstrap, seed=seed, level=eval_cfg.ci_level)
+    timings["metrics_s"] = time.perf_counter() - t
+    row.update(timings)
+    return {"row": row, "responses": responses, "levels": levels}
+
+
+def _ci(row: dict, key: str) -> str:
+    return f"[{row[key + '_low']:.2f}, {row[key + '_high']:.2f}]"
+
+
+def comparison_table(paper: dict, ours: dict[str, dict], paper_label: str, ours_label: str,
+                     extra: dict[str, dict] | None = None) -> pd.DataFrame:
+    """The paper's rows as a reference block above our measured rows, in the paper's columns.
+
+    ``ours``: {system: metrics row}; our block adds 95% CIs and the number of examples.
+    ``extra``: {system: {column: value}} added to our rows (e.g. PPO steps).
+    """
+    ref = as_frame(paper)
+    ref.insert(0, "Block", paper_label)
+    rows = []
+    for name, r in ours.items():
+        rows.append({"Model": name, "Block": ours_label, **{METRIC_COLUMNS[k]: r[k] for k in METRIC_COLUMNS},
+                     "Dist-1 95% CI": _ci(r, "dist1"), "Dist-2 95% CI": _ci(r, "dist2"),
+                     "Emp-F1 95% CI": _ci(r, "emp_f1"), "n": r["n_examples"], **(extra or {}).get(name, {})})
+    measured = pd.DataFrame(rows).set_index("Model")
+    table = pd.concat([ref, measured])
+    for col in ["n", *{k for v in (extra or {}).values() for k in v}]:  # counts: integers, "-" for the paper's rows
+        table[col] = table[col].map(lambda v: "-" if pd.isna(v) else str(int(v)))
+    return table
+
+
+def table_ii(ours: dict[str, dict], ours_label: str) -> pd.DataFrame:
+    """Table II layout: the paper's reported rows, then ours."""
+    return comparison_table(TABLE_II, ours, "paper (reported, Table II)", ours_label)
+
+
+def paired_tests(systems: dict[str, dict], gold, pairs, tokenizer="word", n_boot=1000, seed=0) -> pd.DataFrame:
+    """Paired bootstrap tests (Dist-1, Dist-2, Emp-F1) for each (A, B) in ``pairs``.
+
+    ``systems``: {name: {"responses": [...], "levels": [N, 3]}}.
+    """
+    rows = []
+    for a, b in pairs:
+        for metric, label in (("dist1", "Dist-1"), ("dist2", "Dist-2"), ("emp_f1", "Emp-F1 (%)")):
+            res = metrics.paired_test(metric, systems[a], systems[b], gold=gold, tokenizer=tokenizer, n_boot=n_boot, seed=seed)
+            rows.append({"Comparison": f"{a} - {b}", "Metric": label, "Difference": res.delta,
+                         "95% CI": f"[{res.low:.2f}, {res.high:.2f}]", "p (paired bootstrap)": res.p_value})
+    return pd.DataFrame(rows).set_index("Comparison")
+
+
+def data_label(data_dir=None) -> str:
+    """The data a run reads: the data directory, or the bundled smoke sample."""
+    from emprl import paths
+
+    root = paths.data_dir(data_dir)
+    return str(root) if root is not None else "bundled smoke sample"
+
+
+def describe_run(P, data_dir=None) -> str:
+    """One label for our block: profile, generator, identifiers, data."""
+    g, i = P.generator, P.identifiers
+    model = f"T5 {g.model} (d_model {g.d_model}, {g.num_layers} layers)" if g.model == "scratch" else f"T5 {g.model}"
+    return f"ours: {P.name} | {model}; identifiers {i.encoder} | data {data_label(data_dir)}"

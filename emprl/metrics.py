@@ -1,0 +1,296 @@
+"""Automatic metrics of the paper (Dist-1/2, Emp-F1; Sec. IV-D) with bootstrap confidence intervals.
+
+PPL is ``emprl.generator.perplexity``. Everything here is plain numpy on already generated text
+and already predicted empathy levels, so it is cheap next to generation and scoring.
+
+* ``distinct_n``: distinct n-grams over all generated responses / all n-grams x 100 (the authors'
+  corpus-level definition, Li et al. 2016), on a named tokenizer (``TOKENIZERS``).
+* ``emp_f1``: for each mechanism the weighted F1 of predicted vs gold levels (weights = gold
+  support, as sklearn's ``average="weighted"``), averaged over the three mechanisms, in percent.
+* ``bootstrap_ci`` / ``paired_bootstrap``: percentile bootstrap over test examples (beyond the paper).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import sparse
+
+# --------------------------------------------------------------------------- tokenizers
+
+_WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*|[^\sa-z0-9]")
+
+
+def word_tokenize(text: str) -> list[str]:
+    """Lowercase, then split into words (letters/digits, inner apostrophes kept) and single punctuation marks."""
+    return _WORD_RE.findall(text.lower())
+
+
+def whitespace_tokenize(text: str) -> list[str]:
+    """Split on whitespace, case kept (punctuation stays attached to words)."""
+    return text.split()
+
+
+TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"word": word_tokenize, "whitespace": whitespace_tokenize}
+
+
+def _tokenizer(tokenizer: str | Callable[[str], list[str]]) -> Callable[[str], list[str]]:
+    if callable(tokenizer):
+        return tokenizer
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}: choose one of {sorted(TOKENIZERS)} or pass a callable")
+    return TOKENIZERS[tokenizer]
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    """The n-grams of one token sequence (none when it is shorter than n)."""
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+# --------------------------------------------------------------------------- Dist-n
+
+
+def distinct_n(responses: Sequence[str], n: int, tokenizer: str | Callable = "word") -> float:
+    """Dist-n = |distinct n-grams over all responses| / |all n-grams| x 100 (0.0 when there are none)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    tok = _tokenizer(tokenizer)
+    total, distinct = 0, set()
+    for response in responses:
+        grams = ngrams(tok(response), n)
+        total += len(grams)
+        distinct.update(grams)
+    return 100.0 * len(distinct) / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class _NgramIncidence:
+    """Responses x n-gram types incidence (CSR) and n-gram counts per response, for fast resampling."""
+
+    matrix: sparse.csr_matrix  # [N, types], 1 where a response contains the type
+    lengths: np.ndarray  # [N] number of n-grams in each response
+
+    @classmethod
+    def build(cls, responses: Sequence[str], n: int, tokenizer: str | Callable) -> "_NgramIncidence":
+        tok = _tokenizer(tokenizer)
+        vocab: dict[tuple[str, ...], int] = {}
+        rows, cols, lengths = [], [], []
+        for i, response in enumerate(responses):
+            grams = ngrams(tok(response), n)
+            lengths.append(len(grams))
+            for g in set(grams):
+                rows.append(i)
+                cols.append(vocab.setdefault(g, len(vocab)))
+        data = np.ones(len(rows), dtype=np.float64)
+        matrix = sparse.csr_matrix((data, (rows, cols)), shape=(len(responses), max(len(vocab), 1)))
+        return cls(matrix, np.asarray(lengths, dtype=np.float64))
+
+    def distinct(self, weights: np.ndarray) -> float:
+        """Dist-n of the corpus in which response i occurs ``weights[i]`` times."""
+        total = float(weights @ self.lengths)
+        if total == 0:
+            return 0.0
+        present = self.matrix.T @ (weights > 0).astype(np.float64)
+        return 100.0 * float(np.count_nonzero(present)) / total
+
+
+# --------------------------------------------------------------------------- Emp-F1
+
+
+def weighted_f1(gold: np.ndarray, pred: np.ndarray, num_classes: int = 3, weights: np.ndarray | None = None) -> float:
+    """Weighted F1 in [0, 1]: sum over classes of support_c * F1_c / N (sklearn ``average="weighted"``).
+
+    F1_c is 0 where precision or recall is undefined (sklearn's ``zero_division=0``). ``weights``
+    counts how often each example occurs (bootstrap); None means once each.
+    """
+    gold = np.asarray(gold, dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
+    w = np.ones(len(gold)) if weights is None else np.asarray(weights, dtype=np.float64)
+    confusion = np.bincount(gold * num_classes + pred, weights=w, minlength=num_classes**2).reshape(num_classes, num_classes)
+    tp = np.diag(confusion)
+    support = confusion.sum(axis=1)  # gold counts
+    predicted = confusion.sum(axis=0)
+    denom = support + predicted  # F1 = 2 TP / (|gold_c| + |pred_c|)
+    f1 = np.divide(2 * tp, denom, out=np.zeros(num_classes), where=denom > 0)
+    n = support.sum()
+    return float((support * f1).sum() / n) if n else 0.0
+
+
+def _check_levels(gold: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gold, pred = np.asarray(gold), np.asarray(pred)
+    if gold.shape != pred.shape or gold.ndim != 2 or gold.shape[1] != 3:
+        raise ValueError(f"gold and pred must both be [N, 3] level labels; got {gold.shape} and {pred.shape}")
+    for name, a in (("gold", gold), ("pred", pred)):
+        if a.size and (a.min() < 0 or a.max() > 2):
+            raise ValueError(f"{name} levels must be in {{0, 1, 2}} (none/weak/strong); found {a.min()}..{a.max()}")
+    return gold.astype(np.int64), pred.astype(np.int64)
+
+
+def emp_f1(gold, pred, weights: np.ndarray | None = None) -> float:
+    """Emp-F1 (Sec. IV-D): mean over the three mechanisms of the weighted F1 of ``pred`` vs ``gold``, in percent.
+
+    ``gold``: [N, 3] identifier levels of the human responses; ``pred``: [N, 3] of the generated ones.
+    """
+    gold, pred = _check_levels(np.asarray(gold), np.asarray(pred))
+    return 100.0 * float(np.mean([weighted_f1(gold[:, m], pred[:, m], weights=weights) for m in range(3)]))
+
+
+def emp_f1_per_mechanism(gold, pred) -> list[float]:
+    """The three per-mechanism weighted F1 scores (percent), in ``emprl.data.MECHANISMS`` order."""
+    gold, pred = _check_levels(np.asarray(gold), np.asarray(pred))
+    return [100.0 * weighted_f1(gold[:, m], pred[:, m]) for m in range(3)]
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class CI:
+    """A point estimate with its bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    def __str__(self) -> str:
+        return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+
+def _resample_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n] multiplicities of a nonparametric bootstrap over n examples, seeded."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    return np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64)
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    bias_correct: bool = False,
+) -> CI:
+    """Percentile bootstrap CI of ``statistic(weights)``, weights[i] = how often example i is drawn.
+
+    ``bias_correct`` shifts the bootstrap distribution by its bias (mean - estimate) before taking
+    percentiles. Dist-n needs it: a resample repeats responses, which adds n-grams but never
+    distinct ones, so every resampled Dist-n is biased low and a plain percentile interval can
+    miss the estimate entirely.
+    """
+    if n == 0:
+        raise ValueError("cannot bootstrap an empty set of examples")
+    value = statistic(np.ones(n))
+    boots = np.array([statistic(w) for w in _resample_weights(n, n_boot, seed)])
+    if bias_correct:
+        boots = boots - (boots.mean() - value)
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    return CI(float(value), float(low), float(high), level)
+
+
+def distinct_n_ci(responses: Sequence[str], n: int, tokenizer: str | Callable = "word", n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> CI:
+    """Dist-n with a bias-corrected percentile bootstrap CI over responses."""
+    inc = _NgramIncidence.build(responses, n, tokenizer)
+    return bootstrap_ci(inc.distinct, len(responses), n_boot, seed, level, bias_correct=True)
+
+
+def emp_f1_ci(gold, pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> CI:
+    """Emp-F1 with a percentile bootstrap CI over examples."""
+    gold, pred = _check_levels(np.asarray(gold), np.asarray(pred))
+    return bootstrap_ci(lambda w: emp_f1(gold, pred, weights=w), len(gold), n_boot, seed, level)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Paired bootstrap comparison of system A against system B on the same examples."""
+
+    delta: float  # metric(A) - metric(B) on the full set
+    low: float  # percentile CI of the difference
+    high: float
+    p_value: float  # two-sided: 2 x the smaller share of resamples on either side of 0, +1-smoothed
+
+
+def paired_bootstrap(
+    statistic_a: Callable[[np.ndarray], float],
+    statistic_b: Callable[[np.ndarray], float],
+    n: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> PairedTest:
+    """Paired bootstrap test: both systems are scored on the same resamples of the n examples.
+
+    The p-value is that of the percentile-bootstrap test of "no difference":
+    ``min(1, 2 * min(#(delta_b <= 0) + 1, #(delta_b >= 0) + 1) / (n_boot + 1))``. Identical systems
+    give 1; a system better on (nearly) every resample gives about 2 / (n_boot + 1).
+    """
+    delta = statistic_a(np.ones(n)) - statistic_b(np.ones(n))
+    deltas = np.array([statistic_a(w) - statistic_b(w) for w in _resample_weights(n, n_boot, seed)])
+    below, above = np.count_nonzero(deltas <= 0), np.count_nonzero(deltas >= 0)
+    p = min(1.0, 2.0 * (min(below, above) + 1) / (n_boot + 1))
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(deltas, [alpha, 1 - alpha])
+    return PairedTest(float(delta), float(low), float(high), float(p))
+
+
+def paired_test(
+    metric: str,
+    a: dict,
+    b: dict,
+    gold=None,
+    tokenizer: str | Callable = "word",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> PairedTest:
+    """Paired bootstrap of ``metric`` in {"dist1", "dist2", "emp_f1"} between systems ``a`` and ``b``.
+
+    Each system is a dict with "responses" (list[str]) and, for emp_f1, "levels" ([N, 3]); ``gold``
+    is the [N, 3] gold levels.
+    """
+    n = len(a["responses"])
+    if len(b["responses"]) != n:
+        raise ValueError(f"paired test needs the same examples: {n} vs {len(b['responses'])} responses")
+    if metric in ("dist1", "dist2"):
+        k = int(metric[-1])
+        ia = _NgramIncidence.build(a["responses"], k, tokenizer)
+        ib = _NgramIncidence.build(b["responses"], k, tokenizer)
+        return paired_bootstrap(ia.distinct, ib.distinct, n, n_boot, seed)
+    if metric == "emp_f1":
+        if gold is None:
+            raise ValueError("paired_test('emp_f1', ...) needs gold levels")
+        g, pa = _check_levels(np.asarray(gold), np.asarray(a["levels"]))
+        _, pb = _check_levels(np.asarray(gold), np.asarray(b["levels"]))
+        return paired_bootstrap(lambda w: emp_f1(g, pa, w), lambda w: emp_f1(g, pb, w), n, n_boot, seed)
+    raise ValueError(f"unknown metric {metric!r}: choose dist1, dist2 or emp_f1")
+
+
+# --------------------------------------------------------------------------- one system's row
+
+
+def evaluate_responses(
+    responses: Sequence[str],
+    pred_levels,
+    gold_levels,
+    ppl: float | None = None,
+    tokenizer: str | Callable = "word",
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """PPL (given), Dist-1/2 and Emp-F1 with CIs for one system: a flat dict, ready for a table row or json."""
+    if len(responses) != len(np.asarray(pred_levels)):
+        raise ValueError(f"{len(responses)} responses but {len(np.asarray(pred_levels))} predicted level rows")
+    d1 = distinct_n_ci(responses, 1, tokenizer, n_boot, seed, level)
+    d2 = distinct_n_ci(responses, 2, tokenizer, n_boot, seed, level)
+    ef = emp_f1_ci(gold_levels, pred_levels, n_boot, seed, level)
+    per = emp_f1_per_mechanism(gold_levels, pred_levels)
+    row = {"n_examples": len(responses), "ppl": None if ppl is None else float(ppl)}
+    for name, ci in (("dist1", d1), ("dist2", d2), ("emp_f1", ef)):
+        row.update({name: ci.value, f"{name}_low": ci.low, f"{name}_high": ci.high})
+    row.update({"emp_f1_er": per[0], "emp_f1_ip": per[1], "emp_f1_ex": per[2]})
+    return row

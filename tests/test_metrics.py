@@ -1,0 +1,176 @@
+"""Metrics against hand-computed values and sklearn as an independent reference."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from emprl import metrics as M
+
+
+def test_word_tokenizer_is_documented_behaviour():
+    assert M.word_tokenize("That's GREAT, isn't it?!") == ["that's", "great", ",", "isn't", "it", "?", "!"]
+    assert M.whitespace_tokenize("That's GREAT, ok") == ["That's", "GREAT,", "ok"]
+
+
+def test_distinct_n_hand_computed():
+    responses = ["I am fine.", "I am sad!"]
+    # unigrams: i am fine . | i am sad !  -> 8 total, 6 distinct
+    assert M.distinct_n(responses, 1) == pytest.approx(100 * 6 / 8)
+    # bigrams: (i am)(am fine)(fine .) | (i am)(am sad)(sad !) -> 6 total, 5 distinct
+    assert M.distinct_n(responses, 2) == pytest.approx(100 * 5 / 6)
+    # whitespace: I am fine. | I am sad! -> 6 total, 4 distinct
+    assert M.distinct_n(responses, 1, tokenizer="whitespace") == pytest.approx(100 * 4 / 6)
+
+
+def test_distinct_n_is_corpus_level_not_mean_of_responses():
+    # per-response distinct would be 100 for each; the corpus has 2 distinct of 4
+    assert M.distinct_n(["a b", "a b"], 1) == pytest.approx(50.0)
+    assert M.distinct_n(["a", "b"], 2) == 0.0  # no bigrams at all
+    with pytest.raises(ValueError, match="tokenizer"):
+        M.distinct_n(["a"], 1, tokenizer="bpe")
+
+
+def test_weighted_f1_hand_computed():
+    gold = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    # class 0: tp 1, |gold| 2, |pred| 2 -> 0.5; class 1: tp 2, 2, 3 -> 0.8; class 2: tp 1, 2, 1 -> 2/3
+    expected = (2 * 0.5 + 2 * 0.8 + 2 * (2 / 3)) / 6
+    assert M.weighted_f1(gold, pred) == pytest.approx(expected)
+    # a class predicted but absent from gold has weight 0 (as sklearn)
+    assert M.weighted_f1(np.array([0, 0]), np.array([0, 1])) == pytest.approx(2 / 3)
+
+
+def test_emp_f1_hand_computed_mean_of_mechanisms():
+    g0, p0 = [0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0]  # 0.65556 (above)
+    g1 = p1 = [2, 1, 0, 0, 1, 2]  # perfect: 1.0
+    g2, p2 = [0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0]  # all wrong: 0.0
+    gold, pred = np.array([g0, g1, g2]).T, np.array([p0, p1, p2]).T
+    expected = 100 * ((2 * 0.5 + 2 * 0.8 + 2 * (2 / 3)) / 6 + 1.0 + 0.0) / 3
+    assert M.emp_f1(gold, pred) == pytest.approx(expected)
+    assert M.emp_f1_per_mechanism(gold, pred) == pytest.approx([100 * 3.9333333 / 6, 100.0, 0.0], rel=1e-5)
+
+
+def test_emp_f1_matches_sklearn_on_random_labels():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        n = int(rng.integers(5, 60))
+        gold = rng.integers(0, 3, size=(n, 3))
+        pred = np.where(rng.random((n, 3)) < 0.5, gold, rng.integers(0, 3, size=(n, 3)))
+        ref = 100 * np.mean([f1_score(gold[:, m], pred[:, m], average="weighted", zero_division=0) for m in range(3)])
+        assert M.emp_f1(gold, pred) == pytest.approx(ref)
+
+
+def test_emp_f1_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\[N, 3\]"):
+        M.emp_f1(np.zeros((4, 2), int), np.zeros((4, 2), int))
+    with pytest.raises(ValueError, match="pred levels"):
+        M.emp_f1(np.zeros((2, 3), int), np.full((2, 3), 3))
+
+
+def test_weights_equal_repeating_examples():
+    rng = np.random.default_rng(2)
+    gold, pred = rng.integers(0, 3, (12, 3)), rng.integers(0, 3, (12, 3))
+    responses = [" ".join(rng.choice(list("abcdefg"), size=rng.integers(1, 6))) for _ in range(12)]
+    w = rng.integers(0, 3, 12).astype(float)
+    rep = np.repeat(np.arange(12), w.astype(int))
+    assert M.emp_f1(gold, pred, weights=w) == pytest.approx(M.emp_f1(gold[rep], pred[rep]))
+    for n in (1, 2):
+        inc = M._NgramIncidence.build(responses, n, "word")
+        assert inc.distinct(w) == pytest.approx(M.distinct_n([responses[i] for i in rep], n))
+
+
+def test_bootstrap_ci_of_a_mean_has_the_textbook_width():
+    x = np.random.default_rng(3).normal(size=400)
+    ci = M.bootstrap_ci(lambda w: float(w @ x / w.sum()), len(x), n_boot=1000, seed=0)
+    assert ci.low < ci.value < ci.high
+    # normal theory: 2 * 1.96 * sd / sqrt(n)
+    assert ci.high - ci.low == pytest.approx(2 * 1.96 * x.std() / 20, rel=0.15)
+    again = M.bootstrap_ci(lambda w: float(w @ x / w.sum()), len(x), n_boot=1000, seed=0)
+    assert again == ci  # seeded
+
+
+def _zipf_responses(seed, n=300, vocab=2000):
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, vocab + 1)
+    p /= p.sum()
+    return [" ".join(f"w{i}" for i in rng.choice(vocab, size=rng.integers(4, 12), p=p)) for _ in range(n)]
+
+
+def test_distinct_ci_contains_estimate_where_plain_percentile_does_not():
+    responses = _zipf_responses(4)
+    ci = M.distinct_n_ci(responses, 1, n_boot=200, seed=0)
+    assert ci.low < ci.value < ci.high
+    assert ci.value == pytest.approx(M.distinct_n(responses, 1))
+    inc = M._NgramIncidence.build(responses, 1, "word")
+    plain = M.bootstrap_ci(inc.distinct, len(responses), n_boot=200, seed=0)
+    assert plain.high < plain.value  # resampling duplicates responses: biased low, hence the correction
+
+
+def test_paired_bootstrap_identical_systems_not_significant():
+    rng = np.random.default_rng(5)
+    gold = rng.integers(0, 3, (200, 3))
+    pred = rng.integers(0, 3, (200, 3))
+    sys = {"responses": _zipf_responses(6, n=200), "levels": pred}
+    for metric in ("dist1", "dist2", "emp_f1"):
+        res = M.paired_test(metric, sys, sys, gold=gold, n_boot=200)
+        assert res.delta == 0.0 and res.p_value == 1.0
+
+
+def test_paired_bootstrap_detects_clearly_better_system():
+    rng = np.random.default_rng(7)
+    gold = rng.integers(0, 3, (200, 3))
+    good = np.where(rng.random((200, 3)) < 0.8, gold, rng.integers(0, 3, (200, 3)))
+    bad = rng.integers(0, 3, (200, 3))
+    a = {"responses": _zipf_responses(8, n=200), "levels": good}
+    b = {"responses": ["i am so sorry to hear that ."] * 200, "levels": bad}
+    res = M.paired_test("emp_f1", a, b, gold=gold, n_boot=500)
+    assert res.delta > 20 and res.low > 0 and res.p_value < 0.01
+    res = M.paired_test("dist2", a, b, n_boot=500)
+    assert res.delta > 0 and res.p_value < 0.01
+    # reversed order: same p, negative difference
+    rev = M.paired_test("emp_f1", b, a, gold=gold, n_boot=500)
+    assert rev.delta < 0 and rev.p_value < 0.01
+
+
+def test_paired_bootstrap_equal_quality_noise_not_significant():
+    rng = np.random.default_rng(9)
+    gold = rng.integers(0, 3, (300, 3))
+    noisy = lambda: np.where(rng.random((300, 3)) < 0.5, gold, rng.integers(0, 3, (300, 3)))  # noqa: E731
+    res = M.paired_test("emp_f1", {"responses": [""] * 300, "levels": noisy()}, {"responses": [""] * 300, "levels": noisy()}, gold=gold, n_boot=500)
+    assert res.p_value > 0.05
+    assert res.low < 0 < res.high
+
+
+def test_evaluate_responses_row():
+    rng = np.random.default_rng(10)
+    gold = rng.integers(0, 3, (50, 3))
+    row = M.evaluate_responses(_zipf_responses(11, n=50), gold, gold, ppl=12.5, n_boot=50)
+    assert row["emp_f1"] == pytest.approx(100.0) and row["n_examples"] == 50 and row["ppl"] == 12.5
+    assert row["dist1_low"] <= row["dist1"] <= row["dist1_high"]
+    with pytest.raises(ValueError, match="responses"):
+        M.evaluate_responses(["a"], gold, gold)
+
+
+def test_comparison_table_layout_paper_block_then_ours():
+    from emprl import evaluation
+    from emprl.paper_tables import TABLE_II
+
+    rng = np.random.default_rng(12)
+    gold = rng.integers(0, 3, (30, 3))
+    row = M.evaluate_responses(_zipf_responses(13, n=30), gold, gold, ppl=20.0, n_boot=20)
+    table = evaluation.table_ii({"EmpRL": row}, "ours: smoke")
+    assert list(table.index) == [*TABLE_II["rows"], "EmpRL"]
+    assert list(table.columns[:5]) == ["Block", "PPL", "Dist-1", "Dist-2", "Emp-F1 (%)"]
+    assert table.iloc[-1]["Block"] == "ours: smoke" and table.iloc[-1]["n"] == "30" and table.iloc[0]["n"] == "-"
+    assert table.loc["CASE", "Emp-F1 (%)"] == 64.72 and np.isnan(table.loc["ChatGPT", "PPL"])
+    assert table.iloc[-1]["Emp-F1 (%)"] == pytest.approx(100.0)
+    assert table.iloc[-1]["Dist-1 95% CI"] == f"[{row['dist1_low']:.2f}, {row['dist1_high']:.2f}]"
+
+
+def test_paper_tables_consistent_across_tables():
+    from emprl import paper_tables as T
+
+    assert T.TABLE_II["rows"]["EmpRL"] == T.TABLE_V["rows"]["EmpRL"]  # the paper repeats its EmpRL row
+    assert all(abs(sum(v) - 100.0) < 1e-6 for v in T.TABLE_IV["rows"].values())  # win + lose + tie
+    assert [c["case"] for c in T.TABLE_VI] == [1, 2, 3, 4] and all(len(c["responses"]) == 9 for c in T.TABLE_VI)
+    assert T.as_frame(T.TABLE_I).loc["explorations", "Accuracy (%)"] == 94.98
