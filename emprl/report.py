@@ -47,8 +47,8 @@ def to_markdown(frame: pd.DataFrame, digits: int = 2) -> str:
     index_name = frame.index.name or ""
     header = [index_name, *map(str, frame.columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    for idx, row in frame.iterrows():
-        lines.append("| " + " | ".join([_cell(idx, digits), *(_cell(v, digits) for v in row.tolist())]) + " |")
+    for idx, *values in frame.itertuples(index=True, name=None):  # keeps each column's dtype (iterrows upcasts)
+        lines.append("| " + " | ".join([_cell(idx, digits), *(_cell(v, digits) for v in values)]) + " |")
     return "\n".join(lines) + "\n"
 
 

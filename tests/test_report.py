@@ -59,3 +59,13 @@ def test_report_cli_with_nothing_yet(tmp_path, capsys):
     assert R.main(["--profile", "offline", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text()
     assert "No tables or figures" in text and "SMOKE" not in text and "not recorded" in text
+
+
+def test_to_markdown_keeps_integer_columns_integer():
+    import pandas as pd
+
+    from emprl.report import to_markdown
+
+    frame = pd.DataFrame({"n": [48, 7], "f1": [0.5, 0.25]}, index=pd.Index(["a", "b"], name="sys"))
+    text = to_markdown(frame)
+    assert "| a | 48 | 0.50 |" in text and "48.00" not in text
