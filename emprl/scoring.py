@@ -1,0 +1,195 @@
+"""Fast batched scoring with the three empathy identifiers, and cached gold labels (Eq. 4-5, Emp-F1).
+
+What is shared across the three mechanisms and what is not: each mechanism has its own fine-tuned
+context and response encoders, so no hidden state can be shared between mechanisms. Shared are the
+tokenization (once per call) and the length sorting. Speed comes from padding little: contexts and
+responses go through their encoders separately, each in its own length-sorted batches (the two encoders
+never see each other's padding), and only the cheap head (attention, pooling, linear) runs on re-padded
+pairs. A context that occurs several times in one call (e.g. with the human and a generated response,
+or several sampled responses) is tokenized and encoded once per mechanism."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from emprl import identifiers as ident
+from emprl.data import MECHANISMS, format_context
+from emprl.identifiers import EmpathyIdentifier, pad, tokenize
+
+
+def mechanisms() -> tuple[str, ...]:
+    return tuple(MECHANISMS)
+
+
+def state_fingerprint(models: dict[str, torch.nn.Module], extra: dict | None = None) -> str:
+    """sha256 over every parameter/buffer (name, dtype, shape, bytes) of the models plus ``extra``."""
+    digest = hashlib.sha256(json.dumps(extra or {}, sort_keys=True).encode())
+    for name in sorted(models):
+        for key, tensor in sorted(models[name].state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}/{key}/{t.dtype}/{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+class EmpathyScorer:
+    """The three identifiers behind one call: ``logits(contexts, responses) -> [N, 3 mechanisms, 3 levels]``."""
+
+    def __init__(self, identifiers: dict[str, EmpathyIdentifier], tokenizer, max_context_len: int,
+                 max_response_len: int, batch_size: int = 32, device: str | torch.device = "cpu",
+                 mechanism_order: Sequence[str] | None = None, dtype: str = "float32"):
+        """``dtype="bfloat16"`` scores with bf16 copies of the weights: faster on CPUs with bf16 units,
+        logits differ slightly from float32 (the default, used for gold labels and Emp-F1)."""
+        self.mechanisms = tuple(mechanism_order or mechanisms())
+        missing = [m for m in self.mechanisms if m not in identifiers]
+        if missing:
+            raise ValueError(f"EmpathyScorer: no identifier for mechanism(s) {missing}")
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"EmpathyScorer: dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        self.dtype = dtype
+        if dtype == "float32":
+            self.identifiers = {m: identifiers[m].to(device).eval() for m in self.mechanisms}
+        else:  # copies: the caller's float32 models stay untouched
+            self.identifiers = {m: copy.deepcopy(identifiers[m]).to(device, torch.bfloat16).eval()
+                                for m in self.mechanisms}
+        self.tokenizer = tokenizer
+        self.max_context_len, self.max_response_len = int(max_context_len), int(max_response_len)
+        self.batch_size, self.device = int(batch_size), torch.device(device)
+        self.chunk = 2048  # pairs per internal pass
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def load(cls, ckpt_root: str | Path, device: str | torch.device = "cpu", batch_size: int = 32,
+             dtype: str = "float32") -> "EmpathyScorer":
+        """Load ``ckpt_root/<mechanism>/`` for the three mechanisms (safetensors + json, never unpickles)."""
+        ckpt_root = Path(ckpt_root)
+        models, tokenizer, lens = {}, None, set()
+        for m in mechanisms():
+            model, tok, config = ident.load_identifier(ckpt_root / m, device)
+            models[m], tokenizer = model, tokenizer or tok
+            lens.add((config["max_context_len"], config["max_response_len"], config["context_encoder"].get("vocab_size")))
+        if len(lens) != 1:
+            raise ValueError(f"{ckpt_root}: the three identifiers disagree on (max_context_len, max_response_len, "
+                             f"vocab): {sorted(lens)}; retrain them with one IdentifierConfig")
+        max_context_len, max_response_len, _ = lens.pop()
+        return cls(models, tokenizer, max_context_len, max_response_len, batch_size, device, dtype=dtype)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights and the scoring settings (used to detect stale cached gold labels)."""
+        if self._fingerprint is None:
+            self._fingerprint = state_fingerprint(
+                self.identifiers, {"max_context_len": self.max_context_len, "max_response_len": self.max_response_len,
+                                   "dtype": self.dtype,
+                                   "pooling": {m: v.pooling for m, v in self.identifiers.items()}})
+        return self._fingerprint
+
+    @torch.inference_mode()
+    def logits(self, contexts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        """Logits [N, 3, 3] in input order; contexts are ``format_context`` strings (or seeker posts)."""
+        if len(contexts) != len(responses):
+            raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
+        n = len(contexts)
+        out = torch.empty(n, len(self.mechanisms), ident.NUM_LEVELS)
+        for s in range(0, n, self.chunk):  # bounds the memory of the kept encoder states
+            out[s: s + self.chunk] = self._logits(contexts[s: s + self.chunk], responses[s: s + self.chunk])
+        return out
+
+    def _logits(self, contexts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        unique = list(dict.fromkeys(contexts))  # a repeated context is tokenized and encoded once
+        slot = {c: i for i, c in enumerate(unique)}
+        c_of = [slot[c] for c in contexts]
+        c_ids = tokenize(self.tokenizer, unique, self.max_context_len, "left")  # once for the three mechanisms
+        r_ids = tokenize(self.tokenizer, responses, self.max_response_len, "right")
+        pairs = ident.length_sorted_batches([len(c_ids[c]) + len(r) for c, r in zip(c_of, r_ids)], self.batch_size)
+        out = torch.empty(len(responses), len(self.mechanisms), ident.NUM_LEVELS)
+        for k, m in enumerate(self.mechanisms):
+            model = self.identifiers[m]
+            # contexts and responses are encoded separately, each in its own length-sorted batches
+            C = self._encode(model.encode_context, c_ids)
+            R = self._encode(model.encode_response, r_ids)
+            for batch in pairs:  # the cheap part (attention, pooling, linear) on re-padded states
+                Cb, cm = _pad_states([C[c_of[i]] for i in batch])
+                Rb, rm = _pad_states([R[i] for i in batch])
+                out[batch, k] = model.head(Cb.to(self.device), cm.to(self.device), Rb.to(self.device),
+                                           rm.to(self.device)).float().cpu()
+        return out
+
+    def _encode(self, encode, seqs: list[list[int]]) -> list[torch.Tensor]:
+        """Encoder states [len_i, d] of each sequence (padding stripped), computed in length-sorted batches."""
+        states: list[torch.Tensor | None] = [None] * len(seqs)
+        for batch in ident.length_sorted_batches([len(s) for s in seqs], self.batch_size):
+            ids, mask = pad([seqs[i] for i in batch], self.tokenizer.pad_token_id)
+            hidden = encode(ids.to(self.device), mask.to(self.device))
+            for j, i in enumerate(batch):
+                states[i] = hidden[j, : len(seqs[i])]
+        return states
+
+    def levels(self, contexts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        """Predicted levels [N, 3] (0 none, 1 weak, 2 strong)."""
+        return self.logits(contexts, responses).argmax(dim=-1)
+
+
+def _pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad [len_i, d] states to [B, max_len, d] with zeros, and the matching 0/1 mask."""
+    lengths = torch.tensor([len(x) for x in states])
+    padded = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
+    return padded, (torch.arange(padded.size(1))[None, :] < lengths[:, None]).long()
+
+
+def data_fingerprint(contexts: Sequence[str], responses: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for c, r in zip(contexts, responses):
+        digest.update(json.dumps([c, r]).encode())
+    return digest.hexdigest()
+
+
+def gold_labels(scorer: EmpathyScorer, examples, cache_dir: str | Path,
+                contexts: Sequence[str] | None = None, progress: bool = True) -> torch.LongTensor:
+    """Levels [N, 3] of the human responses (Eq. 5), computed once and cached in ``cache_dir``.
+
+    The cache file is named after the data (contexts + responses) and stores the scorer's weights
+    fingerprint; a cache written by other weights is stale and is recomputed and replaced.
+    ``contexts`` defaults to ``format_context(example.context)`` for each example.
+    """
+    if contexts is None:
+        contexts = [format_context(ex.context) for ex in examples]
+    responses = [ex.response for ex in examples]
+    if len(contexts) != len(responses):
+        raise ValueError(f"{len(contexts)} contexts for {len(responses)} examples")
+    data_fp = data_fingerprint(contexts, responses)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"gold_labels_{data_fp[:16]}.json"
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+        except ValueError:
+            cached = {}
+        if (cached.get("weights_fingerprint") == scorer.fingerprint and cached.get("data_fingerprint") == data_fp
+                and cached.get("mechanisms") == list(scorer.mechanisms)):
+            return torch.tensor(cached["levels"], dtype=torch.long).reshape(len(responses), len(scorer.mechanisms))
+        if progress:
+            print(f"gold labels in {path} are stale (other identifier weights or data): recomputing", flush=True)
+    levels = _levels_with_progress(scorer, contexts, responses, progress)
+    record = {"weights_fingerprint": scorer.fingerprint, "data_fingerprint": data_fp,
+              "mechanisms": list(scorer.mechanisms), "n": len(responses), "levels": levels.tolist()}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+    return levels
+
+
+def _levels_with_progress(scorer: EmpathyScorer, contexts, responses, progress: bool, chunk: int = 1024):
+    from tqdm.auto import tqdm
+
+    parts = [scorer.levels(contexts[i: i + chunk], responses[i: i + chunk])
+             for i in tqdm(range(0, len(responses), chunk), desc="gold labels", disable=not progress)]
+    return torch.cat(parts) if parts else torch.zeros(0, len(scorer.mechanisms), dtype=torch.long)
