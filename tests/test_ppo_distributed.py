@@ -19,20 +19,13 @@ from pathlib import Path
 
 import pytest
 
-WORDS = "good bad i am so sorry to hear that what happened you feel great day it was nice".split()
+from test_ppo import WORDS  # noqa: E402  (shared tiny fixtures)
+from test_ppo import tiny_tokenizer as _tiny_tokenizer  # noqa: E402
 
 
 # --------------------------------------------------------------------------- worker (runs in each process)
 
 
-def _tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 def _tiny_t5(seed=0):

@@ -9,17 +9,9 @@ from emprl import ppo
 from emprl.fast_generate import fast_rollout
 from emprl.profiles import GeneratorConfig, PPOConfig
 
-WORDS = "good bad i am so sorry to hear that what happened you feel great day it was nice".split()
+from test_ppo import WORDS, tiny_tokenizer  # noqa: E402  (shared tiny fixtures)
 
 
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 def tiny_policy(kind: str):
