@@ -399,6 +399,17 @@ LOG_FIELDS = (
 )
 
 
+def visited_subset(examples: Sequence, steps: int, batch_size: int, seed: int = 0) -> list:
+    """The examples a ``steps``-step run draws from: all of them if ``steps * batch_size`` covers them,
+    else a seeded random subset of that size (in the original order), so that gold labels are
+    computed only for contexts the run will visit (the paper's 24,000 x 8 visits every example)."""
+    n_visit = steps * batch_size
+    if n_visit >= len(examples):
+        return list(examples)
+    keep = np.random.default_rng(seed).choice(len(examples), n_visit, replace=False)
+    return [examples[i] for i in sorted(keep)]
+
+
 def train_ppo(
     policy: nn.Module,
     reference: nn.Module | None,

@@ -313,3 +313,14 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="variant"):
         train_ppo(tiny_t5(), None, tiny_tokenizer(), WordScorer(), CONTEXTS, torch.zeros(16, 3), cfg, gen, tmp_path,
                   variant="nokl")
+
+
+def test_visited_subset_takes_what_the_run_needs():
+    from emprl.ppo import visited_subset
+
+    items = list(range(100))
+    assert visited_subset(items, steps=30, batch_size=8) == items  # 240 draws cover everything
+    sub = visited_subset(items, steps=3, batch_size=8, seed=1)
+    assert len(sub) == 24 and sub == sorted(set(sub)) and set(sub) <= set(items)
+    assert sub == visited_subset(items, steps=3, batch_size=8, seed=1)
+    assert sub != visited_subset(items, steps=3, batch_size=8, seed=2)
