@@ -13,7 +13,8 @@ trl 1.x has no PPO for encoder-decoders, so the algorithm lives here (CleanRL st
 - ``sequence_logprobs(model, query_ids, query_mask, response_ids, response_mask, prefix=None,
   value_head=None) -> (logprobs, values | None, entropy)``.
 - ``rollout(model, reference, tokenizer, contexts, gen_cfg, cfg) -> Rollout``: sample responses,
-  old log-probs, reference log-probs, old values.
+  old log-probs, reference log-probs, old values, and the per-token KL of ``cfg.kl_estimator``
+  ("sampled": log pi - log rho of the sampled token, the paper/trl; "full": exact KL over the vocabulary).
 - ``ppo_update(policy, value_head, optimizer, query_ids, query_mask, response_ids, response_mask,
   old_logprobs, old_values, rewards, cfg, accelerator=None, before_optimizer_step=None) -> stats``:
   the update alone (GAE + ``ppo_epochs`` passes over mini-batches), like trl's ``PPOTrainer.step``
@@ -59,10 +60,12 @@ import torch.nn.functional as F
 
 from emprl import checkpoint as ckpt
 from emprl.reward import (
+    KL_ESTIMATORS,
     AdaptiveKLController,
     FixedKLController,
     RunningMoments,
     empathy_reward,
+    full_kl,
     kl_penalty,
     masked_mean,
     masked_whiten,
@@ -173,6 +176,14 @@ def is_prefix_model(model: nn.Module) -> bool:
 
 def sequence_logprobs(model, query_ids, query_mask, response_ids, response_mask, prefix=None, value_head=None):
     """log pi(y_t | y_<t, c) of the given response tokens, V(s_t) if ``value_head``, and the entropy [B, T]."""
+    logp_all, values = sequence_log_softmax(model, query_ids, query_mask, response_ids, response_mask, prefix, value_head)
+    logprobs = logp_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprobs, values, entropy
+
+
+def sequence_log_softmax(model, query_ids, query_mask, response_ids, response_mask, prefix=None, value_head=None):
+    """The full log pi(. | y_<t, c) [B, T, V] (float32) at every response position, and V(s_t) if ``value_head``."""
     config = _t5(model).config
     start = torch.full_like(response_ids[:, :1], config.decoder_start_token_id)
     decoder_input_ids = torch.cat([start, response_ids[:, :-1]], dim=1)  # s_t = (y_<t, c)
@@ -183,10 +194,8 @@ def sequence_logprobs(model, query_ids, query_mask, response_ids, response_mask,
         decoder_attention_mask=decoder_mask, output_hidden_states=value_head is not None, **kwargs,
     )
     logp_all = F.log_softmax(out.logits.float(), dim=-1)
-    logprobs = logp_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
     values = value_head(out.decoder_hidden_states[-1]) if value_head is not None else None
-    return logprobs, values, entropy
+    return logp_all, values
 
 
 class ActorCritic(nn.Module):
@@ -209,11 +218,22 @@ def make_reference(policy: nn.Module) -> nn.Module:
     return ref
 
 
-def reference_logprobs(policy, reference, query_ids, query_mask, response_ids, response_mask):
-    """log rho(y_t | y_<t, c): the policy's frozen T5 with the reference prefix, or the reference model."""
+def reference_logprobs(policy, reference, query_ids, query_mask, response_ids, response_mask, full=False):
+    """log rho(y_t | y_<t, c): the policy's frozen T5 with the reference prefix, or the reference model.
+
+    ``full=True``: the whole log rho(. | y_<t, c) [B, T, V] instead of the sampled tokens' [B, T]."""
+    fn = sequence_log_softmax if full else sequence_logprobs
     if is_prefix_model(policy) and not hasattr(reference, "generate"):
-        return sequence_logprobs(policy, query_ids, query_mask, response_ids, response_mask, prefix=reference)[0]
-    return sequence_logprobs(reference, query_ids, query_mask, response_ids, response_mask)[0]
+        return fn(policy, query_ids, query_mask, response_ids, response_mask, prefix=reference)[0]
+    return fn(reference, query_ids, query_mask, response_ids, response_mask)[0]
+
+
+def kl_estimator_of(cfg) -> str:
+    """``cfg.kl_estimator`` ("sampled" if the config has none), checked against ``KL_ESTIMATORS``."""
+    est = getattr(cfg, "kl_estimator", "sampled")
+    if est not in KL_ESTIMATORS:
+        raise ValueError(f"PPOConfig.kl_estimator must be one of {KL_ESTIMATORS}, got {est!r}")
+    return est
 
 
 # --------------------------------------------------------------------------- rollout
@@ -230,6 +250,7 @@ class Rollout:
     values: torch.Tensor
     entropy: torch.Tensor
     responses: list[str]
+    kl: torch.Tensor | None = None  # [B, T] per-token R_kl (Eq. 6) of cfg.kl_estimator, 0 at padding
 
 
 def response_mask_from_eos(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -242,7 +263,9 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_token_id: int) -> tor
 @torch.no_grad()
 def rollout(model: ActorCritic, reference, tokenizer, contexts: Sequence[str], gen_cfg, cfg, device=None) -> Rollout:
     """Sample one response per context (top-k/top-p/temperature of ``gen_cfg``, at least
-    ``cfg.min_new_tokens``) and compute the old log-probs, reference log-probs and old values."""
+    ``cfg.min_new_tokens``) and compute the old log-probs, reference log-probs, old values and the
+    per-token KL of ``cfg.kl_estimator`` ("sampled": log pi - log rho of y_t; "full": ``full_kl``)."""
+    estimator = kl_estimator_of(cfg)
     device = device or next(model.parameters()).device
     policy, t5 = model.policy, _t5(model.policy)
     side = tokenizer.truncation_side
@@ -267,10 +290,22 @@ def rollout(model: ActorCritic, reference, tokenizer, contexts: Sequence[str], g
     response_ids = sequences[:, 1:]  # drop the decoder start token
     response_mask = response_mask_from_eos(response_ids, eos_id)
     response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, pad_id)).contiguous()
-    logprobs, values, entropy = model(query_ids, query_mask, response_ids, response_mask)
-    ref_logprobs = reference_logprobs(policy, reference, query_ids, query_mask, response_ids, response_mask)
+    if estimator == "full":  # the same two forwards, keeping the [B, T, V] log-probs only for the KL
+        logp_all, values = sequence_log_softmax(policy, query_ids, query_mask, response_ids, response_mask,
+                                                value_head=model.value_head)
+        logprobs = logp_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        ref_all = reference_logprobs(policy, reference, query_ids, query_mask, response_ids, response_mask, full=True)
+        ref_logprobs = ref_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        kl = full_kl(logp_all, ref_all, response_mask)
+        del logp_all, ref_all
+    else:
+        logprobs, values, entropy = model(query_ids, query_mask, response_ids, response_mask)
+        ref_logprobs = reference_logprobs(policy, reference, query_ids, query_mask, response_ids, response_mask)
+        kl = kl_penalty(logprobs, ref_logprobs) * response_mask.to(logprobs.dtype)
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    return Rollout(query_ids, query_mask, response_ids, response_mask, logprobs, ref_logprobs, values, entropy, texts)
+    return Rollout(query_ids, query_mask, response_ids, response_mask, logprobs, ref_logprobs, values, entropy, texts,
+                   kl)
 
 
 # --------------------------------------------------------------------------- update
@@ -346,6 +381,8 @@ def _context_texts(examples, idx, max_context_tokens) -> tuple[list[str], list[s
 def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world) -> dict:
     """What must match for a checkpoint to be resumed (``steps``/logging/checkpointing may change)."""
     c = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "checkpoint_every", "log_every")}
+    if c.get("kl_estimator") == "sampled":  # the default: keys of checkpoints written before the option still match
+        del c["kl_estimator"]
     g = {k: getattr(gen_cfg, k) for k in ("top_k", "top_p", "temperature", "max_new_tokens", "max_source_len")}
     return {"ppo": c, "sampling": g, "variant": variant, "seed": seed, "n_examples": n_examples, "world": world}
 
@@ -455,6 +492,7 @@ def train_ppo(
         )
     if cfg.min_new_tokens < 1:
         raise ValueError("PPOConfig.min_new_tokens must be >= 1 (the empathy reward sits on the last token)")
+    kl_estimator_of(cfg)
     gold = torch.as_tensor(gold).long()
     if gold.shape != (len(examples), 3):
         raise ValueError(f"gold labels must be [{len(examples)}, 3] (one row per example), got {tuple(gold.shape)}")
@@ -540,7 +578,10 @@ def train_ppo(
             if cfg.reward_scaling:
                 score = scale_scores(score, running, normalize=cfg.reward_norm, clip=cfg.score_clip)
             mask = ro.response_mask.to(ro.logprobs.dtype)
-            kl = kl_penalty(ro.logprobs, ro.ref_logprobs) * mask
+            if ro.kl is None and kl_estimator_of(cfg) != "sampled":
+                raise ValueError(f"kl_estimator={cfg.kl_estimator!r} needs a rollout that fills Rollout.kl")
+            kl = ro.kl * mask if ro.kl is not None else kl_penalty(ro.logprobs, ro.ref_logprobs) * mask  # Eq. 6
+            _check_finite("KL penalty", kl)
             beta = kl_ctl.value if beta_on else 0.0
             rewards = reward_vector(score, kl, mask, beta)
             _check_finite("rewards", rewards)

@@ -105,6 +105,10 @@ class PPOConfig:
     reward_norm: bool = False  # ... and subtract its running mean (with reward_scaling)
     score_clip: float | None = None
     whiten_rewards: bool = False  # whiten the reward vector before GAE (authors' code)
+    # Per-token KL of Eq. 6: "sampled" = log pi(y_t|s_t) - log rho(y_t|s_t) of the sampled token (paper,
+    # trl kl_penalty="kl"; can go negative under top-k/temperature sampling); "full" = the exact KL over
+    # the vocabulary of the untempered distributions (>= 0).
+    kl_estimator: str = "sampled"
     checkpoint_every: int = 500
     log_every: int = 1
 

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 __all__ = [
     "empathy_reward",
     "kl_penalty",
+    "full_kl",
+    "KL_ESTIMATORS",
     "reward_vector",
     "masked_mean",
     "masked_var",
@@ -50,6 +52,31 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tens
     if logprobs.shape != ref_logprobs.shape:
         raise ValueError(f"kl_penalty: shapes differ {tuple(logprobs.shape)} vs {tuple(ref_logprobs.shape)}")
     return logprobs - ref_logprobs
+
+
+KL_ESTIMATORS = ("sampled", "full")  # PPOConfig.kl_estimator: kl_penalty (paper, trl "kl") or full_kl
+
+
+def full_kl(logprobs_all: torch.Tensor, ref_logprobs_all: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Exact per-token R_kl = KL(pi(.|s_t) || rho(.|s_t)) over the vocabulary (Eq. 6 in expectation), [B, T].
+
+    ``logprobs_all`` / ``ref_logprobs_all`` [B, T, V]: the policy's and reference's untempered log-probs
+    (logits are accepted too: both are log-softmaxed here). Unlike the sampled-token estimator
+    ``kl_penalty`` it is >= 0 whatever the sampler drew; 0 where ``mask`` [B, T] is 0.
+    """
+    if logprobs_all.shape != ref_logprobs_all.shape or logprobs_all.dim() != 3:
+        raise ValueError(
+            f"full_kl: need two [batch, T, vocab] tensors of one shape, got {tuple(logprobs_all.shape)} "
+            f"and {tuple(ref_logprobs_all.shape)}"
+        )
+    if mask.shape != logprobs_all.shape[:2]:
+        raise ValueError(f"full_kl: mask shape {tuple(mask.shape)} does not match {tuple(logprobs_all.shape[:2])}")
+    logp = F.log_softmax(logprobs_all.float(), dim=-1)
+    ref = F.log_softmax(ref_logprobs_all.float(), dim=-1)
+    p = logp.exp()
+    # sum_v pi(v|s_t) (log pi(v|s_t) - log rho(v|s_t)); terms with pi(v|s_t) = 0 contribute 0
+    kl = torch.where(p > 0, p * (logp - ref), torch.zeros_like(p)).sum(-1).clamp_min(0.0)  # rounding below 0
+    return torch.where(mask.bool(), kl, torch.zeros_like(kl))
 
 
 def check_right_padded(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:

@@ -324,3 +324,60 @@ def test_visited_subset_takes_what_the_run_needs():
     assert len(sub) == 24 and sub == sorted(set(sub)) and set(sub) <= set(items)
     assert sub == visited_subset(items, steps=3, batch_size=8, seed=1)
     assert sub != visited_subset(items, steps=3, batch_size=8, seed=2)
+
+
+# --------------------------------------------------------------------------- PPOConfig.kl_estimator="full"
+
+
+def test_rollout_full_kl_matches_teacher_forced_distributions():
+    from torch.distributions import Categorical, kl_divergence
+
+    tok, t5 = tiny_tokenizer(), tiny_t5()
+    model = ActorCritic(t5, ValueHead(16)).eval()
+    ref = make_reference(t5)
+    with torch.no_grad():  # make the reference differ from the policy
+        for p in ref.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    cfg_s, gen = tiny_cfgs()
+    cfg_f, _ = tiny_cfgs(kl_estimator="full")
+    torch.manual_seed(0)
+    ro_s = rollout(model, ref, tok, CONTEXTS[:4], gen, cfg_s)
+    torch.manual_seed(0)
+    ro = rollout(model, ref, tok, CONTEXTS[:4], gen, cfg_f)
+    assert torch.equal(ro.response_ids, ro_s.response_ids)
+    m = ro.response_mask.bool()
+    for a, b in [(ro.logprobs, ro_s.logprobs), (ro.ref_logprobs, ro_s.ref_logprobs), (ro.values, ro_s.values),
+                 (ro.entropy, ro_s.entropy)]:
+        assert torch.allclose(a[m], b[m], atol=1e-6)
+    assert torch.allclose(ro_s.kl, (ro_s.logprobs - ro_s.ref_logprobs) * ro_s.response_mask)
+    # independent: teacher-forced logits of both models over the sampled tokens
+    labels = ro.response_ids.masked_fill(ro.response_mask == 0, -100).contiguous()
+    with torch.no_grad():
+        lp = t5(input_ids=ro.query_ids, attention_mask=ro.query_mask, labels=labels).logits
+        lr = ref(input_ids=ro.query_ids, attention_mask=ro.query_mask, labels=labels).logits
+    expected = kl_divergence(Categorical(logits=lp), Categorical(logits=lr)) * ro.response_mask
+    assert torch.allclose(ro.kl, expected, atol=1e-5)
+    assert (ro.kl >= 0).all() and ro.kl[m].min() > 0 and torch.equal(ro.kl[~m], torch.zeros(int((~m).sum())))
+
+
+def test_train_ppo_with_full_kl_estimator_logs_a_finite_nonnegative_kl(tmp_path):
+    tok, t5 = tiny_tokenizer(), tiny_t5(seed=4)
+    cfg, gen = tiny_cfgs(steps=3, checkpoint_every=3, lr=3e-2, kl_estimator="full")
+    res = train_ppo(t5, None, tok, WordScorer(), CONTEXTS, torch.full((len(CONTEXTS), 3), 2), cfg, gen, tmp_path,
+                    seed=0, progress=False, save_policy=False)
+    log = res["log"]
+    assert len(log) == 3
+    assert all(math.isfinite(r["kl"]) and r["kl"] >= 0.0 for r in log)
+    assert log[0]["kl"] == 0.0 and log[-1]["kl"] > 0.0  # policy == reference at step 1, then it moves
+    row = log[-1]
+    assert row["reward_mean"] == pytest.approx(row["emp_reward_mean"] - 0.2 * row["kl"], abs=1e-6)
+
+
+def test_kl_estimator_is_validated_and_the_default_keeps_old_resume_keys(tmp_path):
+    from emprl.ppo import _resume_key
+
+    cfg, gen = tiny_cfgs(kl_estimator="exact")
+    with pytest.raises(ValueError, match="kl_estimator"):
+        train_ppo(tiny_t5(), None, tiny_tokenizer(), WordScorer(), CONTEXTS, torch.zeros(16, 3), cfg, gen, tmp_path)
+    assert "kl_estimator" not in _resume_key(tiny_cfgs()[0], gen, "emprl", 0, 16, 1)["ppo"]
+    assert _resume_key(tiny_cfgs(kl_estimator="full")[0], gen, "emprl", 0, 16, 1)["ppo"]["kl_estimator"] == "full"

@@ -88,3 +88,43 @@ def test_adaptive_kl_controller_by_hand():
     c2 = AdaptiveKLController(0.2, target=6.0, horizon=10000)
     c2.update(5.4, n_steps=100)  # error = -0.1
     assert c2.value == pytest.approx(0.2 * (1 - 0.1 * 100 / 10000))
+
+
+# --------------------------------------------------------------------------- full_kl (PPOConfig.kl_estimator="full")
+
+
+def test_full_kl_matches_torch_distributions_and_is_zero_on_padding():
+    from torch.distributions import Categorical, kl_divergence
+
+    from emprl.reward import full_kl
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(3, 4, 7, generator=g)
+    ref_logits = 3 * torch.randn(3, 4, 7, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    expected = kl_divergence(Categorical(logits=logits), Categorical(logits=ref_logits)) * mask  # independent
+    got = full_kl(torch.log_softmax(logits, -1), torch.log_softmax(ref_logits, -1), mask)
+    assert got.shape == (3, 4)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.equal(got[mask == 0], torch.zeros(int((mask == 0).sum())))
+    assert torch.allclose(full_kl(logits, ref_logits, mask), expected, atol=1e-5)  # raw logits are accepted too
+    with pytest.raises(ValueError, match="full_kl"):
+        full_kl(logits, ref_logits[:, :, :5], mask)
+    with pytest.raises(ValueError, match="mask"):
+        full_kl(logits, ref_logits, mask[:, :3])
+
+
+def test_full_kl_is_nonnegative_and_zero_when_policy_equals_reference():
+    from emprl.reward import full_kl
+
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(4, 6)
+    for _ in range(5):
+        logp = torch.log_softmax(5 * torch.randn(4, 6, 11, generator=g), -1)
+        ref = torch.log_softmax(logp + 1e-3 * torch.randn(4, 6, 11, generator=g), -1)  # nearly equal: rounding
+        assert (full_kl(logp, ref, mask) >= 0).all()
+        assert torch.equal(full_kl(logp, logp, mask), torch.zeros(4, 6))
+    # the sampled-token estimator of the same pair can be negative; full_kl cannot
+    logp = torch.log(torch.tensor([[[0.1, 0.9]]]))
+    ref = torch.log(torch.tensor([[[0.5, 0.5]]]))
+    assert kl_penalty(logp[..., 0], ref[..., 0]).item() < 0 < full_kl(logp, ref, torch.ones(1, 1)).item()
