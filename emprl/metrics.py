@@ -222,8 +222,12 @@ def paired_bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    bias_correct: bool = False,
 ) -> PairedTest:
     """Paired bootstrap test: both systems are scored on the same resamples of the n examples.
+
+    ``bias_correct`` centres the resampled differences on the observed one first (as ``bootstrap_ci``
+    does): needed for Dist-n, whose resamples are biased low by a different amount for each system.
 
     The p-value is that of the percentile-bootstrap test of "no difference":
     ``min(1, 2 * min(#(delta_b <= 0) + 1, #(delta_b >= 0) + 1) / (n_boot + 1))``. Identical systems
@@ -231,6 +235,8 @@ def paired_bootstrap(
     """
     delta = statistic_a(np.ones(n)) - statistic_b(np.ones(n))
     deltas = np.array([statistic_a(w) - statistic_b(w) for w in _resample_weights(n, n_boot, seed)])
+    if bias_correct:
+        deltas = deltas - (deltas.mean() - delta)
     below, above = np.count_nonzero(deltas <= 0), np.count_nonzero(deltas >= 0)
     p = min(1.0, 2.0 * (min(below, above) + 1) / (n_boot + 1))
     alpha = (1.0 - level) / 2
@@ -259,7 +265,7 @@ def paired_test(
         k = int(metric[-1])
         ia = _NgramIncidence.build(a["responses"], k, tokenizer)
         ib = _NgramIncidence.build(b["responses"], k, tokenizer)
-        return paired_bootstrap(ia.distinct, ib.distinct, n, n_boot, seed)
+        return paired_bootstrap(ia.distinct, ib.distinct, n, n_boot, seed, bias_correct=True)
     if metric == "emp_f1":
         if gold is None:
             raise ValueError("paired_test('emp_f1', ...) needs gold levels")

@@ -174,3 +174,15 @@ def test_paper_tables_consistent_across_tables():
     assert all(abs(sum(v) - 100.0) < 1e-6 for v in T.TABLE_IV["rows"].values())  # win + lose + tie
     assert [c["case"] for c in T.TABLE_VI] == [1, 2, 3, 4] and all(len(c["responses"]) == 9 for c in T.TABLE_VI)
     assert T.as_frame(T.TABLE_I).loc["explorations", "Accuracy (%)"] == 94.98
+
+
+def test_paired_dist_n_interval_contains_the_observed_difference():
+    # A repeats itself, B never does: resampling deflates their Dist-2 by different amounts, so
+    # uncorrected resampled differences are shifted away from the observed one.
+    from emprl.metrics import distinct_n, paired_test
+
+    a = {"responses": ["i am so sorry to hear that"] * 30 + [f"what a day number {i} was" for i in range(30)]}
+    b = {"responses": [f"reply {i} has words {i + 1} and {i + 2}" for i in range(60)]}
+    t = paired_test("dist2", a, b, n_boot=300, seed=0)
+    assert t.delta == pytest.approx(distinct_n(a["responses"], 2) - distinct_n(b["responses"], 2))
+    assert t.low <= t.delta <= t.high
