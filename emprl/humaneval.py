@@ -81,16 +81,34 @@ def _refuse_overwrite(out: Path, pattern: str, overwrite: bool) -> None:
         raise FileExistsError(f"{existing[0]} exists (sheets may already be filled): pass overwrite=True or use another folder")
 
 
+def _shuffled_items(out_dir, prefix: str, overwrite: bool, n_contexts: int, n: int, seed: int,
+                    systems: Sequence[str]):
+    """Create the export folder and draw the items: (folder, rng, [(example, system)], shuffled order)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _refuse_overwrite(out, f"{prefix}_*.csv", overwrite)
+    rng = np.random.default_rng(seed)
+    idx = _sample(n_contexts, n, rng)
+    rows = [(i, s) for i in idx for s in systems]
+    return out, rng, rows, rng.permutation(len(rows))
+
+
+def _write_export(out: Path, prefix: str, key: pd.DataFrame, sheet: pd.DataFrame, instructions: str,
+                  n_raters: int, rng) -> dict[str, Path]:
+    """Write the key, the instructions and one sheet per rater, each rater in their own order."""
+    paths = {"key": out / f"{prefix}_key.csv", "instructions": out / f"{prefix}_instructions.txt"}
+    _write_csv(paths["key"], key)
+    paths["instructions"].write_text(instructions)
+    for r in range(1, n_raters + 1):
+        paths[f"rater{r}"] = out / f"{prefix}_sheet_rater{r}.csv"
+        _write_csv(paths[f"rater{r}"], sheet.iloc[rng.permutation(len(sheet))])
+    return paths
+
+
 def export_rating(contexts: Sequence[str], responses: dict[str, Sequence[str]], out_dir, n: int = 100,
                   seed: int = 0, n_raters: int = 3, overwrite: bool = False) -> dict[str, Path]:
     """Write one shuffled blind rating sheet per rater and the key; return their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _refuse_overwrite(out, "rating_*.csv", overwrite)
-    rng = np.random.default_rng(seed)
-    idx = _sample(len(contexts), n, rng)
-    rows = [(i, s) for i in idx for s in responses]
-    order = rng.permutation(len(rows))
+    out, rng, rows, order = _shuffled_items(out_dir, "rating", overwrite, len(contexts), n, seed, list(responses))
     key = pd.DataFrame(
         [{"item_id": f"R{k + 1:04d}", "system": rows[j][1], "example_index": int(rows[j][0])} for k, j in enumerate(order)]
     )
@@ -100,13 +118,7 @@ def export_rating(contexts: Sequence[str], responses: dict[str, Sequence[str]], 
         "response": [responses[s][i] for s, i in zip(key["system"], key["example_index"])],
         **{a: "" for a in ASPECTS},
     })
-    paths = {"key": out / "rating_key.csv", "instructions": out / "rating_instructions.txt"}
-    _write_csv(paths["key"], key)
-    paths["instructions"].write_text(RATING_INSTRUCTIONS)
-    for r in range(1, n_raters + 1):
-        paths[f"rater{r}"] = out / f"rating_sheet_rater{r}.csv"
-        _write_csv(paths[f"rater{r}"], sheet.iloc[rng.permutation(len(sheet))])  # own order per rater
-    return paths
+    return _write_export(out, "rating", key, sheet, RATING_INSTRUCTIONS, n_raters, rng)
 
 
 def export_ab(contexts: Sequence[str], responses: dict[str, Sequence[str]], model_a: str, out_dir, n: int = 100,
@@ -117,13 +129,7 @@ def export_ab(contexts: Sequence[str], responses: dict[str, Sequence[str]], mode
     baselines = [s for s in responses if s != model_a]
     if not baselines:
         raise ValueError("an A/B test needs at least one system besides model A")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _refuse_overwrite(out, "ab_*.csv", overwrite)
-    rng = np.random.default_rng(seed)
-    idx = _sample(len(contexts), n, rng)
-    rows = [(i, b) for i in idx for b in baselines]
-    order = rng.permutation(len(rows))
+    out, rng, rows, order = _shuffled_items(out_dir, "ab", overwrite, len(contexts), n, seed, baselines)
     a_pos = rng.integers(1, 3, size=len(rows))
     key = pd.DataFrame([
         {"item_id": f"P{k + 1:04d}", "example_index": int(rows[j][0]), "model_a": model_a, "model_b": rows[j][1],
@@ -134,13 +140,7 @@ def export_ab(contexts: Sequence[str], responses: dict[str, Sequence[str]], mode
     second = [responses[b if p == 1 else a][i] for i, a, b, p in zip(key["example_index"], key["model_a"], key["model_b"], key["a_position"])]
     sheet = pd.DataFrame({"item_id": key["item_id"], "context": [contexts[i] for i in key["example_index"]],
                           "response_1": first, "response_2": second, "choice": ""})
-    paths = {"key": out / "ab_key.csv", "instructions": out / "ab_instructions.txt"}
-    _write_csv(paths["key"], key)
-    paths["instructions"].write_text(AB_INSTRUCTIONS)
-    for r in range(1, n_raters + 1):
-        paths[f"rater{r}"] = out / f"ab_sheet_rater{r}.csv"
-        _write_csv(paths[f"rater{r}"], sheet.iloc[rng.permutation(len(sheet))])
-    return paths
+    return _write_export(out, "ab", key, sheet, AB_INSTRUCTIONS, n_raters, rng)
 
 
 # --------------------------------------------------------------------------- import and validation
