@@ -172,10 +172,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "offline": {
         # sized for a shared 2-core CPU (about an hour for the three): short texts, 2 epochs
         "identifiers": {"max_context_len": 64, "max_response_len": 48, "epochs": 2, "patience": 1, "lr": 5e-5},
-        # generator: step caps sized for ~45 min of notebook 03 on the shared, busy 2-core CPU (about a third
-        # of an epoch); raise them (the run resumes) or drop them on a GPU
-        "generator": {"epochs": 3, "lr": 5e-4, "batch_size": 32, "full_epochs": 3, "full_lr": 5e-4,
-                      "full_max_steps": 400, "max_steps": 120, "eval_every": 100, "eval_examples": 1000},
+        # generator: full training to early stopping over at most 3 epochs (3,774 steps of 32, about 1.5 h on
+        # two cores), then one epoch of prefix-tuning; RL needs a start that has learned the task
+        "generator": {"epochs": 1, "lr": 5e-4, "batch_size": 32, "full_epochs": 3, "full_lr": 5e-4,
+                      "eval_every": 200, "eval_examples": 1000, "patience": 3},
         "ppo": {"steps": 200, "checkpoint_every": 50},  # about 15-20 min on 2 CPU cores
         "evaluation": {"ablation_ppo_steps": 100, "ablation_no_kl_steps": 100},
     },
