@@ -224,7 +224,8 @@ def _parse_reply(raw: bytes, content_type: str, endpoint: LLMEndpoint) -> Reply:
         if not isinstance(text, str):
             raise TypeError("message.content is not text")
     except (KeyError, IndexError, TypeError, AttributeError):
-        legacy = isinstance(payload, dict) and "text" in str(payload.get("choices", ""))
+        choices = payload.get("choices") if isinstance(payload, dict) else None
+        legacy = isinstance(choices, list) and bool(choices) and isinstance(choices[0], dict) and "text" in choices[0]
         hint = " (a legacy /completions reply: point EMPRL_LLM_URL at .../chat/completions)" if legacy else ""
         raise LLMError(f"{where}: not a chat-completions reply{hint}: "
                        f"{_redact(json.dumps(payload)[:300], endpoint)}") from None
@@ -274,11 +275,9 @@ def chat_completion(endpoint: LLMEndpoint, prompt: str, sampling: Sampling = Sam
             wait = fault.retry_after
             if wait is None:
                 wait = backoff * 2**attempt * random.uniform(0.5, 1.0)  # jitter: threads do not retry in step
-            if (stop.wait if stop is not None else time.sleep)(min(wait, max_wait)):
+            if (stop.wait if stop is not None else time.sleep)(min(wait, max_wait)):  # True: the run stops
                 raise _Stopped() from None
-        if stop is not None and stop.is_set():
-            raise _Stopped()
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 class ResponseCache:

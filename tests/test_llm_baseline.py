@@ -6,6 +6,7 @@ import collections
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -247,12 +248,15 @@ def test_faults_are_retried_and_counted(server, capsys, tmp_path):
     assert run.model_label(server.endpoint) == "tiny-chat (tiny-chat-2026-01-01)"
 
 
-def test_concurrency_is_bounded(server, tmp_path):
+def test_concurrency_is_bounded_and_progress_shows_rate_and_eta(server, tmp_path, capsys):
     server.delay = 0.1
     prompts = [f"Speaker: {i}" for i in range(12)]
-    L.complete_all(prompts, server.endpoint, tmp_path / "c.jsonl", concurrency=3, **FAST)
+    L.complete_all(prompts, server.endpoint, tmp_path / "c.jsonl", concurrency=3, **{**FAST, "progress": True})
     assert server.max_in_flight == 3
     assert sum(server.received.values()) == 12
+    err = capsys.readouterr().err
+    assert re.search(r"12/12 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+req/s\]", err), err  # elapsed<ETA, rate
+    assert re.search(r"12 requested in [\d.]+ s, [\d.]+ req/s", err)
 
 
 def test_fatal_errors_are_clear_and_keep_what_arrived(server, tmp_path):
