@@ -55,17 +55,17 @@ def main() -> None:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = llm_baseline.LLMEndpoint(f"http://127.0.0.1:{server.server_port}/v1/chat/completions", "bench")
-    shots = [("Speaker: I lost my keys.", "Oh no, did you find them?"), ("Speaker: I got a puppy!", "What breed?")]
-    prompts = [llm_baseline.build_prompt(f"Speaker: test context number {i}.", shots) for i in range(args.requests)]
+    shots = [("Speaker: I lost my keys.", "Oh no, did you find them?"), ("Speaker: I got a puppy!", "Which breed?")]
+    prompts = [llm_baseline.build_prompt(f"Speaker: test context {i}.", shots) for i in range(args.requests)]
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"loopback server, {args.delay * 1000:.0f} ms per request, {args.requests} requests per configuration")
+          f"loopback server, {args.delay * 1000:.0f} ms per request, {args.requests} requests each")
     rates = {}
     for concurrency in args.concurrency:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            run = llm_baseline.complete_all(prompts, endpoint, Path(tmp) / "cache.jsonl", concurrency=concurrency,
-                                            progress=False)
+            run = llm_baseline.complete_all(prompts, endpoint, Path(tmp) / "cache.jsonl",
+                                            concurrency=concurrency, progress=False)
             seconds = time.perf_counter() - start
             assert run.requested == args.requests and len(set(run.responses)) == 1
         rates[concurrency] = args.requests / seconds

@@ -225,7 +225,7 @@ def _parse_reply(raw: bytes, content_type: str, endpoint: LLMEndpoint) -> Reply:
             raise TypeError("message.content is not text")
     except (KeyError, IndexError, TypeError, AttributeError):
         choices = payload.get("choices") if isinstance(payload, dict) else None
-        legacy = isinstance(choices, list) and bool(choices) and isinstance(choices[0], dict) and "text" in choices[0]
+        legacy = bool(choices) and isinstance(choices, list) and "text" in (choices[0] or {})
         hint = " (a legacy /completions reply: point EMPRL_LLM_URL at .../chat/completions)" if legacy else ""
         raise LLMError(f"{where}: not a chat-completions reply{hint}: "
                        f"{_redact(json.dumps(payload)[:300], endpoint)}") from None
