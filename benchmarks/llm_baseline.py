@@ -55,7 +55,7 @@ def main() -> None:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = llm_baseline.LLMEndpoint(f"http://127.0.0.1:{server.server_port}/v1/chat/completions", "bench")
-    shots = [("Speaker: I lost my keys.", "Oh no, did you find them?"), ("Speaker: I got a puppy!", "Which breed?")]
+    shots = [("Speaker: I lost my keys.", "Oh no, did you find them?"), ("Speaker: I got a puppy!", "Cute!")]
     prompts = [llm_baseline.build_prompt(f"Speaker: test context {i}.", shots) for i in range(args.requests)]
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "

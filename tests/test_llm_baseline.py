@@ -119,6 +119,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"<html><body>Welcome</body></html>", content_type="text/html")
         elif fault == "notchat":
             self._send(200, b'{"object": "list", "data": []}')
+        elif fault == "legacy":
+            self._send(200, b'{"object": "text_completion", "choices": [{"text": "hi", "index": 0}]}')
         elif fault == "drop":
             self.close_connection = True  # no status line at all
         elif fault == "slow":
@@ -264,6 +266,7 @@ def test_fatal_errors_are_clear_and_keep_what_arrived(server, tmp_path):
     for fault, error, pattern in [("401", L.LLMAuthError, "HTTP 401.*API key is missing, invalid.*was refused"),
                                   ("404", L.LLMError, "HTTP 404.*EMPRL_LLM_URL is the API base"),
                                   ("notchat", L.LLMError, "not a chat-completions reply"),
+                                  ("legacy", L.LLMError, "legacy /completions reply"),
                                   ("html", L.LLMError, "HTML page, not a chat-completions API")]:
         server.plan = {"hi": [fault]}
         server.received.clear()
