@@ -109,8 +109,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(429, b'{"error": {"message": "rate limited"}}', headers={"Retry-After": "0.3"})
         elif fault == "500":
             self._send(500, b'{"error": "oops: ' + echo + b'"}')
-        elif fault == "401":
-            self._send(401, b'{"error": {"message": "invalid api key ' + echo + b'"}}')
+        elif fault in ("401", "403"):
+            self._send(int(fault), b'{"error": {"message": "invalid api key ' + echo + b'"}}')
         elif fault == "404":
             self._send(404, b'{"error": {"message": "model not found"}}')
         elif fault == "badjson":
@@ -264,6 +264,7 @@ def test_concurrency_is_bounded_and_progress_shows_rate_and_eta(server, tmp_path
 def test_fatal_errors_are_clear_and_keep_what_arrived(server, tmp_path):
     ep = server.endpoint
     for fault, error, pattern in [("401", L.LLMAuthError, "HTTP 401.*API key is missing, invalid.*was refused"),
+                                  ("403", L.LLMAuthError, "HTTP 403.*API key is missing, invalid.*was refused"),
                                   ("404", L.LLMError, "HTTP 404.*EMPRL_LLM_URL is the API base"),
                                   ("notchat", L.LLMError, "not a chat-completions reply"),
                                   ("legacy", L.LLMError, "legacy /completions reply"),
@@ -363,7 +364,7 @@ def test_killed_run_resumes_from_the_cache(server, tmp_path):
     server.hold_after = None
     resumed = L.complete_all(prompts, L.LLMEndpoint(server.endpoint.url, "tiny-chat", "k"), cache, **FAST)
     asked_again = {p for p in prompts if server.received[p] > received_first[p]}
-    assert not asked_again & answered_first  # no cached prompt is requested again
+    assert asked_again == set(prompts) - answered_first  # only the missing ones: no answered prompt again
     assert all(server.answered[p] == 1 for p in prompts)  # every prompt answered exactly once overall
     assert (resumed.cached, resumed.requested) == (answered_before_kill, n - answered_before_kill)
 
