@@ -124,7 +124,7 @@ class Handler(BaseHTTPRequestHandler):
         elif fault == "drop":
             self.close_connection = True  # no status line at all
         elif fault == "slow":
-            time.sleep(0.8)
+            time.sleep(1.6)
             self._send(200, json.dumps({"choices": [{"message": {"content": "too late"}}]}).encode())
         else:
             finish = "length" if fault == "length" else "stop"
@@ -152,7 +152,7 @@ def server():
     httpd.server_close()
 
 
-FAST = {"timeout": 0.4, "backoff": 0.01, "max_wait": 2.0, "progress": False}
+FAST = {"timeout": 1.0, "backoff": 0.01, "max_wait": 2.0, "progress": False}
 
 
 def free_port() -> int:
