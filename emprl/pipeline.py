@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from emprl import paths
+from emprl.run import REPO_ROOT, resolve_output_dir
 from emprl.profiles import PROFILES, get_profile
 
-NOTEBOOK_DIR = paths.REPO_ROOT / "notebooks"
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
 def discover(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -67,7 +67,7 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
     import papermill as pm
 
     get_profile(profile, seed=seed)  # validates the profile before anything runs
-    out_dir = paths.output_dir(profile, out)
+    out_dir = resolve_output_dir(profile, out)
     notebooks = select(discover(notebook_dir), only)
     timings: dict[str, float] = {}
     for nb in notebooks:
