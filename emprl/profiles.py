@@ -366,6 +366,8 @@ def parse_overrides(overrides: Any) -> dict[str, dict[str, Any]]:
     elif isinstance(overrides, dict):
         pairs = []
         for key, value in overrides.items():
+            if isinstance(value, dict) and key not in SECTIONS:
+                raise ValueError(f"overrides: unknown section {key!r}; sections are {sorted(SECTIONS)}")
             if isinstance(value, dict):
                 pairs += [(f"{key}.{param}", v) for param, v in value.items()]
             else:
