@@ -74,25 +74,43 @@ def _python_tag(python: str) -> str:
     return "cp" + python.replace(".", "")
 
 
-def download_wheels(packages: list[str], wheelhouse: Path, python: str, platform: str) -> None:
-    """``pip download`` binary wheels for the target into ``wheelhouse`` (skipped when all are there)."""
+def download_wheels(packages: list[str], wheelhouse: Path, python: str, platform: str, dest: Path) -> list[Path]:
+    """The binary wheels of ``packages`` and their dependencies for the target, copied into ``dest``.
+
+    Resolved from the ``wheelhouse`` cache alone when it has them all (no network), else with ``pip download``
+    from the index; the cache keeps what was downloaded.
+    """
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--python-version", python,
-           "--implementation", "cp", "--abi", _python_tag(python), "--platform", platform,
-           "--find-links", str(wheelhouse), "-d", str(wheelhouse), *packages]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"pip download failed for {packages} ({python}, {platform}); without network, put "
-                           f"the wheels in {wheelhouse} first.\n{result.stderr[-2000:]}")
+    base = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--python-version", python,
+            "--implementation", "cp", "--abi", _python_tag(python), "--platform", platform,
+            "--find-links", str(wheelhouse)]
+    with tempfile.TemporaryDirectory() as tmp:
+        offline = subprocess.run([*base, "--no-index", "-d", tmp, *packages], capture_output=True, text=True)
+        if offline.returncode != 0:
+            online = subprocess.run([*base, "-d", tmp, *packages], capture_output=True, text=True)
+            if online.returncode != 0:
+                raise RuntimeError(f"pip download failed for {packages} (Python {python}, {platform}); without "
+                                   f"network, put the wheels in {wheelhouse} first.\n{online.stderr[-2000:]}")
+        kept = []
+        for wheel in sorted(Path(tmp).glob("*.whl")):
+            if not (wheelhouse / wheel.name).exists():
+                shutil.copy2(wheel, wheelhouse / wheel.name)
+            if _dist_name(wheel) not in TARGET_HAS | OPTIONAL:
+                kept.append(Path(shutil.copy2(wheel, dest / wheel.name)))
+    return kept
 
 
 def build_emprl_wheel(dest: Path) -> Path:
     """Our own wheel (no dependencies pinned at install: run.sh installs with --no-deps)."""
     with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"  # a clean copy: no stale build/ or egg-info from the checkout
+        shutil.copytree(REPO_ROOT / "emprl", src / "emprl", ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(REPO_ROOT / name, src / name)
         result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                                 "-q", "-w", tmp, str(REPO_ROOT)], capture_output=True, text=True)
+                                 "-q", "-w", tmp, str(src)], capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"could not build the emprl wheel:\n{result.stderr[-2000:]}")
+            raise RuntimeError(f"could not build the emprl wheel (needs setuptools):\n{result.stderr[-2000:]}")
         built = next(Path(tmp).glob("emprl-*.whl"))
         return Path(shutil.copy2(built, dest / built.name))
 
@@ -125,8 +143,7 @@ def git_commit() -> str | None:
 
 def build(outdir: str | Path, python: str = TARGET_PYTHON, platform: str = TARGET_PLATFORM,
           lacks: tuple[str, ...] = TARGET_LACKS, data_dir: str | Path | None = None,
-          wheelhouse: str | Path | None = None, extra_wheels: tuple[str, ...] = (),
-          max_bytes: int = MAX_BUNDLE_BYTES) -> dict:
+          wheelhouse: str | Path | None = None, max_bytes: int = MAX_BUNDLE_BYTES) -> dict:
     """Write the bundle to ``outdir`` (replaced if it holds a previous bundle); return its manifest."""
     out = Path(outdir).resolve()
     if out.exists() and any(out.iterdir()):
@@ -139,12 +156,8 @@ def build(outdir: str | Path, python: str = TARGET_PYTHON, platform: str = TARGE
                                 "empatheticdialogues/ and epitome/")
     (out / "wheels").mkdir(parents=True)
     wheelhouse = Path(wheelhouse or Path.home() / ".cache" / "emprl" / "wheelhouse" / f"{_python_tag(python)}-{platform}")
-    packages = [*lacks, *extra_wheels]
-    if packages:
-        download_wheels(packages, wheelhouse, python, platform)
-        for wheel in sorted(wheelhouse.glob("*.whl")):
-            if _dist_name(wheel) not in TARGET_HAS | OPTIONAL:
-                shutil.copy2(wheel, out / "wheels" / wheel.name)
+    if lacks:
+        download_wheels(list(lacks), wheelhouse, python, platform, out / "wheels")
     build_emprl_wheel(out / "wheels")
     pack_data(data_root, out)
     encoders.write_minilm_bf16(out / "minilm")
