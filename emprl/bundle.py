@@ -16,8 +16,8 @@ The target (our GPU test machine, NOTES.md section 5) has Python 3.12, torch, tr
 accelerate, peft, pandas, seaborn, scikit-learn, safetensors and tokenizers; it lacks the notebook stack.
 Our transformers (5.24, a 13.5 MB wheel) does not fit beside MiniLM's 45 MB, so the bundle uses the
 target's 5.17; emprl's tests pass on 5.17 once ``PrefixT5`` also sets the prefix attention on the T5
-encoder's and decoder's own configs (5.17 copies the config into each stack). Wheels come from ``pip download --only-binary=:all:`` for the
-stated Python and platform, kept in a wheelhouse cache so a rebuild needs no network.
+encoder's and decoder's own configs (5.17 copies the config into each stack). Wheels come from
+``pip download --only-binary=:all:`` for the stated Python and platform, kept in a wheelhouse cache so a rebuild needs no network.
 """
 
 from __future__ import annotations
@@ -155,7 +155,8 @@ def build(outdir: str | Path, python: str = TARGET_PYTHON, platform: str = TARGE
         raise FileNotFoundError("no data: set EMPRL_DATA_DIR (or --data-dir) to the folder with "
                                 "empatheticdialogues/ and epitome/")
     (out / "wheels").mkdir(parents=True)
-    wheelhouse = Path(wheelhouse or Path.home() / ".cache" / "emprl" / "wheelhouse" / f"{_python_tag(python)}-{platform}")
+    cache = Path.home() / ".cache" / "emprl" / "wheelhouse" / f"{_python_tag(python)}-{platform}"
+    wheelhouse = Path(wheelhouse or cache)
     if lacks:
         download_wheels(list(lacks), wheelhouse, python, platform, out / "wheels")
     build_emprl_wheel(out / "wheels")

@@ -13,7 +13,8 @@ die() { echo "run.sh: error: $*" >&2; exit 1; }
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${PYTHON:-python3}
 
-[ $# -ge 1 ] && [ "${1#-}" = "$1" ] || die "usage: ./run.sh RESULTS [--profile gpu] [--device cuda] [--set section.param=value ...]"
+USAGE="usage: ./run.sh RESULTS [--profile gpu] [--device cuda] [--set section.param=value ...]"
+[ $# -ge 1 ] && [ "${1#-}" = "$1" ] || die "$USAGE"
 RESULTS=$1; shift
 PROFILE=gpu; DEVICE=""; REST=()
 while [ $# -gt 0 ]; do
@@ -87,14 +88,17 @@ fi
 
 # 4) the device
 if [ "${DEVICE%%:*}" = "cuda" ]; then
+  BUILT_FOR=$("$PY" -c "import torch; print(torch.version.cuda)")
   "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" \
-    || die "--device $DEVICE, but torch sees no CUDA device (torch built for CUDA: $("$PY" -c 'import torch; print(torch.version.cuda)'))"
+    || die "--device $DEVICE, but torch sees no CUDA device (torch built for CUDA: $BUILT_FOR)"
 fi
 
 # 5) the pipeline
 export EMPRL_MINILM_DIR="$HERE/minilm" EMPRL_CACHE_DIR="$WORK/cache" MPLBACKEND=Agg
 export JUPYTER_RUNTIME_DIR="$WORK/jupyter" JUPYTER_DATA_DIR="$WORK/jupyter" IPYTHONDIR="$WORK/ipython"
-export EMPRL_COMMIT=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['commit'] or '')" "$HERE/manifest.json")
+EMPRL_COMMIT=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['commit'] or '')" \
+  "$HERE/manifest.json")
+export EMPRL_COMMIT
 ARGS=(--profile "$PROFILE" --out "$WORK/out" --notebook-dir "$HERE/notebooks")
 [ -n "$DEVICE" ] && ARGS+=(--device "$DEVICE")
 START=$(date +%s)

@@ -121,8 +121,9 @@ def staleness(rendered: str | Path) -> list[str]:
     except ValueError as err:
         return [f"{Path(rendered).name}: {err}"]
     old, new = _flatten(_comparable(recorded["config"])), _flatten(_comparable(current))
-    return [f"{Path(rendered).name}: {key} recorded {old.get(key, '(absent)')!r}, current {new.get(key, '(absent)')!r}"
-            for key in sorted(set(old) | set(new)) if old.get(key, "(absent)") != new.get(key, "(absent)")]
+    absent = "(absent)"
+    return [f"{Path(rendered).name}: {key} recorded {old.get(key, absent)!r}, current {new.get(key, absent)!r}"
+            for key in sorted(set(old) | set(new)) if old.get(key, absent) != new.get(key, absent)]
 
 
 def run(profile: str, only: str | None = None, out: str | None = None, data_dir: str | None = None,

@@ -234,7 +234,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 # --------------------------------------------------------------------------- validation
 
 # Allowed values, by "section.param". Numbers: (low, high, low_inclusive, high_inclusive); None: unbounded.
-POSITIVE, NON_NEGATIVE, UNIT, OPEN_UNIT = (0, None, False, False), (0, None, True, False), (0, 1, True, True), (0, 1, False, False)
+POSITIVE, NON_NEGATIVE = (0, None, False, False), (0, None, True, False)
+UNIT, OPEN_UNIT = (0, 1, True, True), (0, 1, False, False)
 RANGES: dict[str, tuple] = {
     "runtime.threads": POSITIVE,
     **{f"data.{k}": POSITIVE for k in ("max_train", "max_valid", "max_test", "max_epitome", "max_context_tokens")},
@@ -313,8 +314,8 @@ def validate(profile: "Profile") -> "Profile":
                          f"got {device!r}")
     ppo, gen = profile.ppo, profile.generator
     if ppo.batch_size % (ppo.mini_batch_size * ppo.grad_accum):
-        raise ValueError(f"profile {profile.name!r}: ppo.mini_batch_size x ppo.grad_accum "
-                         f"({ppo.mini_batch_size} x {ppo.grad_accum}) must divide ppo.batch_size ({ppo.batch_size})")
+        raise ValueError(f"profile {profile.name!r}: ppo.mini_batch_size x ppo.grad_accum ({ppo.mini_batch_size} "
+                         f"x {ppo.grad_accum}) must divide ppo.batch_size ({ppo.batch_size})")
     if gen.d_model % gen.num_heads:
         raise ValueError(f"profile {profile.name!r}: generator.num_heads ({gen.num_heads}) must divide "
                          f"generator.d_model ({gen.d_model})")

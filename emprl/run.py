@@ -154,7 +154,8 @@ def resolve_device(requested: str) -> torch.device:
         if not torch.cuda.is_available():
             raise RuntimeError(
                 f"device {requested!r} was asked for, but torch sees no CUDA device (torch {torch.__version__}, "
-                f"built for CUDA {torch.version.cuda}). Use device 'cpu' or 'auto', or install a CUDA build of torch."
+                f"built for CUDA {torch.version.cuda}). Use device 'cpu' or 'auto', or install a CUDA build "
+                "of torch."
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise RuntimeError(f"device {requested!r} was asked for, but only {torch.cuda.device_count()} CUDA "

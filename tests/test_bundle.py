@@ -50,7 +50,8 @@ def test_bundle_contents_manifest_and_size(built):
     assert json.loads((out / "manifest.json").read_text())["files"] == manifest["files"]
     # MiniLM: a bfloat16 copy of the verified original, its hash in both manifests
     minilm = json.loads((out / "minilm" / "manifest.json").read_text())
-    assert minilm["sha256"] == _sha(out / "minilm" / "model.safetensors") == manifest["files"]["minilm/model.safetensors"]
+    copy_sha = _sha(out / "minilm" / "model.safetensors")
+    assert minilm["sha256"] == copy_sha == manifest["files"]["minilm/model.safetensors"]
     assert minilm["source_sha256"] == encoders.MINILM_SHA256
     from safetensors.torch import load_file
     weights = load_file(out / "minilm" / "model.safetensors")
@@ -92,8 +93,8 @@ def test_bundle_refuses_a_folder_that_is_not_a_bundle_and_missing_data(tmp_path)
 
 def test_pack_outputs_keeps_results_only_and_respects_the_size_limit(tmp_path):
     run = tmp_path / "run"
-    files = {"01_a.ipynb": 9000, "02_b.ipynb": 9000, "report.md": 1000, "tables/t.csv": 7000, "figures/f.png": 15000,
-             "metrics/m.json": 3000, "checkpoints/identifiers/x/model.safetensors": 5000, "cache/gold.pt": 100,
+    files = {"01_a.ipynb": 9000, "02_b.ipynb": 9000, "report.md": 1000, "tables/t.csv": 7000,
+             "figures/f.png": 15000, "metrics/m.json": 3000, "checkpoints/identifiers/x/model.safetensors": 5000, "cache/gold.pt": 100,
              "runs/ppo_emprl/log.csv": 100, "generations/test_generations.csv": 100}
     for name, size in files.items():
         (run / name).parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,8 @@ def test_run_sh_names_each_failure(built, tmp_path):
     res = _run_sh(copy, str(tmp_path / "r3"), "--profile", "smoke")
     assert res.returncode != 0 and "no data: the bundle has no data.tar.gz" in res.stderr
     if not torch.cuda.is_available():
-        res = _run_sh(_copy(built, tmp_path, "fresh"), str(tmp_path / "r4"), "--profile", "smoke", "--device", "cuda")
+        fresh = _copy(built, tmp_path, "fresh")
+        res = _run_sh(fresh, str(tmp_path / "r4"), "--profile", "smoke", "--device", "cuda")
         assert res.returncode != 0 and "--device cuda, but torch sees no CUDA device" in res.stderr
     assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3", "r4"))
 
@@ -166,5 +168,6 @@ def test_run_sh_runs_the_smoke_pipeline_offline_and_writes_archives(built, tmp_p
     assert "tables/02_table_i_identifiers.csv" in names and "metrics/config.json" in names
     assert not any(n.startswith(("checkpoints", "cache")) for n in names)
     recorded = nb.metadata["emprl"]
-    assert recorded["profile"] == "smoke" and recorded["commit"] == json.loads((copy / "manifest.json").read_text())["commit"]
+    assert recorded["commit"] == json.loads((copy / "manifest.json").read_text())["commit"]
+    assert recorded["profile"] == "smoke"
     assert recorded["resolved"]["device"] == "cpu"

@@ -162,10 +162,12 @@ def test_every_profile_validates_and_gpu_is_sized_as_issue_9_asks():
     for name in PROFILES:
         get_profile(name)
     gpu = get_profile("gpu")
-    assert (gpu.identifiers.encoder, gpu.identifiers.max_context_len, gpu.identifiers.max_response_len) == ("minilm", 256, 64)
+    i = gpu.identifiers
+    assert (i.encoder, i.max_context_len, i.max_response_len) == ("minilm", 256, 64)
     assert gpu.identifiers.epochs > get_profile("offline").identifiers.epochs
     g = gpu.generator  # the t5-small architecture, from scratch, trained to early stopping then prefix-tuned
-    assert (g.model, g.tuning, g.d_model, g.d_ff, g.num_layers, g.num_heads) == ("scratch", "prefix", 512, 2048, 6, 8)
+    assert (g.model, g.tuning, g.d_model, g.d_ff, g.num_layers, g.num_heads) == \
+        ("scratch", "prefix", 512, 2048, 6, 8)
     assert g.patience >= 1 and g.eval_every is not None
     assert gpu.evaluation.max_examples is None and gpu.data.max_test is None and gpu.data.max_train is None
     assert gpu.ppo.steps > 0 and gpu.runtime.device == "auto"
@@ -174,3 +176,9 @@ def test_every_profile_validates_and_gpu_is_sized_as_issue_9_asks():
 def test_systems_name_the_paper_rows():
     assert list(run_module.SYSTEMS) == ["EmpRL", "w/o KL Penalty", "w/o Empathy Reward", "w/o RL",
                                         "w/o RL, Prefix-tuning"]
+
+
+def test_setup_takes_a_built_profile_and_layers_overrides_on_it(tmp_path, no_cuda, keep_threads):
+    built = get_profile("smoke", {"ppo.steps": 3})
+    r = emprl.setup(built, output_dir=tmp_path, overrides={"ppo.lr": 0.1})
+    assert (r.profile.ppo.steps, r.profile.ppo.lr, r.profile.ppo.batch_size) == (3, 0.1, 4)
