@@ -23,7 +23,6 @@ encoder's and decoder's own configs (5.17 copies the config into each stack). Wh
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
