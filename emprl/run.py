@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from emprl import data
-from emprl.profiles import Profile, get_profile
+from emprl.profiles import Profile, get_profile, parse_overrides
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -205,8 +205,6 @@ def setup(profile: str | Profile = "smoke", seed: int = 0, data_dir: str | os.Pa
     ``device``: None -> ``$EMPRL_DEVICE`` if set, else the profile's ``runtime.device`` ("auto" by default).
     ``overrides``: {section: {param: value}}, {"section.param": value} or "section.param=value" strings.
     """
-    from emprl.profiles import parse_overrides
-
     name = profile.name if isinstance(profile, Profile) else profile
     layered = parse_overrides(overrides)
     if isinstance(profile, Profile):  # a profile built elsewhere: keep its values under the overrides
