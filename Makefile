@@ -12,7 +12,7 @@ TORCH   ?= torch==2.13.0
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.emprl-installed
 
-.PHONY: reproduce test venv clean-outputs
+.PHONY: reproduce test venv clean-outputs bundle
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 	EMPRL_OUTPUT_DIR=$${EMPRL_OUTPUT_DIR:-$$(mktemp -d)} MPLBACKEND=Agg \
 		$(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks
+
+# A self-contained folder for an air-gapped GPU machine (see README); needs EMPRL_DATA_DIR.
+BUNDLE ?= bundle
+bundle: $(STAMP)
+	$(PY) -m emprl.bundle $(BUNDLE)
 
 clean-outputs:
 	rm -rf outputs/$(PROFILE)

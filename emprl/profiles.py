@@ -1,13 +1,16 @@
-"""The three run profiles (smoke, offline, paper) in one validated definition.
+"""The run profiles (smoke, offline, gpu, paper) in one validated definition.
 
 Each stage reads its own section. A profile is a plain nested dict of overrides on the
 dataclass defaults below; ``get_profile`` builds and validates it, so an unknown profile,
-section or parameter is a clear error rather than a silently ignored typo.
+section or parameter, a value of the wrong type or out of range is a clear error naming
+``section.param`` rather than a silently ignored typo.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,9 +130,18 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    # "auto": CUDA when available, else CPU; $EMPRL_DEVICE overrides it; "cuda" without CUDA is an error
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    precision: str = "auto"  # "auto": bf16 autocast (fp32 master weights) on CUDA, fp32 on CPU | "bf16" | "fp32"
+    threads: int | None = None  # torch CPU threads; None: $EMPRL_THREADS, else 1 at smoke, else every core
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     seed: int = 0
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     identifiers: IdentifierConfig = field(default_factory=IdentifierConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -145,6 +157,7 @@ class Profile:
 
 
 SECTIONS = {
+    "runtime": RuntimeConfig,
     "data": DataConfig,
     "identifiers": IdentifierConfig,
     "generator": GeneratorConfig,
@@ -179,6 +192,36 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "ppo": {"steps": 200, "checkpoint_every": 50},  # about 15-20 min on 2 CPU cores
         "evaluation": {"ablation_ppo_steps": 100, "ablation_no_kl_steps": 100},
     },
+    # Real data on one GPU (an H100) in at most 7 minutes for notebooks 01-07. The arithmetic, from the GPU
+    # figures in NOTES.md section 5 (t5-base eager forward+backward 93 ms at batch 8, launch-bound, so a
+    # t5-small-sized step (6+6 layers, half of t5-base's) costs about 50-80 ms whatever the batch up to 128;
+    # HF generate about 0.3 s a batch; emprl's PPO step 1.09 s for t5-base at batch 8, 1.40 s at batch 64,
+    # so about 0.7 s for t5-small at batch 32), and the CPU ratios of section 4 (MiniLM train step 1.1 s vs
+    # a forward 0.29 s):
+    #   kernel starts and imports, 7 notebooks x ~6 s                                     ~  45 s
+    #   01 data                                                                           ~  10 s
+    #   02 identifiers: 3 x 4 epochs x 75 steps (2,400 pairs / 32) x ~50 ms (2 MiniLMs,
+    #      256 + 64 tokens) + validation + gold levels of the test split (~5k x 3, forward)  ~  55 s
+    #   03 generator: tokenizer ~15 s; full training 3 epochs x 315 steps (40k / 128) x ~70 ms
+    #      = 66 s (early stopping may end it sooner); prefix-tuning 1 epoch = 22 s; PPL ~5 s ~ 110 s
+    #   04 PPO: 50 steps x ~0.7 s (batch 32) + gold levels of the visited contexts        ~  40 s
+    #   05 two systems on the whole test split (~5k): sampling 20 batches of 256 x ~0.35 s,
+    #      PPL, scoring, bootstrap: ~12 s each                                           ~  25 s
+    #   06 five systems x ~12 s + PPO for w/o KL (25 steps) and w/o R_emp (50 steps)    ~ 115 s
+    #   07 case studies (a dozen contexts)                                                ~  10 s
+    #   total                                                                             ~ 410 s
+    # Estimates, not measurements: the pipeline writes metrics/pipeline_timings.json; adjust from it.
+    "gpu": {
+        "identifiers": {"max_context_len": 256, "max_response_len": 64, "batch_size": 32, "lr": 5e-5,
+                        "epochs": 4, "patience": 2},
+        # the t5-small architecture (d_model 512, 6+6 layers, 8 heads, d_ff 2048) with our 8k tokenizer, trained
+        # from scratch to early stopping, then frozen and prefix-tuned
+        "generator": {"d_model": 512, "d_ff": 2048, "num_layers": 6, "num_heads": 8, "prefix_hidden": 512,
+                      "batch_size": 128, "lr": 1e-3, "epochs": 1, "full_lr": 1e-3, "full_epochs": 3,
+                      "eval_every": 100, "eval_examples": 1000, "patience": 3},
+        "ppo": {"steps": 50, "batch_size": 32, "mini_batch_size": 32, "checkpoint_every": 25},
+        "evaluation": {"batch_size": 256, "ablation_ppo_steps": None, "ablation_no_kl_steps": 25},
+    },
     # The paper: t5-base from the hub, the paper's hyper-parameters, GPUs.
     "paper": {
         "identifiers": {"encoder": "t5-base", "max_context_len": 256, "max_response_len": 64, "epochs": 10, "patience": 3},
@@ -188,12 +231,172 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def get_profile(name: str, overrides: dict[str, dict[str, Any]] | None = None, seed: int | None = None) -> Profile:
-    """Build and validate a profile; ``overrides`` is {section: {param: value}} applied last."""
+# --------------------------------------------------------------------------- validation
+
+# Allowed values, by "section.param". Numbers: (low, high, low_inclusive, high_inclusive); None: unbounded.
+POSITIVE, NON_NEGATIVE = (0, None, False, False), (0, None, True, False)
+UNIT, OPEN_UNIT = (0, 1, True, True), (0, 1, False, False)
+RANGES: dict[str, tuple] = {
+    "runtime.threads": POSITIVE,
+    **{f"data.{k}": POSITIVE for k in ("max_train", "max_valid", "max_test", "max_epitome", "max_context_tokens")},
+    **{f"identifiers.{k}": POSITIVE for k in ("max_context_len", "max_response_len", "batch_size", "lr", "epochs",
+                                             "patience", "gold_preview")},
+    "identifiers.weight_decay": NON_NEGATIVE, "identifiers.val_fraction": OPEN_UNIT,
+    **{f"generator.{k}": POSITIVE for k in (
+        "prefix_encoder_len", "prefix_decoder_len", "prefix_hidden", "vocab_size", "d_model", "d_ff", "num_layers",
+        "num_heads", "max_source_len", "max_target_len", "lr", "batch_size", "epochs", "max_steps", "full_lr",
+        "full_epochs", "full_max_steps", "patience", "eval_every", "eval_examples", "top_k", "temperature",
+        "max_new_tokens")},
+    "generator.top_p": (0, 1, False, True),
+    "ppo.steps": NON_NEGATIVE,
+    **{f"ppo.{k}": POSITIVE for k in ("lr", "batch_size", "mini_batch_size", "ppo_epochs", "grad_accum",
+                                     "max_grad_norm", "min_new_tokens", "kl_target", "kl_horizon", "score_clip",
+                                     "checkpoint_every", "log_every", "value_clip", "clip")},
+    **{f"ppo.{k}": NON_NEGATIVE for k in ("weight_decay", "beta", "alpha")},
+    "ppo.gamma": UNIT, "ppo.lam": UNIT,
+    **{f"evaluation.{k}": POSITIVE for k in ("max_examples", "batch_size", "bootstrap", "ablation_ppo_steps",
+                                            "ablation_no_kl_steps", "n_random_cases", "human_eval_contexts")},
+    "evaluation.ci_level": OPEN_UNIT,
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "runtime.precision": ("auto", "bf16", "fp32"),
+    "identifiers.pooling": ("max", "mean"),
+    "identifiers.class_weighting": ("none", "inverse", "inverse_sqrt"),
+    "generator.tuning": ("prefix", "full"),
+    "ppo.kl_estimator": ("sampled", "full"),
+}
+
+
+def _field_types(cls) -> dict[str, tuple[type, ...]]:
+    """{param: accepted types}, from the annotations ("int | None" -> (int, NoneType))."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) if isinstance(hints[f.name], types.UnionType)
+            else (hints[f.name],) for f in dataclasses.fields(cls)}
+
+
+def _type_ok(value: Any, accepted: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # bool is an int to Python, never to a profile
+        return bool in accepted
+    return isinstance(value, accepted) or (float in accepted and isinstance(value, int))
+
+
+def _in_range(value, low, high, low_inc, high_inc) -> bool:
+    above = low is None or (value >= low if low_inc else value > low)
+    below = high is None or (value <= high if high_inc else value < high)
+    return above and below
+
+
+def _describe_range(low, high, low_inc, high_inc) -> str:
+    if high is None:
+        return f"{'>=' if low_inc else '>'} {low}"
+    return f"in {'[' if low_inc else '('}{low}, {high}{']' if high_inc else ')'}"
+
+
+def validate(profile: "Profile") -> "Profile":
+    """Check every parameter's type and range; raise ValueError naming ``section.param``."""
+    for section, cls in SECTIONS.items():
+        cfg = getattr(profile, section)
+        for param, accepted in _field_types(cls).items():
+            name, value = f"{section}.{param}", getattr(cfg, param)
+            if not _type_ok(value, accepted):
+                wanted = " or ".join("None" if t is type(None) else t.__name__ for t in accepted)
+                raise ValueError(f"profile {profile.name!r}: {name} must be {wanted}, got {value!r}")
+            if value is None or isinstance(value, bool):
+                continue
+            if name in RANGES and not _in_range(value, *RANGES[name]):
+                raise ValueError(f"profile {profile.name!r}: {name} must be {_describe_range(*RANGES[name])}, "
+                                 f"got {value!r}")
+            if name in CHOICES and value not in CHOICES[name]:
+                raise ValueError(f"profile {profile.name!r}: {name} must be one of {CHOICES[name]}, got {value!r}")
+    device = profile.runtime.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"profile {profile.name!r}: runtime.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                         f"got {device!r}")
+    ppo, gen = profile.ppo, profile.generator
+    if ppo.batch_size % (ppo.mini_batch_size * ppo.grad_accum):
+        raise ValueError(f"profile {profile.name!r}: ppo.mini_batch_size x ppo.grad_accum ({ppo.mini_batch_size} "
+                         f"x {ppo.grad_accum}) must divide ppo.batch_size ({ppo.batch_size})")
+    if gen.d_model % gen.num_heads:
+        raise ValueError(f"profile {profile.name!r}: generator.num_heads ({gen.num_heads}) must divide "
+                         f"generator.d_model ({gen.d_model})")
+    return profile
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _parse_value(name: str, text: str, accepted: tuple[type, ...]) -> Any:
+    """``text`` as the field's type: "none"/"null" for an optional field, true/false for booleans."""
+    if type(None) in accepted and text.strip().lower() in ("none", "null"):
+        return None
+    for kind in (bool, int, float, str):  # bool before int: "true" is never a number here
+        if kind not in accepted:
+            continue
+        if kind is bool:
+            if text.strip().lower() in ("true", "1", "yes"):
+                return True
+            if text.strip().lower() in ("false", "0", "no"):
+                return False
+            continue
+        try:
+            return kind(text.strip()) if kind is not str else text
+        except ValueError:
+            continue
+    wanted = " or ".join("None" if t is type(None) else t.__name__ for t in accepted)
+    raise ValueError(f"override {name}={text!r}: expected {wanted}")
+
+
+def parse_overrides(overrides: Any) -> dict[str, dict[str, Any]]:
+    """Overrides as {section: {param: value}}.
+
+    Accepts that nested form, a flat {"section.param": value} dict, or "section.param=value" strings
+    (one, a comma-free list, or the ``--set`` items of ``emprl.pipeline``); string values are parsed by
+    the field's type. Unknown sections or parameters are errors naming them.
+    """
+    if overrides in (None, "", [], {}):
+        return {}
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    if isinstance(overrides, (list, tuple)):
+        pairs = []
+        for item in overrides:
+            if "=" not in str(item):
+                raise ValueError(f"override {item!r}: expected section.param=value, e.g. ppo.steps=500")
+            key, text = str(item).split("=", 1)
+            pairs.append((key.strip(), text))
+    elif isinstance(overrides, dict):
+        pairs = []
+        for key, value in overrides.items():
+            if isinstance(value, dict) and key not in SECTIONS:
+                raise ValueError(f"overrides: unknown section {key!r}; sections are {sorted(SECTIONS)}")
+            if isinstance(value, dict):
+                pairs += [(f"{key}.{param}", v) for param, v in value.items()]
+            else:
+                pairs.append((key, value))
+    else:
+        raise ValueError(f"overrides must be a dict or section.param=value strings, got {type(overrides).__name__}")
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in pairs:
+        section, _, param = key.partition(".")
+        if not param:
+            raise ValueError(f"override {key!r}: expected section.param, e.g. ppo.steps")
+        if section not in SECTIONS:
+            raise ValueError(f"override {key!r}: unknown section {section!r}; sections are {sorted(SECTIONS)}")
+        accepted = _field_types(SECTIONS[section])
+        if param not in accepted:
+            raise ValueError(f"override {key!r}: unknown parameter {param!r} in section {section!r}; "
+                             f"known: {sorted(accepted)}")
+        nested.setdefault(section, {})[param] = (_parse_value(key, value, accepted[param])
+                                                 if isinstance(value, str) else value)
+    return nested
+
+
+def get_profile(name: str, overrides: Any = None, seed: int | None = None) -> Profile:
+    """Build and validate a profile; ``overrides`` ({section: {param: value}}, see parse_overrides) apply last."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}: choose one of {sorted(PROFILES)}")
     sections: dict[str, Any] = {}
-    for layer_name, layer in (("profile " + name, PROFILES[name]), ("overrides", overrides or {})):
+    for layer_name, layer in (("profile " + name, PROFILES[name]), ("overrides", parse_overrides(overrides))):
         for section, params in layer.items():
             if section not in SECTIONS:
                 raise ValueError(f"{layer_name}: unknown section {section!r}; sections are {sorted(SECTIONS)}")
@@ -205,4 +408,4 @@ def get_profile(name: str, overrides: dict[str, dict[str, Any]] | None = None, s
                 )
             sections.setdefault(section, {}).update(params)
     built = {s: cls(**sections.get(s, {})) for s, cls in SECTIONS.items()}
-    return Profile(name=name, seed=0 if seed is None else int(seed), **built)
+    return validate(Profile(name=name, seed=0 if seed is None else int(seed), **built))

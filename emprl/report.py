@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-SMOKE_BANNER = "SMOKE PROFILE: numbers are not meaningful"
+from emprl.run import SMOKE_BANNER, resolve_output_dir
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -101,7 +101,7 @@ def _group(name: str) -> str:
 
 def _describe_profile(profile: str) -> tuple[str, str]:
     """Models and data as the profile defines them (used when no notebook recorded provenance)."""
-    from emprl import paths
+    from emprl.data import resolve_data_dir
     from emprl.profiles import get_profile
 
     p = get_profile(profile)
@@ -109,7 +109,7 @@ def _describe_profile(profile: str) -> tuple[str, str]:
     models = (f"generator T5 ({g.model}, {g.tuning}-tuned; d_model {g.d_model}, {g.num_layers}+{g.num_layers} layers, "
               f"prefix {g.prefix_encoder_len}/{g.prefix_decoder_len}), identifiers {i.encoder} ({i.pooling}-pooling), "
               f"PPO {p.ppo.steps} steps")
-    root = paths.data_dir()
+    root = resolve_data_dir()
     caps = {k: v for k, v in (("train", p.data.max_train), ("valid", p.data.max_valid), ("test", p.data.max_test),
                              ("epitome", p.data.max_epitome)) if v is not None}
     data = f"{root if root else 'bundled invented sample (emprl.smoke_sample)'}" + (f", capped at {caps}" if caps else "")
@@ -157,13 +157,11 @@ def write_report(out, profile: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from emprl import paths
-
     parser = argparse.ArgumentParser(prog="python -m emprl.report", description="Write OUT/report.md.")
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--out", default=None, help="output folder (default $EMPRL_OUTPUT_DIR or outputs/<profile>)")
     args = parser.parse_args(argv)
-    print(write_report(paths.output_dir(args.profile, args.out), args.profile))
+    print(write_report(resolve_output_dir(args.profile, args.out), args.profile))
     return 0
 
 

@@ -14,8 +14,8 @@ import dataclasses
 
 import pandas as pd
 
-from emprl import data, generator, paths, ppo, runtime, scoring
-from emprl.profiles import get_profile
+import emprl
+from emprl import data, generator, ppo, scoring
 
 
 def main() -> None:
@@ -25,19 +25,19 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--window", type=int, default=20, help="steps averaged at the start and the end")
     args = parser.parse_args()
-    P = get_profile(args.profile)
-    runtime.set_threads(P)
-    out = paths.output_dir(P.name, args.out)
-    scorer = scoring.EmpathyScorer.load(paths.checkpoint_dir(out, "identifiers"), batch_size=2 * P.identifiers.batch_size)
+    run = emprl.setup(args.profile, data_dir=args.data_dir, output_dir=args.out)
+    P, out = run.profile, run.out
+    scorer = scoring.EmpathyScorer.load(run.paths.identifiers, device=run.device, batch_size=2 * P.identifiers.batch_size)
     train = ppo.visited_subset(data.load_split(P, "train", args.data_dir), P.ppo.steps, P.ppo.batch_size, P.seed)
     gold = scoring.gold_labels(scorer, train, out / "cache")
     rows = {}
     for estimator in ("sampled", "full"):
-        policy, tokenizer = generator.load_generator(out / "checkpoints" / "generator" / "prefix")
-        res = ppo.train_ppo(policy, None, tokenizer, scorer, train, gold,
-                            dataclasses.replace(P.ppo, kl_estimator=estimator), P.generator,
-                            out / "experiments" / f"kl_{estimator}", seed=P.seed, variant="emprl",
-                            max_context_tokens=P.data.max_context_tokens, progress=True)
+        policy, tokenizer = generator.load_generator(run.paths.generator("prefix"))
+        with run.autocast():
+            res = ppo.train_ppo(policy.to(run.device), None, tokenizer, scorer, train, gold,
+                                dataclasses.replace(P.ppo, kl_estimator=estimator), P.generator,
+                                out / "experiments" / f"kl_{estimator}", seed=P.seed, variant="emprl",
+                                max_context_tokens=P.data.max_context_tokens, progress=True)
         log = pd.read_csv(res["log_path"])
         cols = ["emp_reward_mean", "reward_mean", "kl", "entropy", "response_len"]
         rows[(estimator, "first")] = log.head(args.window)[cols].mean()

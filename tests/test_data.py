@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from emprl import data, paths
+from emprl import data
 from emprl.data import (
     MECHANISMS,
     DataFormatError,
@@ -357,7 +357,7 @@ def test_split_rejects_bad_fraction():
 
 
 def test_bundled_sample_layouts_agree_and_cover_all_levels(tmp_path):
-    sample = paths.sample_data_dir()
+    sample = data.sample_data_dir()
     for split in data.SPLITS:
         raw_only = tmp_path / split
         (raw_only / "empatheticdialogues").mkdir(parents=True)
@@ -391,7 +391,7 @@ def test_sample_generator_is_reproducible(tmp_path, monkeypatch):
 
 def test_dataset_dir_and_profile_caps(tmp_path, monkeypatch):
     monkeypatch.delenv("EMPRL_DATA_DIR", raising=False)
-    assert dataset_dir("smoke") == paths.sample_data_dir()
+    assert dataset_dir("smoke") == data.sample_data_dir()
     with pytest.raises(FileNotFoundError, match="EMPRL_DATA_DIR.*python -m emprl.download"):
         dataset_dir("offline")
     assert dataset_dir("offline", tmp_path) == tmp_path.resolve()
@@ -403,9 +403,9 @@ def test_dataset_dir_and_profile_caps(tmp_path, monkeypatch):
 
     p = get_profile("smoke", overrides={"data": {"max_train": 7, "max_epitome": 11, "max_valid": None}})
     train = load_split(p, "train")
-    assert train == load_empathetic_dialogues("train", paths.sample_data_dir())[:7]
-    assert len(load_split(p, "valid")) == len(load_empathetic_dialogues("valid", paths.sample_data_dir()))
-    assert load_epitome_for(p) == load_epitome(paths.sample_data_dir())[:11]
+    assert train == load_empathetic_dialogues("train", data.sample_data_dir())[:7]
+    assert len(load_split(p, "valid")) == len(load_empathetic_dialogues("valid", data.sample_data_dir()))
+    assert load_epitome_for(p) == load_epitome(data.sample_data_dir())[:11]
     assert len(load_split("smoke", "test")) > 0
 
 

@@ -1,7 +1,10 @@
 """The pipeline runner and the profile definition."""
 
+import json
+
 import nbformat
 import pytest
+import torch
 
 from emprl import pipeline
 from emprl.profiles import get_profile
@@ -19,7 +22,7 @@ def _notebook(path, body):
 def test_unknown_profile_and_parameter_are_clear_errors():
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         get_profile("fast")
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['betta'\] in section 'ppo'"):
+    with pytest.raises(ValueError, match=r"unknown parameter 'betta' in section 'ppo'"):
         get_profile("smoke", {"ppo": {"betta": 0.1}})
     with pytest.raises(ValueError, match="unknown section 'gen'"):
         get_profile("smoke", {"gen": {}})
@@ -45,3 +48,76 @@ def test_runs_in_order_and_names_the_failing_cell(tmp_path):
         pipeline.run("smoke", out=str(out), notebook_dir=nbdir)
     assert (out / "ran_01").read_text() == "smoke"
     assert (out / "01_ok.ipynb").exists()
+
+
+def _rendered(path, recorded=None):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1")]
+    if recorded is not None:
+        nb.metadata["emprl"] = recorded
+    nbformat.write(nb, path)
+    return path
+
+
+def test_run_passes_device_and_overrides_and_records_the_configuration(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    _notebook(nbdir / "01_ok.ipynb", "open(output_dir + '/params', 'w').write(repr((device, overrides)))")
+    out = tmp_path / "out"
+    pipeline.run("smoke", out=str(out), notebook_dir=nbdir, device="cpu", overrides=["ppo.steps=3"])
+    assert (out / "params").read_text() == "('cpu', {'ppo': {'steps': 3}})"
+    recorded = nbformat.read(out / "01_ok.ipynb", as_version=4).metadata["emprl"]
+    assert recorded["profile"] == "smoke" and recorded["config"]["ppo"]["steps"] == 3
+    assert recorded["resolved"]["device"] == "cpu" and "commit" in recorded
+    assert str(tmp_path) not in json.dumps(recorded)  # no machine paths
+    assert json.loads((out / "metrics" / "config.json").read_text())["config"] == recorded["config"]
+    assert pipeline.staleness(out / "01_ok.ipynb") == ["01_ok.ipynb: ppo.steps recorded 3, current 4"]
+
+
+def test_cli_errors_name_the_parameter_and_the_missing_cuda(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pipeline.main(["--profile", "smoke", "--out", str(tmp_path), "--set", "ppo.steps=-5"]) == 1
+    assert "ppo.steps must be >= 0, got -5" in capsys.readouterr().err
+    assert pipeline.main(["--profile", "smoke", "--out", str(tmp_path), "--set", "generator.lr=fast"]) == 1
+    assert "override generator.lr='fast': expected float" in capsys.readouterr().err
+    assert pipeline.main(["--profile", "smoke", "--out", str(tmp_path), "--device", "cuda"]) == 1
+    assert "torch sees no CUDA device" in capsys.readouterr().err
+
+
+def test_staleness_compares_the_recorded_configuration_with_the_profile(tmp_path):
+    current = get_profile("offline").to_dict()
+    fresh = {"commit": "abc", "profile": "offline", "config": current,
+             "resolved": {"device": "cuda", "precision": "bf16", "threads": 16}}
+    assert pipeline.staleness(_rendered(tmp_path / "02_a.ipynb", fresh)) == []
+    # the device and precision chosen do not make outputs stale
+    other_device = json.loads(json.dumps(fresh))
+    other_device["config"]["runtime"]["device"] = "cuda"
+    assert pipeline.staleness(_rendered(tmp_path / "02_b.ipynb", other_device)) == []
+    changed = json.loads(json.dumps(fresh))
+    changed["config"]["ppo"]["steps"] = 100
+    changed["config"]["generator"]["lr"] = 1e-3
+    assert pipeline.staleness(_rendered(tmp_path / "04_c.ipynb", changed)) == [
+        f"04_c.ipynb: generator.lr recorded 0.001, current {current['generator']['lr']!r}",
+        f"04_c.ipynb: ppo.steps recorded 100, current {current['ppo']['steps']!r}"]
+    gone = json.loads(json.dumps(fresh))
+    gone["config"]["ppo"]["old_knob"] = 1
+    del gone["config"]["ppo"]["kl_estimator"]
+    assert pipeline.staleness(_rendered(tmp_path / "04_d.ipynb", gone)) == [
+        "04_d.ipynb: ppo.kl_estimator recorded '(absent)', current 'sampled'",
+        "04_d.ipynb: ppo.old_knob recorded 1, current '(absent)'"]
+    assert pipeline.staleness(_rendered(tmp_path / "05_e.ipynb")) == [
+        "05_e.ipynb: records no configuration (rendered before configurations were recorded)"]
+    assert "unknown profile 'nope'" in pipeline.staleness(
+        _rendered(tmp_path / "05_f.ipynb", {**fresh, "profile": "nope"}))[0]
+
+
+COMMITTED = sorted((pipeline.REPO_ROOT / "outputs").glob("*/[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.committed_outputs
+@pytest.mark.skipif(not COMMITTED, reason="no committed rendered notebooks under outputs/")
+def test_committed_rendered_notebooks_are_current():
+    """Regenerate what this lists: `python -m emprl.pipeline --profile <profile>`."""
+    stale = [f"outputs/{nb.parent.name}/{reason}" for nb in COMMITTED for reason in pipeline.staleness(nb)]
+    assert not stale, "stale rendered notebooks under outputs/:\n" + "\n".join(stale)

@@ -1,0 +1,235 @@
+"""One run's set-up: the profile, device, precision, threads, folders and every artifact's location.
+
+Every notebook's first code cell is ``run = emprl.setup(profile, seed, data_dir, output_dir, device,
+overrides)``; later cells read ``run.profile``, ``run.out``, ``run.device``, ``run.paths`` and wrap
+training, sampling, scoring and evaluation in ``with run.autocast():``. Nothing else chooses a device.
+
+Checkpoints live under ``<out>/checkpoints/`` (git-ignored)::
+
+    identifiers/<mechanism>/               the three empathy identifiers (notebook 02)
+    generator/{full,prefix}/               the generator by tuning (notebook 03)
+    generator/_tokenizer/                  the scratch generator's tokenizer
+    generator/_train_state/{full,prefix}/  the generator's resume state
+    ppo/<variant>/policy/                  a PPO policy by variant (emprl, no_kl, no_emp; notebooks 04, 06)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emprl import data
+from emprl.profiles import Profile, get_profile, parse_overrides
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+SMOKE_BANNER = "SMOKE PROFILE: numbers are not meaningful"
+
+# Our systems, named as the paper's rows, and where their checkpoints lie under <out>/checkpoints.
+SYSTEMS = {
+    "EmpRL": ("ppo", "emprl", "policy"),
+    "w/o KL Penalty": ("ppo", "no_kl", "policy"),
+    "w/o Empathy Reward": ("ppo", "no_emp", "policy"),
+    "w/o RL": ("generator", "prefix"),
+    "w/o RL, Prefix-tuning": ("generator", "full"),
+}
+
+
+def resolve_output_dir(profile: str, explicit: str | os.PathLike | None = None) -> Path:
+    """The run's output folder: explicit, else ``$EMPRL_OUTPUT_DIR``, else ``outputs/<profile>``."""
+    value = explicit if explicit not in (None, "") else os.environ.get("EMPRL_OUTPUT_DIR")
+    path = Path(value) if value not in (None, "") else REPO_ROOT / "outputs" / profile
+    path = path.expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def checkpoint_dir(out: Path, *parts: str) -> Path:
+    """A git-ignored folder for weights under the run's output folder (created)."""
+    path = Path(out).joinpath("checkpoints", *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a run's artifacts lie; nothing is created here (the writers create their folders)."""
+
+    out: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def identifiers(self) -> Path:
+        return self.checkpoints / "identifiers"
+
+    def generator(self, tuning: str) -> Path:
+        """The saved generator by tuning: "prefix" (the paper's) or "full"."""
+        if tuning not in ("prefix", "full"):
+            raise ValueError(f"generator tuning must be 'prefix' or 'full', got {tuning!r}")
+        return self.checkpoints / "generator" / tuning
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.checkpoints / "generator" / "_tokenizer"
+
+    def generator_state(self, tuning: str) -> Path:
+        return self.generator(tuning).parent / "_train_state" / tuning
+
+    def ppo(self, variant: str, root: Path | None = None) -> Path:
+        """A PPO run's folder (resume state, value head); ``root``: another output root (ablations)."""
+        return Path(root or self.out) / "checkpoints" / "ppo" / variant
+
+    def policy(self, variant: str, root: Path | None = None) -> Path:
+        return self.ppo(variant, root) / "policy"
+
+    def system(self, name: str, root: Path | None = None) -> Path:
+        """The checkpoint folder of ``name`` (a key of SYSTEMS) under ``root or out``."""
+        if name not in SYSTEMS:
+            raise ValueError(f"unknown system {name!r}; known: {list(SYSTEMS)}")
+        return Path(root or self.out).joinpath("checkpoints", *SYSTEMS[name])
+
+    @property
+    def cache(self) -> Path:
+        return self.out / "cache"
+
+    @property
+    def tables(self) -> Path:
+        return self.out / "tables"
+
+    @property
+    def figures(self) -> Path:
+        return self.out / "figures"
+
+    @property
+    def metrics(self) -> Path:
+        return self.out / "metrics"
+
+    @property
+    def generations(self) -> Path:
+        return self.out / "generations"
+
+    @property
+    def config(self) -> Path:
+        return self.metrics / "config.json"
+
+
+def set_threads(profile: Profile | str) -> int:
+    """Set torch's CPU threads: ``$EMPRL_THREADS``, else ``runtime.threads``, else 1 at smoke, else every core.
+
+    Tiny smoke models gain nothing from a second thread and lose a lot when the cores are shared
+    (measured here: 4-30x slower with two threads on a busy two-core machine).
+    """
+    value = os.environ.get("EMPRL_THREADS")
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise ValueError(f"EMPRL_THREADS must be a positive integer, got {value!r}") from None
+        if threads < 1:
+            raise ValueError(f"EMPRL_THREADS must be a positive integer, got {value!r}")
+    elif isinstance(profile, Profile) and profile.runtime.threads is not None:
+        threads = profile.runtime.threads
+    else:
+        is_smoke = profile.is_smoke if isinstance(profile, Profile) else profile == "smoke"
+        threads = 1 if is_smoke else (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def resolve_device(requested: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; an explicit CUDA device that is not there is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {requested!r} was asked for, but torch sees no CUDA device (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda}). Use device 'cpu' or 'auto', or install a CUDA build "
+                "of torch."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {requested!r} was asked for, but only {torch.cuda.device_count()} CUDA "
+                               "device(s) are visible")
+    elif device.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {requested!r}")
+    return device
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """"auto" -> bf16 autocast on a CUDA device that supports it, else fp32."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+@dataclass(frozen=True)
+class Run:
+    profile: Profile
+    out: Path
+    data_root: Path | None
+    device: torch.device
+    precision: str
+    threads: int
+    banner: str
+    paths: Paths
+
+    def autocast(self):
+        """bf16 compute with fp32 master weights when precision is bf16; otherwise a null context."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def config(self) -> dict[str, Any]:
+        """The full resolved configuration: the validated profile and what "auto" resolved to (no paths)."""
+        return {"profile": self.profile.name, "config": self.profile.to_dict(),
+                "resolved": {"device": str(self.device), "precision": self.precision, "threads": self.threads}}
+
+
+def setup(profile: str | Profile = "smoke", seed: int = 0, data_dir: str | os.PathLike | None = None,
+          output_dir: str | os.PathLike | None = None, device: str | None = None, overrides: Any = None) -> Run:
+    """Set up a run: validate the profile (with ``overrides``), choose device, precision and threads,
+    create the output folders and write the resolved configuration to ``<out>/metrics/config.json``.
+
+    ``device``: None -> ``$EMPRL_DEVICE`` if set, else the profile's ``runtime.device`` ("auto" by default).
+    ``overrides``: {section: {param: value}}, {"section.param": value} or "section.param=value" strings.
+    """
+    name = profile.name if isinstance(profile, Profile) else profile
+    layered = parse_overrides(overrides)
+    if isinstance(profile, Profile):  # a profile built elsewhere: keep its values under the overrides
+        base = {k: v for k, v in profile.to_dict().items() if k not in ("name", "seed")}
+        layered = {s: {**base[s], **layered.get(s, {})} for s in base}
+    device = device or os.environ.get("EMPRL_DEVICE") or None
+    if device:
+        layered.setdefault("runtime", {})["device"] = device
+    P = get_profile(name, layered, seed=seed)
+    resolved = resolve_device(P.runtime.device)
+    precision = resolve_precision(P.runtime.precision, resolved)
+    if resolved.type == "cuda":  # TF32 matmuls and convolutions for the fp32 parts
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    threads = set_threads(P)
+    out = resolve_output_dir(name, output_dir)
+    paths = Paths(out)
+    for folder in (paths.figures, paths.tables, paths.metrics, paths.cache, paths.generations):
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        data_root = data.dataset_dir(name, data_dir)
+    except FileNotFoundError:
+        data_root = None  # the notebooks that read data raise the clear error when they do
+    run = Run(profile=P, out=out, data_root=data_root, device=resolved, precision=precision, threads=threads,
+              banner=SMOKE_BANNER if P.is_smoke else "", paths=paths)
+    paths.config.write_text(json.dumps(run.config(), indent=2) + "\n")
+    return run
+
