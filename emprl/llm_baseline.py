@@ -553,8 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    from emprl import paths
     from emprl.profiles import get_profile
+    from emprl.run import resolve_output_dir
 
     env = dict(os.environ)
     if args.url:
@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         print(SKIP_MESSAGE, file=sys.stderr)
         return 2
     profile = get_profile(args.profile, seed=args.seed)
-    out = paths.output_dir(profile.name, args.out)
+    out = resolve_output_dir(profile.name, args.out)
     sampling = Sampling(args.temperature, args.max_tokens)
     examples, prompts = split_prompts(profile, args.data_dir, limit=args.limit)
     cache_path = Path(args.cache) if args.cache else out / "cache" / CACHE_NAME
