@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Sequence
 
-from tqdm.auto import tqdm
+from emprl.progress import bar
 
 # Sec. IV-C, verbatim apart from the bracketed slots, which are filled with "Context: ...\nResponse: ...".
 PROMPT_TEMPLATE = (
@@ -125,4 +125,4 @@ def generate_responses(contexts: Sequence[str], examples: Sequence[tuple[str, st
         print(SKIP_MESSAGE)
         return None
     return [chat_completion(endpoint, build_prompt(c, examples), **request_kwargs)
-            for c in tqdm(contexts, desc=f"LLM {endpoint.model}", leave=False)]
+            for c in bar(contexts, desc=f"LLM {endpoint.model}", leave=False)]

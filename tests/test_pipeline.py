@@ -38,10 +38,24 @@ def test_only_selects_by_number(tmp_path):
 def test_runs_in_order_and_names_the_failing_cell(tmp_path):
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
-    _notebook(nbdir / "01_ok.ipynb", "open(output_dir + '/ran_01', 'w').write(profile)")
+    _notebook(nbdir / "01_ok.ipynb", "import os; open(os.environ['EMPRL_OUTPUT_DIR'] + '/ran_01', 'w').write(profile)")
     _notebook(nbdir / "02_bad.ipynb", "raise ValueError('boom in 02')")
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match=r"02_bad.ipynb failed at cell 2 .*ValueError: boom in 02"):
         pipeline.run("smoke", out=str(out), notebook_dir=nbdir)
     assert (out / "ran_01").read_text() == "smoke"
     assert (out / "01_ok.ipynb").exists()
+
+
+def test_rendered_notebooks_hold_no_machine_path(tmp_path, monkeypatch):
+    """The folders reach the kernel through the environment; papermill's records name files, not paths."""
+    nbdir, out, data = tmp_path / "nbs", tmp_path / "out", tmp_path / "data"
+    nbdir.mkdir()
+    data.mkdir()
+    monkeypatch.delenv("EMPRL_PROGRESS", raising=False)
+    _notebook(nbdir / "01_env.ipynb", "import os\nprint(os.environ['EMPRL_PROGRESS'], output_dir, data_dir)\n"
+              "assert os.path.basename(os.environ['EMPRL_DATA_DIR']) == 'data'")
+    pipeline.run("smoke", out=str(out), data_dir=str(data), notebook_dir=nbdir)
+    rendered = (out / "01_env.ipynb").read_text()
+    assert str(tmp_path) not in rendered
+    assert "summary None None" in rendered and '"input_path": "notebooks/01_env.ipynb"' in rendered
