@@ -433,31 +433,3 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
     _load_trainable(model, state_dir / "best.safetensors")
     model.eval()
     return st["history"]
-
-
-def save_loss_curves(history: list[dict], csv_path: str | Path, png_path: str | Path,
-                     title: str = "generator") -> tuple[Path, Path]:
-    """Write the history as csv and a plot of train and validation token cross-entropy by step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    csv_path, png_path = Path(csv_path), Path(png_path)
-    for path in (csv_path, png_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(history)
-    frame.to_csv(csv_path, index=False)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(frame["step"], frame["train_loss"], label="train (running mean)", alpha=0.7)
-    val = frame.dropna(subset=["valid_loss"])
-    ax.plot(val["step"], val["valid_loss"], "o-", label="validation")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("token cross-entropy (nats)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return csv_path, png_path

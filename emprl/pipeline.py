@@ -109,7 +109,8 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
         data = None if data_dir in (None, "") else str(Path(data_dir).expanduser().resolve())
         progress = os.environ.get("EMPRL_PROGRESS") or "summary"
         try:
-            with _environment(EMPRL_OUTPUT_DIR=str(out_dir), EMPRL_DATA_DIR=data, EMPRL_PROGRESS=progress):
+            with _environment(EMPRL_OUTPUT_DIR=str(out_dir), EMPRL_DATA_DIR=data, EMPRL_PROGRESS=progress,
+                              HF_HUB_DISABLE_PROGRESS_BARS="1" if progress != "auto" else None):
                 pm.execute_notebook(
                     str(nb), str(target), parameters={"profile": profile, "seed": seed},
                     cwd=str(nb.parent), progress_bar=False, log_output=False,
