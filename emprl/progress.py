@@ -4,9 +4,9 @@
 
 * ``auto`` (the default): tqdm's choice, a widget in JupyterLab (needs ipywidgets), a text bar in a
   terminal;
-* ``summary``: a few plain lines per loop (start, each quarter, end) on stdout. The pipeline sets it
-  for papermill, whose rendered notebooks keep no widget updates and every text-bar redraw as a
-  fragment on stderr;
+* ``summary``: a few plain lines per loop on stdout, at each quarter and at the end (an inner loop,
+  ``leave=False``, only at the end). The pipeline sets it for papermill, whose rendered notebooks keep
+  no widget updates and every redraw of a text bar as a fragment on stderr;
 * ``off``: nothing.
 """
 
@@ -49,9 +49,6 @@ class Summary:
         self.file = file if file is not None else sys.stdout
         self.postfix, self.closed, self.start = "", False, time.perf_counter()
         self._next_quarter = self._quarter_after(initial)
-        # an inner loop (leave=False: an epoch, a sampling pass) writes only its final line
-        if self.quarters:
-            self._write(f"start at {initial}" + (f" of {total}" if total else ""))
 
     def _quarter_after(self, n: int) -> int | None:
         if not self.quarters or not self.total:
