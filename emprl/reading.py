@@ -119,6 +119,10 @@ def generator(ppl: dict[str, dict], histories: dict[str, list[dict]], scratch: b
     return "\n".join(_head(smoke)) + _bullets(lines)
 
 
+def _steps(k: int) -> str:
+    return "step" if k == 1 else f"{k} steps"
+
+
 def _window_change(values: pd.Series) -> tuple[float, float, float]:
     """Mean of the first and last 10% of steps and two standard errors of their difference."""
     k = max(len(values) // 10, 1)
@@ -136,11 +140,11 @@ def ppo(log: pd.DataFrame, r_before, r_after, kl_estimator: str, beta: float, sm
     if len(log) < 10:
         verdict = (f"with {len(log)} steps there is no trend to read (first step {start:.4f}, last {end:.4f})")
     elif end - start > noise:
-        verdict = f"PPO raised it: {start:.4f} over the first {k} steps, {end:.4f} over the last {k}"
+        verdict = f"PPO raised it: {start:.4f} over the first {_steps(k)}, {end:.4f} over the last {k}"
     elif start - end > noise:
-        verdict = f"it **fell**: {start:.4f} over the first {k} steps, {end:.4f} over the last {k}"
+        verdict = f"it **fell**: {start:.4f} over the first {_steps(k)}, {end:.4f} over the last {k}"
     else:
-        verdict = (f"no change beyond step-to-step noise: {start:.4f} over the first {k} steps, {end:.4f} over "
+        verdict = (f"no change beyond step-to-step noise: {start:.4f} over the first {_steps(k)}, {end:.4f} over "
                    f"the last {k} (two standard errors {noise:.4f})")
     lines.append(f"R_emp, the batch mean of the empathy reward (Eq. 5): {verdict}.")
     diff = float(r_after.mean() - r_before.mean())
@@ -151,7 +155,7 @@ def ppo(log: pd.DataFrame, r_before, r_after, kl_estimator: str, beta: float, sm
     kl = log["kl"]
     negative = int((kl < 0).sum())
     kl_line = (f"The KL panel (per response, summed over tokens) starts at {kl.iloc[0]:.4f} (the policy starts "
-               f"as the reference) and ends at {kl.iloc[-1]:.4f}; its mean over the last {k} steps is "
+               f"as the reference) and ends at {kl.iloc[-1]:.4f}; its mean over the last {_steps(k)} is "
                f"{kl.tail(k).mean():.4f}, a penalty beta x KL = {beta * kl.tail(k).mean():.4f} against R_emp "
                f"of at most 1.")
     lines.append(kl_line)
