@@ -180,14 +180,16 @@ def ppo(log: pd.DataFrame, r_before, r_after, kl_estimator: str, beta: float, sm
 _METRICS = (("dist1", "Dist-1"), ("dist2", "Dist-2"), ("emp_f1", "Emp-F1 (%)"))
 
 
-def _paired_line(paired: pd.DataFrame, comparison: str, label: str) -> tuple[float, float, str]:
+def _paired_line(paired: pd.DataFrame, comparison: str, label: str) -> tuple[float, bool, str]:
+    """(difference, whether its 95% CI excludes 0, the sentence) for one row of ``evaluation.paired_tests``."""
     row = paired.loc[[comparison]]
     row = row[row["Metric"] == label].iloc[0]
     delta, p = float(row["Difference"]), float(row["p (paired bootstrap)"])
-    if p < 0.05:
+    low, high = (float(v) for v in str(row["95% CI"]).strip("[]").split(","))
+    if low > 0 or high < 0:
         word = "higher" if delta > 0 else "lower"
-        return delta, p, f"{word} ({_signed(delta)}, 95% CI {row['95% CI']}, p = {p:.3f})"
-    return delta, p, f"not distinguishable ({_signed(delta)}, 95% CI {row['95% CI']}, p = {p:.2f})"
+        return delta, True, f"{word} ({_signed(delta)}, 95% CI {row['95% CI']} excludes 0, p = {p:.3f})"
+    return delta, False, f"not distinguishable ({_signed(delta)}, 95% CI {row['95% CI']}, p = {p:.2f})"
 
 
 def evaluation(rows: dict[str, dict], paired: pd.DataFrame, paper: dict, smoke: bool) -> str:
@@ -217,13 +219,13 @@ def ablations(rows: dict[str, dict], paired: pd.DataFrame, paper: dict, smoke: b
             continue
         parts = []
         for key, label in _METRICS:
-            delta, p, text = _paired_line(paired, f"EmpRL - {name}", label)
+            delta, significant, text = _paired_line(paired, f"EmpRL - {name}", label)
             paper_delta = reported["EmpRL"][label] - reported[name][label]
-            same = p < 0.05 and np.sign(delta) == np.sign(paper_delta)
+            same = significant and np.sign(delta) == np.sign(paper_delta)
             agree, total = agree + int(same), total + 1
             parts.append(f"{label} {text}; paper {_signed(paper_delta)}")
         lines.append(f"EmpRL minus {name}: " + "; ".join(parts) + ".")
-    lines.append(f"{agree} of {total} paired differences are significant (p < 0.05) and in the paper's direction.")
+    lines.append(f"{agree} of {total} paired differences have a 95% CI that excludes 0 and the paper's sign.")
     lines.append("Limits: the PPO variants are trained for the profile's steps, not the paper's 24,000 "
                  "(1,600 for w/o KL penalty); with few steps the variants stay close to the generator they "
                  "start from, so differences are small by construction.")
@@ -233,10 +235,12 @@ def ablations(rows: dict[str, dict], paired: pd.DataFrame, paper: dict, smoke: b
 def case_studies(agreement: pd.DataFrame, smoke: bool) -> str:
     """07: which responses' identifier levels match the gold response's most often."""
     col = "same level as gold (%)"
-    best = agreement[col].idxmax()
-    lines = [f"{best} matches the gold response's level most often ({agreement.loc[best, col]:.1f}% of "
-             f"{int(agreement.loc[best, 'pairs'])} (case, mechanism) pairs)."]
-    lines += [f"{name}: {row[col]:.1f}%." for name, row in agreement.iterrows() if name != best]
+    top = agreement[col].max()
+    best = [str(n) for n in agreement.index[agreement[col] == top]]
+    lines = [f"{' and '.join(best)} {'matches' if len(best) == 1 else 'tie in matching'} the gold response's level "
+             f"most often ({top:.1f}% of their (case, mechanism) pairs)."]
+    lines += [f"{name}: {row[col]:.1f}% of {int(row['pairs'])}." for name, row in agreement.iterrows()
+              if row[col] != top]
     lines.append("Limits: a handful of contexts and one sample each; the levels are our identifiers' judgement, "
                  "so this shows what the responses look like, not which system is better (notebook 05 tests that).")
     return "\n".join(_head(smoke)) + _bullets(lines)

@@ -69,7 +69,9 @@ def test_generator_compares_prefix_with_full_and_flags_unconverged_runs():
 
 
 def _paired(comparisons, deltas, ps):
-    rows = [{"Comparison": c, "Metric": m, "Difference": d, "95% CI": "[x, y]", "p (paired bootstrap)": p}
+    """CI: the difference +- 0.5 when p < 0.05 (excludes 0 for |d| >= 1), else +- 2 (includes 0)."""
+    rows = [{"Comparison": c, "Metric": m, "Difference": d, "p (paired bootstrap)": p,
+             "95% CI": f"[{d - (0.5 if p < 0.05 else 2):.2f}, {d + (0.5 if p < 0.05 else 2):.2f}]"}
             for c in comparisons for (m, d, p) in zip(("Dist-1", "Dist-2", "Emp-F1 (%)"), deltas[c], ps[c])]
     return pd.DataFrame(rows).set_index("Comparison")
 
@@ -80,7 +82,7 @@ def test_evaluation_reads_the_paired_test_and_the_gap_to_table_ii():
     paired = _paired(["EmpRL - w/o RL"], {"EmpRL - w/o RL": (1.0, -1.0, 0.0)},
                      {"EmpRL - w/o RL": (0.01, 0.01, 0.9)})
     text = reading.evaluation(rows, paired, TABLE_II, smoke=False)
-    assert "Dist-1: EmpRL 5.00 vs w/o RL 4.00; EmpRL is higher (+1.00" in text
+    assert "Dist-1: EmpRL 5.00 vs w/o RL 4.00; EmpRL is higher (+1.00, 95% CI [0.50, 1.50] excludes 0" in text
     assert "Dist-2: EmpRL 20.00 vs w/o RL 21.00; EmpRL is lower (-1.00" in text
     assert "Emp-F1 (%): EmpRL 60.00 vs w/o RL 60.00; EmpRL is not distinguishable" in text
     # paper EmpRL: Dist-1 4.55, Dist-2 27.71, Emp-F1 66.40
@@ -90,10 +92,10 @@ def test_evaluation_reads_the_paired_test_and_the_gap_to_table_ii():
 def test_ablations_count_agreement_with_the_paper_direction():
     rows = {n: {} for n in ("EmpRL", "w/o KL Penalty")}
     # paper: EmpRL - w/o KL Penalty = +2.91, +20.63, +8.25 (all positive)
-    paired = _paired(["EmpRL - w/o KL Penalty"], {"EmpRL - w/o KL Penalty": (1.0, -2.0, 3.0)},
+    paired = _paired(["EmpRL - w/o KL Penalty"], {"EmpRL - w/o KL Penalty": (1.0, -2.0, 1.0)},
                      {"EmpRL - w/o KL Penalty": (0.01, 0.01, 0.5)})
     text = reading.ablations(rows, paired, TABLE_V, smoke=False)
-    assert "1 of 3 paired differences are significant (p < 0.05) and in the paper's direction" in text
+    assert "1 of 3 paired differences have a 95% CI that excludes 0 and the paper's sign" in text
     assert "paper +2.91" in text
 
 
@@ -111,6 +113,8 @@ def test_case_studies_name_the_best_match():
     agreement = pd.DataFrame({"pairs": [12, 12], "same level as gold (%)": [50.0, 75.0]},
                              index=pd.Index(["ours: EmpRL", "paper: EmpRL"], name="Model"))
     text = reading.case_studies(agreement, smoke=False)
-    assert text.startswith("- paper: EmpRL matches the gold response's level most often (75.0% of 12")
-    assert "ours: EmpRL: 50.0%." in text
+    assert text.startswith("- paper: EmpRL matches the gold response's level most often (75.0% of their")
+    assert "ours: EmpRL: 50.0% of 12." in text
+    agreement.loc["ours: EmpRL", "same level as gold (%)"] = 75.0
+    assert "ours: EmpRL and paper: EmpRL tie in matching" in reading.case_studies(agreement, smoke=False)
     assert np.isfinite(agreement.values).all()
