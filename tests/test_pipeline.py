@@ -59,3 +59,14 @@ def test_rendered_notebooks_hold_no_machine_path(tmp_path, monkeypatch):
     rendered = (out / "01_env.ipynb").read_text()
     assert str(tmp_path) not in rendered
     assert "summary None None" in rendered and '"input_path": "notebooks/01_env.ipynb"' in rendered
+
+
+def test_data_label_names_the_data_without_its_path(tmp_path, monkeypatch):
+    from emprl.evaluation import data_label
+
+    monkeypatch.delenv("EMPRL_DATA_DIR", raising=False)
+    assert data_label() == "bundled smoke sample"
+    (tmp_path / "ed_data").mkdir()
+    assert data_label(tmp_path / "ed_data") == "data folder ed_data"
+    monkeypatch.setenv("EMPRL_DATA_DIR", str(tmp_path / "ed_data"))
+    assert data_label() == data_label(str(tmp_path / "ed_data")) == "$EMPRL_DATA_DIR"
