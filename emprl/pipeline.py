@@ -7,8 +7,9 @@ Each notebook ``notebooks/NN_*.ipynb`` is executed into ``<out>/NN_*.ipynb`` (de
 ``outputs/<profile>/``) with the parameters ``profile`` and ``seed``; the data and output folders reach
 the kernel as ``$EMPRL_DATA_DIR`` and ``$EMPRL_OUTPUT_DIR``, so that no machine path is written into
 the rendered notebooks (papermill records its parameters and file names in them). Progress bars are
-summary lines (``$EMPRL_PROGRESS=summary``). The run stops at the first failing notebook and names it and the failing cell.
-After a full run the report ``<out>/report.md`` is written.
+summary lines (``$EMPRL_PROGRESS=summary``; the hub's and transformers' bars are off). The run stops at
+the first failing notebook and names it and the failing cell. After a full run the report
+``<out>/report.md`` is written.
 """
 
 from __future__ import annotations

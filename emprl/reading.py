@@ -83,7 +83,8 @@ def identifiers(table: pd.DataFrame, encoder: str, smoke: bool) -> str:
     lines.append(f"Limits: {n_val} validation pairs per identifier, so one pair moves accuracy by "
                  f"{100 / n_val:.2f} points and the rare levels rest on a handful of pairs; the encoder is "
                  f"{encoder}" + (" as in the paper." if encoder == "t5-base" else
-                                  ", not the paper's T5-base, and the split is ours (the paper's is not published)."))
+                                  ", not the paper's T5-base, and the split is ours (the paper's is not "
+                                  "published)."))
     return "\n".join(_head(smoke)) + _bullets(lines)
 
 
@@ -165,13 +166,15 @@ def ppo(log: pd.DataFrame, r_before, r_after, kl_estimator: str, beta: float, sm
                      "whose mean is KL(pi || rho) only for responses drawn from pi itself. Here they are drawn "
                      "with top-k 20 and temperature 0.9 (the paper's decoding), which over-draw the policy's most "
                      "likely tokens; where PPO has moved probability away from those tokens, log pi < log rho on "
-                     "exactly the tokens that get drawn, and the estimate averages below zero. The true KL is never negative; "
+                     "exactly the tokens that get drawn, and the estimate averages below zero. The true KL is "
+                     "never negative; "
                      "`PPOConfig.kl_estimator=\"full\"` uses the exact per-token KL over the vocabulary.")
     elif kl_estimator == "sampled":
         lines.append("It stays non-negative here, though as a sampled estimate under top-k/temperature "
                      "decoding (Eq. 6, as trl) it can go below zero; the true KL cannot.")
     else:
-        lines.append(f"The estimator is `{kl_estimator}`: the exact per-token KL over the vocabulary, never negative.")
+        lines.append(f"The estimator is `{kl_estimator}`: the exact per-token KL over the vocabulary, "
+                     "never negative.")
     lines.append(f"Limits: {len(log)} PPO steps against the paper's {PAPER_PPO_STEPS:,}; R_emp is judged by our "
                  "identifiers (notebook 02), whose errors the policy can learn to exploit.")
     return "\n".join(_head(smoke)) + _bullets(lines)
