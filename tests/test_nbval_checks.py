@@ -46,16 +46,17 @@ metrics.emp_f1 = emp_f1
 
 
 def _checked_cell_index() -> int:
-    cells = json.loads(NOTEBOOK.read_text())["cells"]
-    return next(i for i, c in enumerate(cells) if "# NBVAL_CHECK_OUTPUT" in "".join(c["source"]))
+    """The checked cell's number as nbval names it (it counts code cells only)."""
+    code = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
+    return next(i for i, c in enumerate(code) if "# NBVAL_CHECK_OUTPUT" in "".join(c["source"]))
 
 
 def _nbval(out, extra_path=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "EMPRL_OUTPUT_DIR": str(out), "MPLBACKEND": "Agg", "EMPRL_THREADS": "1"}
     env.pop("EMPRL_DATA_DIR", None)  # the stored outputs are those of the bundled sample
     env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, str(paths.REPO_ROOT), env.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider", str(NOTEBOOK)],
-                          cwd=paths.REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    command = [sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider", str(NOTEBOOK)]
+    return subprocess.run(command, cwd=paths.REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
