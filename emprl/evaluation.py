@@ -110,11 +110,19 @@ def paired_tests(systems: dict[str, dict], gold, pairs, tokenizer="word", n_boot
 
 
 def data_label(data_dir=None) -> str:
-    """The data a run reads: the data directory, or the bundled smoke sample."""
+    """The data a run reads, named without machine paths: ``$EMPRL_DATA_DIR`` (when it is that folder),
+    ``data folder <name>`` otherwise, or the bundled smoke sample."""
+    import os
+
     from emprl.data import resolve_data_dir
 
     root = resolve_data_dir(data_dir)
-    return str(root) if root is not None else "bundled smoke sample"
+    if root is None:
+        return "bundled smoke sample"
+    env = os.environ.get("EMPRL_DATA_DIR")
+    if env and Path(env).expanduser().resolve() == root:
+        return "$EMPRL_DATA_DIR"
+    return f"data folder {root.name}"
 
 
 def describe_run(P, data_dir=None) -> str:

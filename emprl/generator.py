@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
+from emprl.progress import bar as progress_bar
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from emprl.prefix import Prefix, PrefixT5
@@ -225,7 +225,7 @@ def token_nll(model, tokenizer, contexts: list[str], responses: list[str], batch
     targets = encode(tokenizer, responses, max_target_len, "right")
     total, count = 0.0, 0
     batches = length_sorted_batches([len(s) + len(t) for s, t in zip(sources, targets)], batch_size)
-    for idx in tqdm(batches, desc="perplexity", disable=not progress, leave=False):
+    for idx in progress_bar(batches, desc="perplexity", disable=not progress, leave=False):
         batch = collate([sources[i] for i in idx], [targets[i] for i in idx], tokenizer.pad_token_id)
         logits = model(**batch).logits
         total += nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
@@ -266,7 +266,7 @@ def sample_responses(model, tokenizer, contexts: list[str], cfg: GeneratorConfig
     out: list[str] = [""] * len(contexts)
     kwargs = generation_kwargs(cfg, tokenizer)
     with torch.random.fork_rng(devices=[]):
-        for b, idx in enumerate(tqdm(length_sorted_batches([len(s) for s in sources], batch_size),
+        for b, idx in enumerate(progress_bar(length_sorted_batches([len(s) for s in sources], batch_size),
                                      desc="sampling", disable=not progress, leave=False)):
             torch.manual_seed(seed + b)
             batch = collate([sources[i] for i in idx], None, tokenizer.pad_token_id)
@@ -400,7 +400,7 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
         checkpoint()
 
     model.train()
-    bar = tqdm(total=total_steps, initial=st["step"], desc=f"train generator ({fingerprint['tuning']})",
+    bar = progress_bar(total=total_steps, initial=st["step"], desc=f"train generator ({fingerprint['tuning']})",
                disable=not progress)
     running, n_running, start = 0.0, 0, time.perf_counter() - st["elapsed_s"]
     epoch_batches: dict[int, list[list[int]]] = {}
@@ -433,31 +433,3 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
     _load_trainable(model, state_dir / "best.safetensors")
     model.eval()
     return st["history"]
-
-
-def save_loss_curves(history: list[dict], csv_path: str | Path, png_path: str | Path,
-                     title: str = "generator") -> tuple[Path, Path]:
-    """Write the history as csv and a plot of train and validation token cross-entropy by step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    csv_path, png_path = Path(csv_path), Path(png_path)
-    for path in (csv_path, png_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(history)
-    frame.to_csv(csv_path, index=False)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(frame["step"], frame["train_loss"], label="train (running mean)", alpha=0.7)
-    val = frame.dropna(subset=["valid_loss"])
-    ax.plot(val["step"], val["valid_loss"], "o-", label="validation")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("token cross-entropy (nats)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return csv_path, png_path

@@ -222,7 +222,7 @@ def train_identifier(model: EmpathyIdentifier, tokenizer, train: tuple, val: tup
     ``train``/``val`` are (contexts, responses, labels). The best epoch's weights are left in ``model``.
     Returns the history: per epoch train loss and validation metrics, and the best epoch.
     """
-    from tqdm.auto import tqdm
+    from emprl import progress as _progress
 
     contexts, responses, labels = train
     if not (len(contexts) == len(responses) == len(labels)) or not labels:
@@ -247,7 +247,7 @@ def train_identifier(model: EmpathyIdentifier, tokenizer, train: tuple, val: tup
         perm = torch.randperm(len(y), generator=generator).tolist()
         batches = [perm[i: i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
         total = 0.0
-        bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+        bar = _progress.bar(batches, desc=f"{desc} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
         for batch in bar:
             ci, cm = pad([c_ids[i] for i in batch], tokenizer.pad_token_id)
             ri, rm = pad([r_ids[i] for i in batch], tokenizer.pad_token_id)

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.auto import tqdm
+from emprl.progress import bar
 
 # Sec. IV-C, verbatim apart from the bracketed slots, which are filled with "Context: ...\nResponse: ...".
 PROMPT_TEMPLATE = (

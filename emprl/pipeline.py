@@ -5,16 +5,20 @@
                              [--set section.param=value ...]
 
 Each notebook ``notebooks/NN_*.ipynb`` is executed into ``<out>/NN_*.ipynb`` (default
-``outputs/<profile>/``) with the parameters ``profile``, ``data_dir``, ``output_dir``, ``seed``,
-``device`` and ``overrides``. The run stops at the first failing notebook and names it and the
-failing cell. Each rendered notebook records, in its metadata under ``emprl``, the commit, the
-profile and the resolved configuration; ``<out>/metrics/config.json`` holds the same. After a
-full run the report ``<out>/report.md`` is written.
+``outputs/<profile>/``) with the parameters ``profile``, ``seed``, ``device`` and ``overrides``; the
+data and output folders reach the kernel as ``$EMPRL_DATA_DIR`` and ``$EMPRL_OUTPUT_DIR``, so that no
+machine path is written into the rendered notebooks (papermill records its parameters and file names
+in them). Progress bars are summary lines (``$EMPRL_PROGRESS=summary``; the hub's and transformers'
+bars are off). The run stops at the first failing notebook and names it and the failing cell. Each
+rendered notebook records, in its metadata under ``emprl``, the commit, the profile and the resolved
+configuration; ``<out>/metrics/config.json`` holds the same. After a full run the report
+``<out>/report.md`` is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -126,6 +130,35 @@ def staleness(rendered: str | Path) -> list[str]:
             for key in sorted(set(old) | set(new)) if old.get(key, absent) != new.get(key, absent)]
 
 
+@contextlib.contextmanager
+def _environment(**values: str | None):
+    """Set (or, for None, leave as is) environment variables for the kernels papermill starts; restore after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _relative_names(rendered: Path, source: Path) -> None:
+    """Replace the absolute input and output paths papermill records in a rendered notebook by names."""
+    try:
+        nb = json.loads(rendered.read_text())
+    except (OSError, ValueError):
+        return
+    record = nb.get("metadata", {}).get("papermill")
+    if record is None:
+        return
+    record["input_path"] = f"notebooks/{source.name}"
+    record["output_path"] = rendered.name
+    rendered.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
 def run(profile: str, only: str | None = None, out: str | None = None, data_dir: str | None = None,
         seed: int = 0, notebook_dir: Path = NOTEBOOK_DIR, device: str | None = None, overrides: Any = None) -> Path:
     """Execute the selected notebooks; return the output folder. Raises RuntimeError on failure."""
@@ -141,17 +174,22 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
         target = out_dir / nb.name
         print(f"[emprl.pipeline] {profile}: running {nb.name} -> {target}", flush=True)
         start = time.perf_counter()
+        data = None if data_dir in (None, "") else str(Path(data_dir).expanduser().resolve())
+        progress = os.environ.get("EMPRL_PROGRESS") or "summary"
         try:
-            pm.execute_notebook(
-                str(nb), str(target),
-                parameters={"profile": profile, "data_dir": data_dir, "output_dir": str(out_dir), "seed": seed,
-                            "device": device, "overrides": overrides or None},
-                cwd=str(nb.parent), progress_bar=False, log_output=False,
-            )
+            with _environment(EMPRL_OUTPUT_DIR=str(out_dir), EMPRL_DATA_DIR=data, EMPRL_PROGRESS=progress,
+                              HF_HUB_DISABLE_PROGRESS_BARS="1" if progress != "auto" else None):
+                pm.execute_notebook(
+                    str(nb), str(target),
+                    parameters={"profile": profile, "seed": seed, "device": device, "overrides": overrides or None},
+                    cwd=str(nb.parent), progress_bar=False, log_output=False,
+                )
         except pm.PapermillExecutionError as err:
             raise RuntimeError(
                 f"notebook {nb.name} failed at {_failing_cell(target)}; rendered notebook: {target}"
             ) from err
+        finally:
+            _relative_names(target, nb)
         record(target, run_config, code_commit)
         timings[nb.name] = round(time.perf_counter() - start, 1)
         print(f"[emprl.pipeline] {nb.name} done in {timings[nb.name]:.1f} s", flush=True)

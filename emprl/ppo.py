@@ -672,11 +672,9 @@ def _tensorboard(log_dir: Path):
 
 
 def _tqdm(it, **kw):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return it
-    return tqdm(it, desc="PPO", **kw)
+    from emprl.progress import bar
+
+    return bar(it, desc="PPO", **kw)
 
 
 def _save_policy(model: ActorCritic, tokenizer, ck_dir: Path) -> None:

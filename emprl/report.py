@@ -14,6 +14,7 @@ Conventions the notebooks follow (so that the report can group and annotate):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -72,6 +73,13 @@ def save_table(out, name: str, frame: pd.DataFrame, title: str = "", note: str =
     return text
 
 
+def format_config(cfg) -> str:
+    """A configuration (dataclass or dict) as its name, then one ``name = value`` line per parameter."""
+    fields = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    width = max((len(k) for k in fields), default=0)
+    return "\n".join([type(cfg).__name__] + [f"  {k:<{width}} = {v!r}" for k, v in fields.items()])
+
+
 def record_provenance(out, notebook: str, profile: str, models: dict[str, str], data: str,
                       n_examples: dict[str, int]) -> Path:
     """OUT/metrics/provenance_<notebook>.json: what the notebook's numbers rest on."""
@@ -101,7 +109,7 @@ def _group(name: str) -> str:
 
 def _describe_profile(profile: str) -> tuple[str, str]:
     """Models and data as the profile defines them (used when no notebook recorded provenance)."""
-    from emprl.data import resolve_data_dir
+    from emprl.evaluation import data_label
     from emprl.profiles import get_profile
 
     p = get_profile(profile)
@@ -109,10 +117,10 @@ def _describe_profile(profile: str) -> tuple[str, str]:
     models = (f"generator T5 ({g.model}, {g.tuning}-tuned; d_model {g.d_model}, {g.num_layers}+{g.num_layers} layers, "
               f"prefix {g.prefix_encoder_len}/{g.prefix_decoder_len}), identifiers {i.encoder} ({i.pooling}-pooling), "
               f"PPO {p.ppo.steps} steps")
-    root = resolve_data_dir()
+    root = data_label()
     caps = {k: v for k, v in (("train", p.data.max_train), ("valid", p.data.max_valid), ("test", p.data.max_test),
                              ("epitome", p.data.max_epitome)) if v is not None}
-    data = f"{root if root else 'bundled invented sample (emprl.smoke_sample)'}" + (f", capped at {caps}" if caps else "")
+    data = (root if root != "bundled smoke sample" else "bundled invented sample (emprl.smoke_sample)") + (f", capped at {caps}" if caps else "")
     return models, data
 
 

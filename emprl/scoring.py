@@ -188,8 +188,8 @@ def gold_labels(scorer: EmpathyScorer, examples, cache_dir: str | Path,
 
 
 def _levels_with_progress(scorer: EmpathyScorer, contexts, responses, progress: bool, chunk: int = 1024):
-    from tqdm.auto import tqdm
+    from emprl.progress import bar
 
     parts = [scorer.levels(contexts[i: i + chunk], responses[i: i + chunk])
-             for i in tqdm(range(0, len(responses), chunk), desc="gold labels", disable=not progress)]
+             for i in bar(range(0, len(responses), chunk), desc="gold labels", disable=not progress)]
     return torch.cat(parts) if parts else torch.zeros(0, len(scorer.mechanisms), dtype=torch.long)

@@ -151,7 +151,7 @@ def test_save_load_reproduces_generations_token_for_token(data, tmp_path, tuning
         G.load_generator(tmp_path)
 
 
-def test_training_lowers_validation_loss_and_writes_curves(data, tmp_path):
+def test_training_lowers_validation_loss(data, tmp_path):
     (train, valid) = data
     model, tok = G.build_generator(tiny_cfg(tuning="full", full_epochs=3), train[0] + train[1], seed=0)
     before = G.perplexity(model, tok, *valid)
@@ -162,8 +162,7 @@ def test_training_lowers_validation_loss_and_writes_curves(data, tmp_path):
     assert G.perplexity(model, tok, *valid) < before
     best = min(h["valid_loss"] for h in evals)  # the best weights are loaded at the end
     assert math.log(G.perplexity(model, tok, *valid, max_source_len=16, max_target_len=8)) == pytest.approx(best, rel=1e-4)
-    csv, png = G.save_loss_curves(history, tmp_path / "tables" / "loss.csv", tmp_path / "figures" / "loss.png")
-    assert csv.read_text().startswith("step,epoch,train_loss,valid_loss") and png.stat().st_size > 1000
+    assert list(history[0])[:4] == ["step", "epoch", "train_loss", "valid_loss"]  # the columns plots.loss_curves reads
 
 
 def test_prefix_training_moves_only_the_prefix(data, tmp_path):

@@ -41,7 +41,7 @@ def test_only_selects_by_number(tmp_path):
 def test_runs_in_order_and_names_the_failing_cell(tmp_path):
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
-    _notebook(nbdir / "01_ok.ipynb", "open(output_dir + '/ran_01', 'w').write(profile)")
+    _notebook(nbdir / "01_ok.ipynb", "import os; open(os.environ['EMPRL_OUTPUT_DIR'] + '/ran_01', 'w').write(profile)")
     _notebook(nbdir / "02_bad.ipynb", "raise ValueError('boom in 02')")
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match=r"02_bad.ipynb failed at cell 2 .*ValueError: boom in 02"):
@@ -63,7 +63,7 @@ def test_run_passes_device_and_overrides_and_records_the_configuration(tmp_path,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
-    _notebook(nbdir / "01_ok.ipynb", "open(output_dir + '/params', 'w').write(repr((device, overrides)))")
+    _notebook(nbdir / "01_ok.ipynb", "import os; open(os.environ['EMPRL_OUTPUT_DIR'] + '/params', 'w').write(repr((device, overrides)))")
     out = tmp_path / "out"
     pipeline.run("smoke", out=str(out), notebook_dir=nbdir, device="cpu", overrides=["ppo.steps=3"])
     assert (out / "params").read_text() == "('cpu', {'ppo': {'steps': 3}})"
@@ -121,3 +121,28 @@ def test_committed_rendered_notebooks_are_current():
     """Regenerate what this lists: `python -m emprl.pipeline --profile <profile>`."""
     stale = [f"outputs/{nb.parent.name}/{reason}" for nb in COMMITTED for reason in pipeline.staleness(nb)]
     assert not stale, "stale rendered notebooks under outputs/:\n" + "\n".join(stale)
+
+
+def test_rendered_notebooks_hold_no_machine_path(tmp_path, monkeypatch):
+    """The folders reach the kernel through the environment; papermill's records name files, not paths."""
+    nbdir, out, data = tmp_path / "nbs", tmp_path / "out", tmp_path / "data"
+    nbdir.mkdir()
+    data.mkdir()
+    monkeypatch.delenv("EMPRL_PROGRESS", raising=False)
+    _notebook(nbdir / "01_env.ipynb", "import os\nprint(os.environ['EMPRL_PROGRESS'], output_dir, data_dir)\n"
+              "assert os.path.basename(os.environ['EMPRL_DATA_DIR']) == 'data'")
+    pipeline.run("smoke", out=str(out), data_dir=str(data), notebook_dir=nbdir)
+    rendered = (out / "01_env.ipynb").read_text()
+    assert str(tmp_path) not in rendered
+    assert "summary None None" in rendered and '"input_path": "notebooks/01_env.ipynb"' in rendered
+
+
+def test_data_label_names_the_data_without_its_path(tmp_path, monkeypatch):
+    from emprl.evaluation import data_label
+
+    monkeypatch.delenv("EMPRL_DATA_DIR", raising=False)
+    assert data_label() == "bundled smoke sample"
+    (tmp_path / "ed_data").mkdir()
+    assert data_label(tmp_path / "ed_data") == "data folder ed_data"
+    monkeypatch.setenv("EMPRL_DATA_DIR", str(tmp_path / "ed_data"))
+    assert data_label() == data_label(str(tmp_path / "ed_data")) == "$EMPRL_DATA_DIR"

@@ -15,6 +15,17 @@ def test_to_markdown_hand_written():
     )
 
 
+def test_format_config_one_parameter_per_line():
+    from emprl.profiles import get_profile
+
+    cfg = get_profile("smoke").ppo
+    text = R.format_config(cfg)
+    lines = text.splitlines()
+    assert lines[0] == "PPOConfig" and len(lines) == 1 + len(cfg.__dataclass_fields__)
+    assert f"  beta{' ' * (len(max(cfg.__dataclass_fields__, key=len)) - 4)} = {cfg.beta!r}" in lines
+    assert R.format_config({"a": 1, "bb": "x"}) == "dict\n  a  = 1\n  bb = 'x'"
+
+
 def test_save_table_smoke_banner(tmp_path):
     frame = pd.DataFrame({"x": [1.0]}, index=["a"])
     text = R.save_table(tmp_path, "05_table_ii", frame, title="Table II", smoke=True)
