@@ -275,6 +275,35 @@ def attention_figure(maps: dict[str, AttentionMap], title: str = ""):
     return fig
 
 
+def levels_figure(scores: Scores, title: str = ""):
+    """The widgets' level bars as one figure: per mechanism, each reply's probability of each level,
+    the predicted level drawn solid and the gold level (the human reply's) marked with a star."""
+    import matplotlib.pyplot as plt
+
+    n = len(scores.names)
+    fig, axes = plt.subplots(1, len(MECHANISMS), figsize=(4.2 * len(MECHANISMS), 0.5 + 0.55 * n * len(LEVELS) / 2),
+                             sharex=True, squeeze=False)
+    colors = ("tab:gray", "tab:orange", "tab:green")
+    for ax, (j, m) in zip(axes[0], enumerate(MECHANISMS)):
+        for k in range(n):
+            for level in range(len(LEVELS)):
+                y = k * (len(LEVELS) + 1) + level
+                solid = level == scores.levels[k, j]
+                ax.barh(y, scores.probs[k, j, level], color=colors[level], alpha=1.0 if solid else 0.35)
+                if scores.gold_levels is not None and level == int(scores.gold_levels[j]):
+                    ax.plot(scores.probs[k, j, level] + 0.04, y, marker="*", color="black")
+        ax.set_yticks([k * (len(LEVELS) + 1) + 1 for k in range(n)], scores.names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1.1)
+        ax.set_title(f"{SHORT[m]}: p(none / weak / strong)", fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
+    axes[0, -1].legend(handles, LEVELS, fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------- human-evaluation CSV
 
 

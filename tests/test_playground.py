@@ -161,7 +161,7 @@ def test_attention_context_truncated_from_the_left_like_the_scorer(scorer):
     maps = playground.attention_maps(scorer, turns, "sorry")
     assert set(maps) == set(MECHS)
     tokens = maps["explorations"].context_tokens
-    assert len(tokens) == 24 and tokens[-4:] == ["the", "dog", "[SEP]"][-4:] or tokens[-3:] == ["the", "dog", "[SEP]"]
+    assert len(tokens) == 24 and tokens[0] == "[CLS]" and tokens[-4:] == ["finally", "the", "dog", "[SEP]"]
 
 
 def test_by_words_merges_pieces_by_hand():
@@ -180,6 +180,10 @@ def test_attention_figure_has_one_heatmap_per_mechanism(scorer):
     fig = playground.attention_figure(playground.attention_maps(scorer, TURNS, "so sorry"), title="t")
     assert len([ax for ax in fig.axes if ax.images]) == 3
     assert playground.figure_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+    scores = playground.score(scorer, TURNS, {"A": "so sorry", "B": "why?"}, "what now?")
+    fig = playground.levels_figure(scores)
+    bars = [patch.get_width() for patch in fig.axes[1].patches]  # IP: 3 replies x 3 levels, in order
+    assert np.allclose(bars, scores.probs[:, 1, :].ravel())
 
 
 # --------------------------------------------------------------------------- human-evaluation CSV
