@@ -69,7 +69,8 @@ def find_systems(out) -> dict[str, Path]:
 
 def missing_systems(out) -> list[str]:
     """The paper's systems (``evaluation.SYSTEMS``) that have no saved checkpoint in ``out``."""
-    return [name for name in evaluation.SYSTEMS if not evaluation.is_saved_generator(evaluation.system_dir(out, name))]
+    saved = evaluation.is_saved_generator
+    return [name for name in evaluation.SYSTEMS if not saved(evaluation.system_dir(out, name))]
 
 
 def load_systems(out) -> dict[str, tuple]:
@@ -104,7 +105,8 @@ def replies(systems: dict[str, tuple], turns: Sequence[str], gen_cfg, max_contex
     """
     turns = _check_turns(turns)
     context = format_context(turns, max_tokens=max_context_tokens)
-    return {name: _sample(model, tokenizer, context, gen_cfg, int(seed)) for name, (model, tokenizer) in systems.items()}
+    return {name: _sample(model, tokenizer, context, gen_cfg, int(seed))
+            for name, (model, tokenizer) in systems.items()}
 
 
 def _check_turns(turns: Sequence[str]) -> list[str]:
@@ -156,7 +158,8 @@ class Scores:
         return pd.DataFrame(rows, index=pd.Index(self.names, name="system"))
 
 
-def score(scorer: EmpathyScorer, turns: Sequence[str], responses: dict[str, str], gold: str | None = None) -> Scores:
+def score(scorer: EmpathyScorer, turns: Sequence[str], responses: dict[str, str],
+          gold: str | None = None) -> Scores:
     """Levels with probabilities of each reply; with the human reply ``gold``, its levels and R_emp of each.
 
     The identifiers see the whole context (they truncate from the left themselves), as for the gold labels.
@@ -365,19 +368,21 @@ def _level_card(scores: Scores, k: int):
             gold = scores.gold_levels is not None and int(scores.gold_levels[j]) == level
             bar = W.FloatProgress(value=p, min=0.0, max=1.0, description=level_name,
                                   bar_style="success" if level == scores.levels[k, j] else "",
-                                  layout=W.Layout(width="230px"))
-            label = W.HTML(f"<small>{p:.2f}{' &larr; gold' if gold else ''}</small>")
+                                  layout=W.Layout(width="175px"))
+            label = W.HTML(f"<small>{p:.2f}{' &#9733;' if gold else ''}</small>")
             rows.append(W.HBox([bar.add_class("emprl-level-bar"), label]))
     if scores.r_emp is not None:
         rows.append(W.HTML(f"R<sub>emp</sub> = <b>{scores.r_emp[k]:.4f}</b>").add_class("emprl-remp"))
-    return W.VBox(rows, layout=W.Layout(border="1px solid #ccc", padding="4px", margin="2px", width="320px"))
+    return W.VBox(rows, layout=W.Layout(border="1px solid #ccc", padding="4px", margin="2px", width="255px"))
 
 
 def widget(systems: dict[str, tuple], scorer: EmpathyScorer, examples: Sequence, gen_cfg,
-           max_context_tokens: int | None, csv_path, seed: int = 0, n_examples: int = 100):
+           max_context_tokens: int | None, csv_path, seed: int = 0, n_examples: int = 100, root=None):
     """The playground's controls and views; ``.view`` is the widget to display, ``.sample`` the button.
 
     ``examples``: test examples (``context`` turns, ``response`` the human reply, ``emotion``).
+    ``csv_path``: the comparisons CSV, relative to ``root`` (the run's output folder) when given, so
+    that the page shows no machine path.
     Returns a namespace holding the widgets, so that code (and tests) can drive them.
     """
     import html
@@ -395,12 +400,15 @@ def widget(systems: dict[str, tuple], scorer: EmpathyScorer, examples: Sequence,
     ui.typed = W.Textarea(placeholder="one turn per line, the speaker's first", description="dialogue",
                           layout=W.Layout(width="95%", height="6em"))
     ui.top_k = W.IntSlider(value=gen_cfg.top_k, min=1, max=100, description="top-k")
-    ui.temperature = W.FloatSlider(value=gen_cfg.temperature, min=0.1, max=2.0, step=0.05, description="temperature")
+    ui.temperature = W.FloatSlider(value=gen_cfg.temperature, min=0.1, max=2.0, step=0.05,
+                                   description="temperature", style={"description_width": "initial"})
     ui.max_length = W.IntSlider(value=gen_cfg.max_new_tokens, min=1, max=64, description="max length")
     ui.seed = W.IntText(value=seed, description="seed", layout=W.Layout(width="180px"))
     ui.sample = W.Button(description="sample", button_style="primary", icon="play")
-    ui.add = W.Button(description="add to human-eval CSV", icon="plus", disabled=True)
-    ui.csv = W.Text(value=str(csv_path), description="CSV", layout=W.Layout(width="95%"))
+    ui.add = W.Button(description="add to human-eval CSV", icon="plus", disabled=True,
+                      layout=W.Layout(width="auto"))
+    ui.csv = W.Text(value=str(csv_path), description="CSV" if root is None else "CSV in OUT",
+                    layout=W.Layout(width="95%"))
     ui.status = W.HTML()
     ui.context = W.HTML()
     ui.cards = W.HBox(layout=W.Layout(flex_flow="row wrap"))
@@ -436,7 +444,10 @@ def widget(systems: dict[str, tuple], scorer: EmpathyScorer, examples: Sequence,
             return
         settings = {"seed": ui.seed.value, "top_k": cfg.top_k, "temperature": cfg.temperature,
                     "max_new_tokens": cfg.max_new_tokens}
-        ui.context.value = f"<b>context</b>: {html.escape(format_context(turns))}"
+        ui.context.value = (f"<b>context</b>: {html.escape(format_context(turns))}<br><small>bars: each level's "
+                            "probability, the predicted level in green"
+                            + ("; &#9733;: the gold level (the human reply's)" if gold is not None else "")
+                            + "</small>")
         ui.cards.children = [_level_card(scores, k) for k in range(len(scores.names))]
         with ui.table:
             ui.table.clear_output(wait=True)
@@ -453,21 +464,22 @@ def widget(systems: dict[str, tuple], scorer: EmpathyScorer, examples: Sequence,
         if ui.last is None:
             return
         try:
-            path = append_comparison(ui.csv.value, ui.last["turns"], ui.last["replies"], ui.last["gold"],
-                                     ui.last["settings"])
+            path = append_comparison(Path(root or ".") / ui.csv.value, ui.last["turns"], ui.last["replies"],
+                                     ui.last["gold"], ui.last["settings"])
         except (ValueError, OSError) as err:
             ui.status.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
             return
         rows = len(pd.read_csv(path, dtype=str, keep_default_na=False))
-        ui.status.value = f"added: {html.escape(str(path))} now holds {rows} comparison(s)"
+        ui.status.value = f"added: {html.escape(ui.csv.value)} now holds {rows} comparison(s)"
 
     ui.attention_of.observe(show_attention, "value")
     ui.sample.on_click(on_sample)
     ui.add.on_click(on_add)
     ui.on_sample, ui.on_add = on_sample, on_add
     decoding_row = W.HBox([ui.top_k, ui.temperature, ui.max_length, ui.seed])
-    ui.view = W.VBox([W.HTML(f"<b>systems</b>: {html.escape(', '.join(systems))}"), ui.source, ui.example, ui.typed,
-                      decoding_row, W.HBox([ui.sample, ui.add]), ui.csv, ui.status, ui.context, ui.cards, ui.table,
+    names = ", ".join(f"<span class='emprl-system'>{html.escape(n)}</span>" for n in systems)
+    ui.view = W.VBox([W.HTML(f"<b>systems</b>: {names}"), ui.source, ui.example, ui.typed, decoding_row,
+                      W.HBox([ui.sample, ui.add]), ui.csv, ui.status, ui.context, ui.cards, ui.table,
                       ui.attention_of, ui.attention])
     ui.view.add_class("emprl-playground")
     return ui

@@ -215,7 +215,7 @@ def test_widget_samples_scores_and_adds_to_the_csv(systems, scorer, tmp_path):
     pytest.importorskip("ipywidgets")
     examples = [SimpleNamespace(context=TURNS, response="what now?", emotion="sad"),
                 SimpleNamespace(context=["my cat is back!"], response="great!", emotion="joyful")]
-    ui = playground.widget(systems, scorer, examples, tiny_cfg(), 64, tmp_path / "c.csv", seed=5)
+    ui = playground.widget(systems, scorer, examples, tiny_cfg(), 64, "c.csv", seed=5, root=tmp_path)
     assert ui.add.disabled
     ui.example.value = 1
     ui.sample.click()
