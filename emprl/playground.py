@@ -40,7 +40,8 @@ def _load_policy(directory: Path):
 
 
 def _sample(model, tokenizer, context: str, cfg, seed: int) -> str:
-    return generator.sample_responses(model, tokenizer, [context], cfg, seed=seed, batch_size=1, progress=False)[0]
+    return generator.sample_responses(model, tokenizer, [context], cfg, seed=seed, batch_size=1,
+                                      progress=False)[0]
 
 
 # --------------------------------------------------------------------------- systems
@@ -74,7 +75,7 @@ def missing_systems(out) -> list[str]:
 
 
 def load_systems(out) -> dict[str, tuple]:
-    """{name: (model, tokenizer)} for every system ``find_systems`` finds; a clear error when there is none."""
+    """{name: (model, tokenizer)} of every system ``find_systems`` finds; a clear error if there is none."""
     found = find_systems(out)
     if not found:
         raise FileNotFoundError(f"no saved generator under {Path(out) / 'checkpoints'}: run notebooks 03 "
@@ -217,15 +218,15 @@ def attention_map(identifier: ident.EmpathyIdentifier, tokenizer, context: str, 
     scores = att.q(R) @ att.k(C).transpose(1, 2) / math.sqrt(R.size(-1))  # [1, Lr, Lc]
     weights = scores.float().softmax(dim=-1)[0].numpy()
     identifier.train(was_training)
-    return AttentionMap(mechanism, tokenizer.convert_ids_to_tokens(c_ids), tokenizer.convert_ids_to_tokens(r_ids),
-                        weights)
+    tokens = tokenizer.convert_ids_to_tokens
+    return AttentionMap(mechanism, tokens(c_ids), tokens(r_ids), weights)
 
 
 def attention_maps(scorer: EmpathyScorer, turns: Sequence[str], response: str) -> dict[str, AttentionMap]:
     """The attention map of each mechanism's identifier for one reply."""
     context = format_context(_check_turns(turns))
-    return {m: attention_map(scorer.identifiers[m], scorer.tokenizer, context, response, scorer.max_context_len,
-                             scorer.max_response_len, m) for m in scorer.mechanisms}
+    return {m: attention_map(scorer.identifiers[m], scorer.tokenizer, context, response,
+                             scorer.max_context_len, scorer.max_response_len, m) for m in scorer.mechanisms}
 
 
 def _word_groups(tokens: list[str]) -> list[tuple[str, list[int]]]:
@@ -236,7 +237,8 @@ def _word_groups(tokens: list[str]) -> list[tuple[str, list[int]]]:
     for i, tok in enumerate(tokens):
         special = tok.startswith(("[", "<")) and tok.endswith(("]", ">"))
         if sentencepiece:
-            continues = groups and not special and not tok.startswith("▁") and not groups[-1][0].endswith(">")
+            after_special = groups and groups[-1][0].endswith(">")
+            continues = groups and not special and not tok.startswith("▁") and not after_special
             piece = tok.lstrip("▁")
         else:
             continues = groups and tok.startswith("##")
@@ -264,8 +266,8 @@ def attention_figure(maps: dict[str, AttentionMap], title: str = ""):
     maps = {m: by_words(a) for m, a in maps.items()}
     width = max(len(a.context_tokens) for a in maps.values())
     height = max(len(a.response_tokens) for a in maps.values())
-    fig, axes = plt.subplots(len(maps), 1, figsize=(min(4 + 0.32 * width, 22), len(maps) * (1.2 + 0.26 * height)),
-                             squeeze=False)
+    size = (min(4 + 0.32 * width, 22), len(maps) * (1.2 + 0.26 * height))
+    fig, axes = plt.subplots(len(maps), 1, figsize=size, squeeze=False)
     for ax, (m, a) in zip(axes[:, 0], maps.items()):
         im = ax.imshow(a.weights, aspect="auto", cmap="viridis", vmin=0.0)
         ax.set_xticks(range(len(a.context_tokens)), a.context_tokens, rotation=70, fontsize=7)
@@ -284,8 +286,8 @@ def levels_figure(scores: Scores, title: str = ""):
     import matplotlib.pyplot as plt
 
     n = len(scores.names)
-    fig, axes = plt.subplots(1, len(MECHANISMS), figsize=(4.2 * len(MECHANISMS), 0.5 + 0.55 * n * len(LEVELS) / 2),
-                             sharex=True, squeeze=False)
+    size = (4.2 * len(MECHANISMS), 0.5 + 0.55 * n * len(LEVELS) / 2)
+    fig, axes = plt.subplots(1, len(MECHANISMS), figsize=size, sharex=True, squeeze=False)
     colors = ("tab:gray", "tab:orange", "tab:green")
     for ax, (j, m) in zip(axes[0], enumerate(MECHANISMS)):
         for k in range(n):
@@ -327,8 +329,8 @@ def append_comparison(path, turns: Sequence[str], responses: dict[str, str], gol
     if path.is_file():
         old = pd.read_csv(path, dtype=str, keep_default_na=False)
         if list(old.columns) != list(frame.columns):
-            raise ValueError(f"{path} has columns {list(old.columns)}, this comparison {list(frame.columns)}: "
-                             "choose another file for other systems or settings")
+            raise ValueError(f"{path} has columns {list(old.columns)}, this comparison "
+                             f"{list(frame.columns)}: choose another file for other systems or settings")
         frame = pd.concat([old, frame.astype(str)], ignore_index=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -359,7 +361,8 @@ def _level_card(scores: Scores, k: int):
     import ipywidgets as W
 
     name = scores.names[k]
-    reply = W.HTML(f"<div style='min-height:2.6em'>{html.escape(scores.responses[k]) or '<i>(empty)</i>'}</div>")
+    text = html.escape(scores.responses[k]) or "<i>(empty)</i>"
+    reply = W.HTML(f"<div style='min-height:2.6em'>{text}</div>")
     rows = [W.HTML(f"<b>{html.escape(name)}</b>"), reply.add_class("emprl-reply")]
     for j, m in enumerate(MECHANISMS):
         rows.append(W.HTML(f"<small>{SHORT[m]} ({m.replace('_', ' ')})</small>"))
@@ -394,8 +397,9 @@ def widget(systems: dict[str, tuple], scorer: EmpathyScorer, examples: Sequence,
     shown = list(examples)[:n_examples]
     ui = SimpleNamespace(last=None)
     ui.source = W.ToggleButtons(options=["test context", "typed dialogue"], value="test context")
-    ui.example = W.Dropdown(options=[(f"{i}: {getattr(ex, 'emotion', '')}: {format_context(ex.context)[:70]}", i)
-                                     for i, ex in enumerate(shown)], description="context",
+    labels = [f"{i}: {getattr(ex, 'emotion', '')}: {format_context(ex.context)[:70]}"
+              for i, ex in enumerate(shown)]
+    ui.example = W.Dropdown(options=[(label, i) for i, label in enumerate(labels)], description="context",
                             layout=W.Layout(width="95%"))
     ui.typed = W.Textarea(placeholder="one turn per line, the speaker's first", description="dialogue",
                           layout=W.Layout(width="95%", height="6em"))
@@ -444,8 +448,8 @@ def widget(systems: dict[str, tuple], scorer: EmpathyScorer, examples: Sequence,
             return
         settings = {"seed": ui.seed.value, "top_k": cfg.top_k, "temperature": cfg.temperature,
                     "max_new_tokens": cfg.max_new_tokens}
-        ui.context.value = (f"<b>context</b>: {html.escape(format_context(turns))}<br><small>bars: each level's "
-                            "probability, the predicted level in green"
+        ui.context.value = (f"<b>context</b>: {html.escape(format_context(turns))}<br>"
+                            "<small>bars: each level's probability, the predicted level in green"
                             + ("; &#9733;: the gold level (the human reply's)" if gold is not None else "")
                             + "</small>")
         ui.cards.children = [_level_card(scores, k) for k in range(len(scores.names))]
