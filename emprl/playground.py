@@ -354,7 +354,7 @@ def figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _level_card(scores: Scores, k: int):
+def _level_card(scores: Scores, k: int, on_continue=None):
     """One reply with a bar per (mechanism, level) holding that level's probability."""
     import html
 
@@ -376,6 +376,10 @@ def _level_card(scores: Scores, k: int):
             rows.append(W.HBox([bar.add_class("emprl-level-bar"), label]))
     if scores.r_emp is not None:
         rows.append(W.HTML(f"R<sub>emp</sub> = <b>{scores.r_emp[k]:.4f}</b>").add_class("emprl-remp"))
+    if on_continue is not None:
+        button = W.Button(description="continue with this reply", layout=W.Layout(width="auto"))
+        button.on_click(lambda _b: on_continue(scores.responses[k]))
+        rows.append(button)
     return W.VBox(rows, layout=W.Layout(border="1px solid #ccc", padding="4px", margin="2px", width="255px"))
 
 
@@ -452,7 +456,7 @@ def widget(systems: dict[str, tuple], scorer: EmpathyScorer, examples: Sequence,
                             "<small>bars: each level's probability, the predicted level in green"
                             + ("; &#9733;: the gold level (the human reply's)" if gold is not None else "")
                             + "</small>")
-        ui.cards.children = [_level_card(scores, k) for k in range(len(scores.names))]
+        ui.cards.children = [_level_card(scores, k, on_continue) for k in range(len(scores.names))]
         with ui.table:
             ui.table.clear_output(wait=True)
             display(scores.table())
@@ -463,6 +467,15 @@ def widget(systems: dict[str, tuple], scorer: EmpathyScorer, examples: Sequence,
         show_attention()
         ui.add.disabled = False
         ui.status.value = f"{len(out)} replies, seed {ui.seed.value}"
+
+    def on_continue(reply: str):
+        """Turn by turn: the chosen reply becomes the listener's turn; the speaker's next turn is typed."""
+        if not reply.strip():
+            ui.status.value = "<span style='color:#b00'>an empty reply cannot be a turn: sample again</span>"
+            return
+        ui.typed.value = "\n".join([*ui.last["turns"], reply]) + "\n"
+        ui.source.value = "typed dialogue"
+        ui.status.value = "type the speaker's next turn on the last line, then sample"
 
     def on_add(_button=None):
         if ui.last is None:

@@ -231,7 +231,14 @@ def test_widget_samples_scores_and_adds_to_the_csv(systems, scorer, tmp_path):
     ui.add.click()
     ui.add.click()
     assert len(pd.read_csv(tmp_path / "c.csv")) == 2 and "holds 2" in ui.status.value
-    ui.source.value = "typed dialogue"
+    # turn by turn: continue with EmpRL's reply, type the speaker's next turn, sample again
+    reply = ui.last["replies"]["EmpRL"]
+    ui.cards.children[1].children[-1].click()
+    assert ui.source.value == "typed dialogue" and ui.typed.value == f"my cat is back!\n{reply}\n"
+    ui.typed.value += "He was hiding in the garage."
+    ui.sample.click()
+    assert ui.last["turns"] == ["my cat is back!", reply, "He was hiding in the garage."] and ui.last["gold"] is None
+    assert len(ui.cards.children) == 2 and "R<sub>emp" not in str([c.children for c in ui.cards.children])
     ui.typed.value = ""
     ui.sample.click()
     assert "one turn per line" in ui.status.value
