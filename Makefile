@@ -12,7 +12,7 @@ TORCH   ?= torch==2.13.0
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.emprl-installed
 
-.PHONY: reproduce test venv clean-outputs bundle
+.PHONY: reproduce test browser-test venv clean-outputs bundle
 
 venv: $(STAMP)
 
@@ -27,7 +27,7 @@ reproduce: $(STAMP)
 
 # Notebooks run under nbval into a temporary output folder, in order (02 trains what 04 needs).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not browser" tests
 	EMPRL_OUTPUT_DIR=$${EMPRL_OUTPUT_DIR:-$$(mktemp -d)} MPLBACKEND=Agg \
 		$(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks
 
@@ -35,6 +35,11 @@ test: $(STAMP)
 BUNDLE ?= bundle
 bundle: $(STAMP)
 	$(PY) -m emprl.bundle $(BUNDLE)
+
+# The playground in JupyterLab driven by the system's Chromium (README: "The playground").
+browser-test: $(STAMP)
+	$(PY) -m pip install -q -e ".[browser]"
+	$(PY) -m pytest -q -m browser tests/browser
 
 clean-outputs:
 	rm -rf outputs/$(PROFILE)
