@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from emprl import evaluation, generator
+from emprl.run import SYSTEMS, Paths
 from emprl import identifiers as ident
 from emprl.data import LEVELS, MECHANISMS, format_context
 from emprl.reward import empathy_reward
@@ -54,7 +55,7 @@ def find_systems(out) -> dict[str, Path]:
     (``ppo/<variant>/policy``); a folder without ``generator.json`` (unfinished, or never trained) is skipped.
     """
     root = Path(out) / "checkpoints"
-    names = {Path(*parts): name for name, parts in evaluation.SYSTEMS.items()}
+    names = {Path(*parts): name for name, parts in SYSTEMS.items()}
     candidates = [Path("generator", "prefix"), Path("generator", "full")]
     candidates += sorted(p.relative_to(root) for p in root.glob("generator/*") if p.is_dir())
     candidates += [Path("ppo", "emprl", "policy")]
@@ -69,9 +70,9 @@ def find_systems(out) -> dict[str, Path]:
 
 
 def missing_systems(out) -> list[str]:
-    """The paper's systems (``evaluation.SYSTEMS``) that have no saved checkpoint in ``out``."""
+    """The paper's systems (``run.SYSTEMS``) that have no saved checkpoint in ``out``."""
     saved = evaluation.is_saved_generator
-    return [name for name in evaluation.SYSTEMS if not saved(evaluation.system_dir(out, name))]
+    return [name for name in SYSTEMS if not saved(Paths(Path(out)).system(name))]
 
 
 def load_systems(out) -> dict[str, tuple]:
