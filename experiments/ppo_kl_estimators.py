@@ -14,7 +14,7 @@ import dataclasses
 
 import pandas as pd
 
-from emprl import data, generator, paths, ppo, runtime, scoring
+from emprl import data, generator, paths, ppo_train, runtime, scoring
 from emprl.profiles import get_profile
 
 
@@ -29,12 +29,12 @@ def main() -> None:
     runtime.set_threads(P)
     out = paths.output_dir(P.name, args.out)
     scorer = scoring.EmpathyScorer.load(paths.checkpoint_dir(out, "identifiers"), batch_size=2 * P.identifiers.batch_size)
-    train = ppo.visited_subset(data.load_split(P, "train", args.data_dir), P.ppo.steps, P.ppo.batch_size, P.seed)
+    train = data.visited_subset(data.load_split(P, "train", args.data_dir), P.ppo.steps, P.ppo.batch_size, P.seed)
     gold = scoring.gold_labels(scorer, train, out / "cache")
     rows = {}
     for estimator in ("sampled", "full"):
         policy, tokenizer = generator.load_generator(out / "checkpoints" / "generator" / "prefix")
-        res = ppo.train_ppo(policy, None, tokenizer, scorer, train, gold,
+        res = ppo_train.train_ppo(policy, None, tokenizer, scorer, train, gold,
                             dataclasses.replace(P.ppo, kl_estimator=estimator), P.generator,
                             out / "experiments" / f"kl_{estimator}", seed=P.seed, variant="emprl",
                             max_context_tokens=P.data.max_context_tokens, progress=True)
