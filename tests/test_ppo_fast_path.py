@@ -108,3 +108,22 @@ def test_fast_path_gives_the_same_advantages_losses_and_update(kind):
         assert step_fast.abs().max() > 0, n  # the update moved it
         # AdamW's step is about lr * sign(g): equal up to a small fraction of the learning rate
         assert torch.allclose(step_fast, step_plain, rtol=0, atol=1e-3 * cfg.lr), n
+
+
+def test_fused_adamw_equals_the_default_one():
+    """train_ppo fuses AdamW on CUDA; fused AdamW also runs on a CPU, where it is checked against the default."""
+    torch.manual_seed(0)
+    a = torch.nn.Linear(16, 8)
+    b = copy.deepcopy(a)
+    opt_a = torch.optim.AdamW(a.parameters(), lr=1e-2, weight_decay=0.01)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.01, fused=True)
+    for step in range(5):
+        x = torch.randn(4, 16)
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            (model(x) ** 2).mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-6)
+    torch.manual_seed(0)
+    assert not torch.allclose(a.weight, torch.nn.Linear(16, 8).weight, atol=1e-3)  # the steps moved the weights
