@@ -189,7 +189,8 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sou
 # --------------------------------------------------------------------------- optimizer and RNG states
 
 
-def optimizer_to_flat(state_dict: dict, prefix: str = "optim/", sep: str = "/") -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_to_flat(state_dict: dict, prefix: str = "optim/",
+                      sep: str = "/") -> tuple[dict[str, torch.Tensor], dict]:
     """Split ``optimizer.state_dict()`` into tensors named ``<prefix><param index><sep><name>`` and a
     JSON-able remainder (PPO: "optim/0/exp_avg"; the generator: prefix "", sep ".", "0.exp_avg")."""
     tensors: dict[str, torch.Tensor] = {}
@@ -203,7 +204,8 @@ def optimizer_to_flat(state_dict: dict, prefix: str = "optim/", sep: str = "/") 
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "optim/", sep: str = "/") -> dict:
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "optim/",
+                        sep: str = "/") -> dict:
     """The inverse of ``optimizer_to_flat`` (``optimizer.load_state_dict`` moves the tensors to the
     parameters' device)."""
     state: dict[int, dict[str, Any]] = {}

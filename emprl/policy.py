@@ -36,11 +36,6 @@ def is_prefix_model(model: nn.Module) -> bool:
     return hasattr(model, "t5") and hasattr(model, "prefix")
 
 
-def _t5(model: nn.Module) -> nn.Module:
-    """The T5ForConditionalGeneration inside a PrefixT5, or the model itself."""
-    return model.t5 if is_prefix_model(model) else model
-
-
 def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -78,7 +73,8 @@ def collate(sources: list[list[int]], targets: list[list[int]] | None, pad_id: i
     return {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) for k, v in batch.items()}
 
 
-def encode_contexts(tokenizer, contexts: list[str], max_source_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_contexts(tokenizer, contexts: list[str], max_source_len: int,
+                    device) -> tuple[torch.Tensor, torch.Tensor]:
     """(query_ids, query_mask) of the contexts, left-truncated to ``max_source_len`` tokens, on ``device``."""
     batch = collate(encode(tokenizer, contexts, max_source_len, "left"), None, tokenizer.pad_token_id, device)
     return batch["input_ids"], batch["attention_mask"]
@@ -116,7 +112,7 @@ class Sample:
 def sample(policy: nn.Module, query_ids, query_mask, generation: dict, scores: bool = False) -> Sample:
     """One generation pass. ``scores``: also keep the raw logits and final decoder states of every step,
     which equal a teacher-forced forward over the sampled tokens (same weights, cached attention)."""
-    config = _t5(policy).config
+    config = policy.config  # a PrefixT5's is its T5's
     out = policy.generate(input_ids=query_ids, attention_mask=query_mask,
                           decoder_start_token_id=config.decoder_start_token_id,
                           return_dict_in_generate=True, output_logits=scores, output_hidden_states=scores,
@@ -127,7 +123,8 @@ def sample(policy: nn.Module, query_ids, query_mask, generation: dict, scores: b
     if not scores:
         return Sample(response_ids.contiguous(), mask, None, None)
     if len(out.logits) != response_ids.shape[1]:
-        raise RuntimeError(f"generate returned {len(out.logits)} logit steps for {response_ids.shape[1]} tokens")
+        raise RuntimeError(f"generate returned {len(out.logits)} logit steps for {response_ids.shape[1]} "
+                           "tokens")
     logp_all = F.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
     hidden = torch.cat([step[-1] for step in out.decoder_hidden_states], dim=1)
     return Sample(response_ids.contiguous(), mask, logp_all, hidden)
@@ -154,7 +151,8 @@ def sample_responses(model, tokenizer, contexts: list[str], cfg, seed: int = 0, 
                                      desc="sampling", disable=not progress, leave=False)):
             torch.manual_seed(seed + b)
             batch = collate([sources[i] for i in idx], None, tokenizer.pad_token_id, device)
-            tokens = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+            tokens = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    **kwargs)
             for i, text in zip(idx, tokenizer.batch_decode(tokens, skip_special_tokens=True)):
                 out[i] = text.strip()
     model.train(was_training)
@@ -164,9 +162,11 @@ def sample_responses(model, tokenizer, contexts: list[str], cfg, seed: int = 0, 
 # --------------------------------------------------------------------------- log-probs, value, reference
 
 
-def sequence_log_softmax(model, query_ids, query_mask, response_ids, response_mask, prefix=None, value_head=None):
-    """The full log pi(. | y_<t, c) [B, T, V] (float32) at every response position, and V(s_t) if ``value_head``."""
-    config = _t5(model).config
+def sequence_log_softmax(model, query_ids, query_mask, response_ids, response_mask, prefix=None,
+                         value_head=None):
+    """The full log pi(. | y_<t, c) [B, T, V] (float32) at every response position, and V(s_t) if
+    ``value_head``."""
+    config = model.config
     start = torch.full_like(response_ids[:, :1], config.decoder_start_token_id)
     decoder_input_ids = torch.cat([start, response_ids[:, :-1]], dim=1)  # s_t = (y_<t, c)
     decoder_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
@@ -187,7 +187,7 @@ def token_logprobs(logp_all: torch.Tensor, response_ids: torch.Tensor) -> tuple[
 
 
 def sequence_logprobs(model, query_ids, query_mask, response_ids, response_mask, prefix=None, value_head=None):
-    """log pi(y_t | y_<t, c) of the given response tokens, V(s_t) if ``value_head``, and the entropy [B, T]."""
+    """log pi(y_t | y_<t, c) of the given tokens, V(s_t) if ``value_head``, and the entropy [B, T]."""
     logp_all, values = sequence_log_softmax(model, query_ids, query_mask, response_ids, response_mask, prefix,
                                             value_head)
     logprobs, entropy = token_logprobs(logp_all, response_ids)

@@ -214,15 +214,16 @@ def ppo_update(
                 logprobs, values, entropy = model(query_ids[idx], query_mask[idx], response_ids[idx],
                                                   response_mask[idx])
                 loss, stats = ppo_loss(  # Eq. 13-15
-                    logprobs, old_logprobs[idx], values, old_values[idx], advantages[idx], returns[idx], mask[idx],
-                    clip=cfg.clip, alpha=cfg.alpha, value_clip=cfg.value_clip, entropy=entropy,
+                    logprobs, old_logprobs[idx], values, old_values[idx], advantages[idx], returns[idx],
+                    mask[idx], clip=cfg.clip, alpha=cfg.alpha, value_clip=cfg.value_clip, entropy=entropy,
                 )
                 if accelerator is not None:
                     accelerator.backward(loss / accum)
                 else:
                     (loss / accum).backward()
                 all_stats.append(stats)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else math.inf)
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             # one host sync per optimizer step: a non-finite loss makes the gradient norm non-finite too
             if not torch.isfinite(grad_norm):
                 check_finite("PPO loss", torch.stack([s["loss"] for s in all_stats]))
@@ -231,7 +232,7 @@ def ppo_update(
                 before_optimizer_step(model)
             optimizer.step()
     means = torch.stack([torch.stack([s[k] for s in all_stats]).double().mean() for k in all_stats[0]])
-    extra = torch.stack([masked_mean(advantages, mask), masked_mean(returns, mask), masked_mean(old_values, mask)])
+    extra = torch.stack([masked_mean(x, mask) for x in (advantages, returns, old_values)])
     out = dict(zip(list(all_stats[0]) + ["advantages_mean", "returns_mean", "values_mean"],
                    torch.cat([means, extra.double()]).tolist()))
     return out

@@ -101,7 +101,8 @@ def train_ppo(
     Returns {"log": rows, "checkpoint_dir", "log_path", "resumed_from", "model"}.
     """
     gold = _check_arguments(cfg, variant, examples, gold)
-    run = _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, len(examples), out_dir, accelerator)
+    run = _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, len(examples), out_dir,
+                 accelerator)
     gold = gold.to(run.device)
     start_step, rows = _resume(run, cfg, seed, resume)
     is_main = run.rank == 0
@@ -110,7 +111,8 @@ def train_ppo(
     steps_per_epoch = len(examples) // global_batch
 
     t0 = t_last = time.perf_counter()
-    bar = _tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, disable=not (progress and is_main))
+    bar = _tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
+                disable=not (progress and is_main))
     for step in bar:
         # this process's slice of the data: a seeded permutation per epoch
         epoch, pos = divmod(step, steps_per_epoch)
@@ -123,7 +125,8 @@ def train_ppo(
                            gen_cfg, variant, before_optimizer_step)
         except NonFiniteError as e:
             last = run.state_path if run.state_path.exists() else "none"
-            raise NonFiniteError(f"PPO step {step + 1} ({variant}): {e}; stopped. Last good checkpoint: {last}") from None
+            raise NonFiniteError(f"PPO step {step + 1} ({variant}): {e}; stopped. "
+                                 f"Last good checkpoint: {last}") from None
         now = time.perf_counter()
         row = _log_row(run, step, out, cfg, now - t_last, now - t0)
         t_last = now
@@ -192,11 +195,13 @@ def _check_arguments(cfg, variant, examples, gold) -> torch.Tensor:
     kl_estimator_of(cfg)
     gold = torch.as_tensor(gold).long()
     if gold.shape != (len(examples), 3):
-        raise ValueError(f"gold labels must be [{len(examples)}, 3] (one row per example), got {tuple(gold.shape)}")
+        raise ValueError(f"gold labels must be [{len(examples)}, 3] (one row per example), "
+                         f"got {tuple(gold.shape)}")
     return gold
 
 
-def _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, n_examples, out_dir, accelerator) -> _Run:
+def _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, n_examples, out_dir,
+           accelerator) -> _Run:
     """Policy + value head sharing the network, the frozen reference, AdamW, KL controller, file paths."""
     from emprl import paths
 
@@ -211,7 +216,7 @@ def _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, n_example
     if reference is None:
         reference = P.make_reference(policy)
     torch.manual_seed(seed)
-    value_head = value_head if value_head is not None else P.ValueHead(P._t5(policy).config.d_model)
+    value_head = value_head if value_head is not None else P.ValueHead(policy.config.d_model)
     device = accelerator.device if accelerator is not None else P.device_of(policy)
     model = P.ActorCritic(policy, value_head).to(device)
     reference.to(device)
@@ -220,8 +225,10 @@ def _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, n_example
     wrapped = model
     if accelerator is not None:
         wrapped, optimizer = accelerator.prepare(model, optimizer)
-    kl_ctl = AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(
-        cfg.beta)
+    if cfg.adaptive_kl:
+        kl_ctl = AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
+    else:
+        kl_ctl = FixedKLController(cfg.beta)
     ck_dir = paths.checkpoint_dir(Path(out_dir), "ppo", variant)
     log_path = Path(out_dir) / "runs" / f"ppo_{variant}" / "log.csv"
     return _Run(model, wrapped, reference, optimizer, kl_ctl, RunningMoments(), torch.device(device), accelerator,
@@ -270,7 +277,8 @@ def _resume(run: _Run, cfg, seed: int, resume: bool) -> tuple[int, list[dict]]:
 
 
 def _save_train_state(run: _Run, step: int, rows: list[dict]) -> None:
-    """Collect every process's RNG state; the main process writes one atomic file (log rows as a float64 table)."""
+    """Collect every process's RNG state; the main process writes one atomic file (the log rows as a
+    float64 table)."""
     rng_t, rng_m = ckpt.rng_state()
     acc = run.accelerator
     if acc is not None and acc.num_processes > 1:
@@ -301,7 +309,8 @@ def _load_train_state(run: _Run):
                         run.state_path)
     run.optimizer.load_state_dict(ckpt.optimizer_from_flat(tensors, meta["optimizer"]))
     prefix = f"rng/{run.rank}/"
-    ckpt.set_rng_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, meta["rng"][run.rank])
+    rng = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    ckpt.set_rng_state(rng, meta["rng"][run.rank])
     rows = [dict(zip(LOG_FIELDS, r)) for r in tensors["log"].tolist()]
     for r in rows:
         r["step"] = int(r["step"])
@@ -346,7 +355,9 @@ def _write_log(log_path: Path, row: dict, tb, step: int) -> None:
 
 
 def _gather(x: torch.Tensor, accelerator) -> torch.Tensor:
-    return accelerator.gather(x.contiguous()) if accelerator is not None and accelerator.num_processes > 1 else x
+    if accelerator is not None and accelerator.num_processes > 1:
+        return accelerator.gather(x.contiguous())
+    return x
 
 
 def _mean_all(x: torch.Tensor, accelerator) -> float:
