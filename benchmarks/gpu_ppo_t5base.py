@@ -102,6 +102,8 @@ def main() -> None:
                    help="default: bf16 on CUDA, fp32 on a CPU")
     p.add_argument("--tuning", choices=["prefix", "full"], default="prefix")
     p.add_argument("--paths", default="plain,fast", help="comma list of plain, fast")
+    p.add_argument("--static-cache", choices=["auto", "on", "off"], default="auto",
+                   help="static key/value cache in generation (auto: on CUDA, as emprl.policy.sample)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--max-new-tokens", type=int, default=30)
@@ -122,7 +124,8 @@ def main() -> None:
     weights_dtype = torch.bfloat16 if args.precision == "bf16-weights" else torch.float32
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
-    print(f"DEVICE: {device} = {name}; torch {torch.__version__}; precision {args.precision}"
+    print(f"DEVICE: {device} = {name}; torch {torch.__version__}; precision {args.precision}; "
+          f"static cache {args.static_cache}"
           + ("   [DRY RUN: tiny config, figures are NOT t5-base]" if args.dry_run else ""))
     paths = [x for x in args.paths.split(",") if x]
     if not paths or set(paths) - {"plain", "fast"}:
@@ -140,6 +143,7 @@ def main() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     g = torch.Generator().manual_seed(args.seed)
+    static = {"auto": None, "on": True, "off": False}[args.static_cache]
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
                 else contextlib.nullcontext())
 
@@ -159,7 +163,8 @@ def main() -> None:
             sync()
             t0 = time.perf_counter()
             with autocast:
-                ro = ppo.rollout(model, reference, tokenizer, contexts, gen_cfg, cfg, rescore=path == "plain")
+                ro = ppo.rollout(model, reference, tokenizer, contexts, gen_cfg, cfg, rescore=path == "plain",
+                                 static_cache=static)
                 sync()
                 t1 = time.perf_counter()
                 r_emp = empathy_reward(scorer.logits(contexts, ro.responses).to(device), gold)
@@ -202,7 +207,7 @@ def main() -> None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w") as f:
             json.dump({"device": str(device), "device_name": name, "torch": torch.__version__,
-                       "precision": args.precision, "dry_run": args.dry_run, "tuning": args.tuning,
+                       "precision": args.precision, "static_cache": args.static_cache, "dry_run": args.dry_run, "tuning": args.tuning,
                        "batch": args.batch, "context": args.context, "steps": args.steps, "median_s": med,
                        "times": times, "response_len": {k: statistics.mean(v) for k, v in lengths.items()},
                        "peak_gpu_gib": peak, "projected_hours_24000": hours, "policy_params": n_policy,

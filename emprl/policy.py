@@ -108,15 +108,25 @@ class Sample:
     hidden: torch.Tensor | None  # [B, T, d] the decoder's final hidden state s_t
 
 
+def static_cache(device: torch.device, on: bool | None = None) -> dict:
+    """Generation settings for a static key/value cache, which transformers compiles on CUDA (there the
+    per-token launches dominate decoding); ``on=None``: on CUDA only. Same samples and log-probs as the
+    default cache (tests/test_ppo_fast_path.py)."""
+    on = device.type == "cuda" if on is None else on
+    return {"cache_implementation": "static"} if on else {}
+
+
 @torch.no_grad()
-def sample(policy: nn.Module, query_ids, query_mask, generation: dict, scores: bool = False) -> Sample:
+def sample(policy: nn.Module, query_ids, query_mask, generation: dict, scores: bool = False,
+           static: bool | None = None) -> Sample:
     """One generation pass. ``scores``: also keep the raw logits and final decoder states of every step,
-    which equal a teacher-forced forward over the sampled tokens (same weights, cached attention)."""
+    which equal a teacher-forced forward over the sampled tokens (same weights, cached attention).
+    ``static``: a static key/value cache (``static_cache``; default: on CUDA)."""
     config = policy.config  # a PrefixT5's is its T5's
     out = policy.generate(input_ids=query_ids, attention_mask=query_mask,
                           decoder_start_token_id=config.decoder_start_token_id,
                           return_dict_in_generate=True, output_logits=scores, output_hidden_states=scores,
-                          **generation)
+                          **static_cache(query_ids.device, static), **generation)
     response_ids = out.sequences[:, 1:]  # drop the decoder start token; y_t was sampled from out.logits[t]
     mask = response_mask_from_eos(response_ids, config.eos_token_id)
     response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, config.pad_token_id))
@@ -144,7 +154,7 @@ def sample_responses(model, tokenizer, contexts: list[str], cfg, seed: int = 0, 
     device = device_of(model)
     sources = encode(tokenizer, contexts, cfg.max_source_len, "left")
     out: list[str] = [""] * len(contexts)
-    kwargs = generation_kwargs(cfg, tokenizer)
+    kwargs = {**generation_kwargs(cfg, tokenizer), **static_cache(device)}
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         for b, idx in enumerate(tqdm(length_sorted_batches([len(s) for s in sources], batch_size),

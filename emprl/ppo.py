@@ -65,7 +65,7 @@ class Rollout:
 
 @torch.no_grad()
 def rollout(model: P.ActorCritic, reference, tokenizer, contexts: Sequence[str], gen_cfg, cfg,
-            rescore: bool = False) -> Rollout:
+            rescore: bool = False, static_cache: bool | None = None) -> Rollout:
     """Sample one response per context (``gen_cfg``'s top-k/top-p/temperature, at least
     ``cfg.min_new_tokens``) on the model's device, with the old log-probs, values, reference log-probs
     and the per-token KL of ``cfg.kl_estimator`` ("sampled": log pi - log rho of y_t; "full": ``full_kl``).
@@ -75,7 +75,7 @@ def rollout(model: P.ActorCritic, reference, tokenizer, contexts: Sequence[str],
     weights; cached attention sums in another order, so they agree to float rounding, ~1e-6 in fp32,
     and the first PPO pass has a ratio of 1 to that precision). They are of the raw policy, not of the
     top-k/temperature sampling distribution. ``rescore=True`` recomputes them with that separate
-    forward (the plain path, for tests and benchmarks).
+    forward (the plain path, for tests and benchmarks). ``static_cache``: see ``policy.static_cache``.
     """
     estimator = kl_estimator_of(cfg)
     policy = model.policy
@@ -83,7 +83,7 @@ def rollout(model: P.ActorCritic, reference, tokenizer, contexts: Sequence[str],
                                               P.device_of(model))
     generation = P.generation_kwargs(gen_cfg, tokenizer, min_new_tokens=cfg.min_new_tokens)
     try:
-        sample = P.sample(policy, query_ids, query_mask, generation, scores=not rescore)
+        sample = P.sample(policy, query_ids, query_mask, generation, scores=not rescore, static=static_cache)
     except RuntimeError as e:  # torch.multinomial on NaN/inf probabilities
         if "inf" in str(e) or "nan" in str(e):
             raise NonFiniteError(f"non-finite policy logits while sampling ({e})") from e

@@ -127,3 +127,20 @@ def test_fused_adamw_equals_the_default_one():
         assert torch.allclose(p, q, rtol=0, atol=1e-6)
     torch.manual_seed(0)
     assert not torch.allclose(a.weight, torch.nn.Linear(16, 8).weight, atol=1e-3)  # the steps moved the weights
+
+
+@pytest.mark.parametrize("kind", ["full", "prefix"])
+def test_static_cache_gives_the_same_rollout(kind):
+    """The static key/value cache (on by default on CUDA, where transformers compiles it) against the default."""
+    model, reference = setup(kind)
+    cfg, gen = PPOConfig(min_new_tokens=2), GeneratorConfig(max_new_tokens=8, max_source_len=16)
+    tok = tiny_tokenizer()
+    out = {}
+    for static in (False, True):
+        torch.manual_seed(5)
+        out[static] = rollout(model, reference, tok, CONTEXTS, gen, cfg, static_cache=static)
+    a, b = out[False], out[True]
+    assert torch.equal(a.response_ids, b.response_ids)
+    m = a.response_mask.bool()
+    for name in ("logprobs", "values", "entropy", "ref_logprobs", "kl"):
+        assert torch.allclose(getattr(a, name)[m], getattr(b, name)[m], **TOL), name
