@@ -103,7 +103,7 @@ def main() -> None:
     p.add_argument("--tuning", choices=["prefix", "full"], default="prefix")
     p.add_argument("--paths", default="plain,fast", help="comma list of plain, fast")
     p.add_argument("--static-cache", choices=["auto", "on", "off"], default="auto",
-                   help="static key/value cache in generation (auto: on CUDA, as emprl.policy.sample)")
+                   help="static key/value cache in generation (auto: emprl.policy.static_cache's default)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--max-new-tokens", type=int, default=30)

@@ -108,11 +108,14 @@ class Sample:
     hidden: torch.Tensor | None  # [B, T, d] the decoder's final hidden state s_t
 
 
+STATIC_CACHE_ON_CUDA = False  # not yet measured with the prefix attention on a GPU: see gpu_ppo_t5base.py
+
+
 def static_cache(device: torch.device, on: bool | None = None) -> dict:
     """Generation settings for a static key/value cache, which transformers compiles on CUDA (there the
-    per-token launches dominate decoding); ``on=None``: on CUDA only. Same samples and log-probs as the
-    default cache (tests/test_ppo_fast_path.py)."""
-    on = device.type == "cuda" if on is None else on
+    per-token launches dominate decoding); ``on=None``: ``STATIC_CACHE_ON_CUDA`` on CUDA, off elsewhere.
+    Same samples and log-probs as the default cache (tests/test_ppo_fast_path.py)."""
+    on = (device.type == "cuda" and STATIC_CACHE_ON_CUDA) if on is None else on
     return {"cache_implementation": "static"} if on else {}
 
 
@@ -121,7 +124,7 @@ def sample(policy: nn.Module, query_ids, query_mask, generation: dict, scores: b
            static: bool | None = None) -> Sample:
     """One generation pass. ``scores``: also keep the raw logits and final decoder states of every step,
     which equal a teacher-forced forward over the sampled tokens (same weights, cached attention).
-    ``static``: a static key/value cache (``static_cache``; default: on CUDA)."""
+    ``static``: a static key/value cache (see ``static_cache``)."""
     config = policy.config  # a PrefixT5's is its T5's
     out = policy.generate(input_ids=query_ids, attention_mask=query_mask,
                           decoder_start_token_id=config.decoder_start_token_id,

@@ -131,7 +131,7 @@ def test_fused_adamw_equals_the_default_one():
 
 @pytest.mark.parametrize("kind", ["full", "prefix"])
 def test_static_cache_gives_the_same_rollout(kind):
-    """The static key/value cache (on by default on CUDA, where transformers compiles it) against the default."""
+    """The static key/value cache (an option for CUDA, where transformers compiles it) against the default."""
     model, reference = setup(kind)
     cfg, gen = PPOConfig(min_new_tokens=2), GeneratorConfig(max_new_tokens=8, max_source_len=16)
     tok = tiny_tokenizer()
