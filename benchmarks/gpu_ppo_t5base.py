@@ -109,11 +109,12 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=30)
     p.add_argument("--steps", type=int, default=10, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default 2; 1 for --dry-run, whose tiny ops only contend for cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="where to write the figures (default: benchmarks/results/)")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or (1 if args.dry_run else 2))
 
     from emprl import ppo
     from emprl.profiles import GeneratorConfig, PPOConfig
