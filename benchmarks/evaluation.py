@@ -22,13 +22,13 @@ import time
 import numpy as np
 import torch
 
-from emprl import data, evaluation, generator, scoring
+from emprl import data, evaluation, generator, policy, scoring
 from emprl.run import SYSTEMS, Paths, resolve_output_dir
 from emprl.profiles import get_profile
 
 
 def naive(model, tokenizer, scorer, examples, cfg, batch_size: int, max_context_tokens, seed: int) -> dict:
-    gen_ctx, score_ctx = evaluation.test_contexts(examples, max_context_tokens)
+    gen_ctx, score_ctx = data.context_texts(examples, max_context_tokens)
     gold_resp = [ex.response for ex in examples]
     times, t = {}, time.perf_counter()
     for s in range(0, len(examples), batch_size):  # gold recomputed, input-order batches
@@ -37,7 +37,7 @@ def naive(model, tokenizer, scorer, examples, cfg, batch_size: int, max_context_
     t = time.perf_counter()
     responses = []
     for b, s in enumerate(range(0, len(examples), batch_size)):
-        responses += generator.sample_responses(model, tokenizer, gen_ctx[s: s + batch_size], cfg, seed + b,
+        responses += policy.sample_responses(model, tokenizer, gen_ctx[s: s + batch_size], cfg, seed + b,
                                                 batch_size, progress=False)
     times["generation_s"] = time.perf_counter() - t
     t = time.perf_counter()

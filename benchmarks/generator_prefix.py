@@ -20,7 +20,7 @@ import time
 import torch
 from transformers import T5ForConditionalGeneration
 
-from emprl import generator
+from emprl import generator, policy
 from emprl.prefix import Prefix, PrefixT5
 from emprl.profiles import get_profile
 
@@ -54,7 +54,7 @@ def main() -> None:
     mask = torch.ones_like(x)
     y = torch.randint(3, cfg.vocab_size, (args.batch, 20))
     tok = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 1})()
-    gen_kw = {**generator.generation_kwargs(cfg, tok), "min_new_tokens": cfg.max_new_tokens}
+    gen_kw = {**policy.generation_kwargs(cfg, tok), "min_new_tokens": cfg.max_new_tokens}
 
     def step(m, params):
         opt = torch.optim.AdamW(params, lr=1e-4)

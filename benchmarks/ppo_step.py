@@ -7,20 +7,22 @@ same contexts (~100 tokens), batch 8, sampling top-k 20 / top-p 1.0 / temperatur
 tokens, 4 PPO epochs of one mini-batch. Measured:
 
 (a) a whole step: rollout + empathy reward + 4 PPO epochs.
-    ours:    emprl.ppo.rollout -> EmpathyScorer.logits -> empathy_reward/kl_penalty/reward_vector -> ppo_update
+    ours:    emprl.ppo.rollout -> EmpathyScorer.logits -> empathy_reward/reward_vector -> ppo_update
     authors: model.generate on the padded batch and trimming (their my_get_inputs) -> decode to text,
              re-tokenize, three identifiers one after another (their Rewards) -> PPOTrainer.step
 (b) the PPO update alone: PPOTrainer.step (its forward passes for old log-probs, values and the
-    reference, then 4 epochs) against ours: the same forward passes (which ours runs inside rollout)
-    + ppo_update. ppo_update without them is printed too.
+    reference, then 4 epochs) against ours: the same forward passes (which ours runs inside rollout,
+    or takes from generation) + ppo_update. ppo_update without them is printed too.
 (c) peak memory: resource.getrusage(RUSAGE_SELF).ru_maxrss of each side's process (peak resident set,
     libraries included), and its value after loading the models (so the difference is the run's own).
 
 Ours is timed with the T5 fully fine-tuned ("full": the authors' setting, same trainable weights as
 trl) and prefix-tuned ("prefix": the paper, prefix 40/10, MLP width 512, one frozen T5 shared with the
-reference); "-fast" swaps ppo.rollout for emprl.fast_generate.fast_rollout (old log-probs and values
-taken from generate instead of a second forward; the (b) column still adds the forward it saves). Each side runs in its own process, one after the other; the first ``--warmup`` steps
-are not timed. Targets (issue 5): (a) ours >= 1.5x faster, (b) ours no slower.
+reference). ``ppo.rollout`` takes the old log-probs and values from the generation pass (the default);
+"-plain" runs it with ``rescore=True`` (a second forward over the sampled tokens), the path it replaced;
+the (b) column adds those forwards for every variant. Each side runs in its own process, one after the
+other; the first ``--warmup`` steps are not timed. Targets (issues 5, 10): (a) ours >= 1.5x faster,
+(b) ours no slower.
 """
 
 from __future__ import annotations
@@ -117,10 +119,11 @@ def ours_worker(work: Path, variant: str, threads: int) -> dict:
 
     from transformers import T5ForConditionalGeneration
 
+    from emprl import policy as P
     from emprl import ppo
     from emprl.prefix import Prefix, PrefixT5
     from emprl.profiles import GeneratorConfig, PPOConfig
-    from emprl.reward import empathy_reward, kl_penalty, reward_vector
+    from emprl.reward import empathy_reward, reward_vector
     from emprl.scoring import EmpathyScorer
 
     torch.set_num_threads(threads)
@@ -131,18 +134,15 @@ def ours_worker(work: Path, variant: str, threads: int) -> dict:
     gold = load_file(str(work / "bench.safetensors"))["gold"]
     t5 = T5ForConditionalGeneration.from_pretrained(str(work / "t5")).eval()
     torch.manual_seed(cfg_json["seed"])
-    tuning, _, fast = variant.partition("-")  # "full" | "prefix", optionally "-fast"
-    if tuning not in ("full", "prefix") or fast not in ("", "fast"):
-        raise ValueError(f"unknown variant {variant!r}: full, prefix, full-fast or prefix-fast")
-    rollout = ppo.rollout
-    if fast:
-        from emprl.fast_generate import fast_rollout as rollout
+    tuning, _, plain = variant.partition("-")  # "full" | "prefix", optionally "-plain"
+    if tuning not in ("full", "prefix") or plain not in ("", "plain"):
+        raise ValueError(f"unknown variant {variant!r}: full, prefix, full-plain or prefix-plain")
     policy = PrefixT5(t5, Prefix.for_t5(t5.config, 40, 10, 512)) if tuning == "prefix" else t5
-    reference = ppo.make_reference(policy)
-    value_head = ppo.ValueHead(t5.config.d_model)
+    reference = P.make_reference(policy)
+    value_head = P.ValueHead(t5.config.d_model)
     vh = load_file(str(work / "v_head.safetensors"))
     value_head.linear.load_state_dict({"weight": vh["weight"], "bias": vh["bias"]})
-    model = ppo.ActorCritic(policy, value_head).eval()
+    model = P.ActorCritic(policy, value_head).eval()
     scorer = EmpathyScorer.load(work / "identifiers")
     B = cfg_json["batch_size"]
     cfg = replace(PPOConfig(), batch_size=B, mini_batch_size=B, ppo_epochs=cfg_json["ppo_epochs"],
@@ -159,12 +159,12 @@ def ours_worker(work: Path, variant: str, threads: int) -> dict:
     torch.manual_seed(cfg_json["seed"])
     for s in range(cfg_json["warmup"] + cfg_json["steps"]):
         t0 = clock()
-        ro = rollout(model, reference, tokenizer, contexts[s], gen_cfg, cfg)  # generate + old logp/V + ref logp
+        ro = ppo.rollout(model, reference, tokenizer, contexts[s], gen_cfg, cfg, rescore=bool(plain))
         t1 = clock()
         logits = scorer.logits(contexts[s], ro.responses)
         r_emp = empathy_reward(logits, gold[s])
         mask = ro.response_mask.to(ro.logprobs.dtype)
-        rewards = reward_vector(r_emp, kl_penalty(ro.logprobs, ro.ref_logprobs) * mask, mask, cfg.beta)
+        rewards = reward_vector(r_emp, ro.kl, mask, cfg.beta)
         t2 = clock()
         ppo.ppo_update(model, None, optimizer, ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask,
                        ro.logprobs, ro.values, rewards, cfg)
@@ -172,7 +172,7 @@ def ours_worker(work: Path, variant: str, threads: int) -> dict:
         # not part of the step: the forward passes rollout ran after generate, timed alone for (b)
         with torch.no_grad():
             model(ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask)
-            ppo.reference_logprobs(policy, reference, ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask)
+            P.reference_logprobs(policy, reference, ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask)
         t4 = clock()
         if s >= cfg_json["warmup"]:
             for k, (a, b) in (("rollout", (t0, t1)), ("score", (t1, t2)), ("update", (t2, t3)), ("total", (t0, t3)),
@@ -198,8 +198,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch threads per side")
     p.add_argument("--identifiers", choices=["minilm", "tiny"], default="minilm")
-    p.add_argument("--variants", default="full,prefix,prefix-fast",
-                   help="ours: comma list of full, prefix, full-fast, prefix-fast (-fast: emprl.fast_generate.fast_rollout)")
+    p.add_argument("--variants", default="full,prefix-plain,prefix",
+                   help="ours: comma list of full, prefix, full-plain, prefix-plain (-plain: rollout(rescore=True))")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--context", type=int, default=100)
     p.add_argument("--max-new-tokens", type=int, default=30)

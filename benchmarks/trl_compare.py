@@ -86,11 +86,11 @@ def build_inputs(work: Path, seed: int, batch: int, context: int, vocab_size: in
 
 def run_ours(t5, reference, v_head_lin, q_ids, q_mask, r_ids, r_mask, scores, loss_mask, cfg):
     """Our functions on the same inputs: (internals dict, update stats, per-pass losses, new params)."""
-    from emprl import ppo, reward
+    from emprl import policy, ppo, reward
 
-    value_head = ppo.ValueHead(t5.config.d_model)
+    value_head = policy.ValueHead(t5.config.d_model)
     value_head.linear.load_state_dict(v_head_lin.state_dict())
-    model = ppo.ActorCritic(t5, value_head).eval()
+    model = policy.ActorCritic(t5, value_head).eval()
     reference.requires_grad_(False)
 
     class LossMaskAdapter(torch.nn.Module):
@@ -101,11 +101,11 @@ def run_ours(t5, reference, v_head_lin, q_ids, q_mask, r_ids, r_mask, scores, lo
             self.inner = inner
 
         def forward(self, query_ids, query_mask, response_ids, response_mask):
-            return self.inner(query_ids, query_mask, response_ids, ppo.response_mask_from_eos(response_ids, tb.EOS))
+            return self.inner(query_ids, query_mask, response_ids, policy.response_mask_from_eos(response_ids, tb.EOS))
 
     with torch.no_grad():
         logprobs, values, _ = model(q_ids, q_mask, r_ids, r_mask)
-        ref_logprobs = ppo.reference_logprobs(t5, reference, q_ids, q_mask, r_ids, r_mask)
+        ref_logprobs = policy.reference_logprobs(t5, reference, q_ids, q_mask, r_ids, r_mask)
     kl = reward.kl_penalty(logprobs, ref_logprobs) * r_mask
     rewards = reward.reward_vector(scores, kl, r_mask.float(), cfg.beta)
     m = loss_mask.float()

@@ -1,15 +1,30 @@
-"""Atomic, pickle-free training-state files: tensors in safetensors, everything else as JSON metadata.
+"""Every atomic write and every resume state of emprl (identifiers, generator, PPO, reports, data).
 
-One file holds one consistent state; it is written to a temporary name, fsynced, then renamed over
-the previous one (``os.replace``), so a crash at any moment leaves either the old or the new state.
+A file is written to a temporary name beside it (``<name>.tmp-<pid>``), fsynced, then renamed over
+the previous one (``os.replace``), so a crash at any moment leaves either the old or the new file;
+a folder (a saved model) is built under a temporary name and swapped in. Nothing is pickled:
+tensors go to safetensors, everything else to JSON.
+
+Resume protocol, the same for the three trainings: a run has a ``key`` (what must match for a saved
+state to be continued: settings, seed, data); its state is saved atomically with that key; on a
+restart ``check_key`` compares them: a match resumes, a mismatch is an error naming the file
+(generator, PPO) or, for finished identifiers, a reason to retrain. On-disk layouts:
+
+- PPO: one ``train_state.safetensors`` (``save_state``): trainable parameters, AdamW state, every
+  rank's RNG, the log table; the key and counters in its metadata.
+- generator: ``state.json`` (key, counters, history), ``last.safetensors`` / ``best.safetensors``
+  (trainable parameters), ``optimizer.safetensors`` (AdamW state and the torch RNG).
+- identifiers: a finished model folder whose ``config.json`` holds the key (``train_fingerprint``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import torch
 from safetensors import safe_open
@@ -24,21 +39,9 @@ def _write_payload(f: BinaryIO, data: bytes) -> None:
     f.write(data)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers only ever see a complete file."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            _write_payload(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _fsync_dir(folder: Path) -> None:
     try:  # make the rename durable
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -47,9 +50,85 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         pass
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that wants a file name (safetensors, pandas);
+    renamed over ``path`` when the block ends without error, deleted otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
+    """An open temporary file that replaces ``path`` when the block ends without error (streams, downloads)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers only ever see a complete file."""
+    with atomic_file(path) as f:
+        _write_payload(f, data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_dir(directory: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """A fresh temporary folder beside ``directory``, swapped in when the block ends without error.
+
+    ``replace=False``: an existing ``directory`` (e.g. written by a concurrent process) is kept and
+    the new copy discarded."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if directory.exists() and not replace:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = directory.with_name(f"{directory.name}.old-{os.getpid()}")
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(directory.parent)
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
+    """A safetensors file of ``tensors`` (moved to the CPU), written atomically."""
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, st_save(flat))
+
+
+def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors on ``device`` (a state saved on a GPU loads anywhere)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device=str(torch.device(device)))
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete ``*.tmp-<pid>`` files left by a killed writer; return what was removed."""
-    removed = [p for p in Path(folder).glob("*.tmp-*") if p.is_file()]
+    removed = [p for p in Path(folder).glob("*.tmp-*") if p.is_file()] if Path(folder).is_dir() else []
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
@@ -75,29 +154,67 @@ def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
+def check_key(path: Path, saved_key: Any, key: Any, restart: bool = False) -> bool:
+    """The resume rule: True when the state at ``path`` was saved by a run with this ``key``.
+
+    A different key is a ValueError naming the file and both keys, since continuing would mix two
+    runs; ``restart=True`` returns False instead (the caller starts over and overwrites the state)."""
+    if saved_key == key:
+        return True
+    if restart:
+        return False
+    raise ValueError(f"{path} was written by a different run configuration (settings, seed or data); "
+                     f"delete it or pass resume=False.\nsaved: {saved_key}\nnow:   {key}")
+
+
+# --------------------------------------------------------------------------- trainable parameters
+
+
+def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy saved tensors into the model's trainable parameters (names must match exactly); the copy
+    casts them to each parameter's device and dtype, so a bf16 state saved on a GPU loads on a CPU."""
+    params = trainable(model)
+    if set(tensors) != set(params):
+        raise ValueError(f"{source}: trainable parameters differ from the model's "
+                         f"({sorted(set(tensors) ^ set(params))[:5]} ...)")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
+
+
 # --------------------------------------------------------------------------- optimizer and RNG states
 
 
-def optimizer_to_flat(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split ``optimizer.state_dict()`` into tensors and a JSON-able remainder."""
+def optimizer_to_flat(state_dict: dict, prefix: str = "optim/",
+                      sep: str = "/") -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors named ``<prefix><param index><sep><name>`` and a
+    JSON-able remainder (PPO: "optim/0/exp_avg"; the generator: prefix "", sep ".", "0.exp_avg")."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, st in state_dict["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"optim/{idx}/{k}"] = v
+                tensors[f"{prefix}{idx}{sep}{k}"] = v
             else:
                 scalars.setdefault(str(idx), {})[k] = v
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "optim/",
+                        sep: str = "/") -> dict:
+    """The inverse of ``optimizer_to_flat`` (``optimizer.load_state_dict`` moves the tensors to the
+    parameters' device)."""
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
-        if key.startswith("optim/"):
-            _, idx, k = key.split("/", 2)
-            state.setdefault(int(idx), {})[k] = v
-    for idx, st in meta["scalars"].items():
+        if key.startswith(prefix) and sep in key[len(prefix):]:
+            idx, k = key[len(prefix):].split(sep, 1)
+            if idx.isdigit():
+                state.setdefault(int(idx), {})[k] = v
+    for idx, st in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(st)
     return {"state": state, "param_groups": meta["param_groups"]}
 
@@ -122,9 +239,9 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
     import numpy as np
 
-    torch.set_rng_state(tensors["torch"])
+    torch.set_rng_state(tensors["torch"].cpu())
     if "cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["cuda"])
+        torch.cuda.set_rng_state(tensors["cuda"].cpu())
     name, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, tensors["numpy_keys"].numpy().astype("uint32"), pos, has_gauss, cached))
     v, st, gauss = meta["python"]

@@ -269,6 +269,21 @@ def format_context(context: Sequence[str], max_tokens: int | None = None, tokeni
         budget -= excess
 
 
+
+def context_texts(items: Sequence, max_context_tokens: int | None) -> tuple[list[str], list[str]]:
+    """(generator inputs, identifier inputs) of contexts: the rule every stage follows.
+
+    The generator sees ``format_context`` truncated to ``max_context_tokens`` words (the profile's
+    ``data.max_context_tokens``); the identifiers see the whole ``format_context`` string and truncate
+    it from the left to their own token budget, as for the gold labels, so generated and human
+    responses are scored alike. ``items``: DialogueExamples, lists of turns, or formatted strings
+    (used as they are for both).
+    """
+    turns = [x.context if hasattr(x, "context") else x for x in items]
+    if all(isinstance(t, str) for t in turns):
+        return list(turns), list(turns)
+    return ([format_context(t, max_tokens=max_context_tokens) for t in turns], [format_context(t) for t in turns])
+
 def _fit(pieces: list[str], budget: int, count) -> str:
     kept: list[str] = []
     for i in range(len(pieces) - 1, -1, -1):
@@ -481,3 +496,22 @@ def load_epitome_for(profile, data_dir: str | Path | None = None) -> list[Epitom
     p = _profile(profile)
     records = load_epitome(dataset_dir(p.name, data_dir))
     return records if p.data.max_epitome is None else records[: p.data.max_epitome]
+
+
+def visited_subset(examples: Sequence, steps: int, batch_size: int, seed: int = 0) -> list:
+    """The examples a ``steps``-step PPO run draws from: all of them if ``steps * batch_size`` covers
+    them, else a seeded random subset of that size (in the original order), so that gold labels are
+    computed only for contexts the run will visit (the paper's 24,000 x 8 visits every example)."""
+    import numpy as np
+
+    n_visit = steps * batch_size
+    if n_visit >= len(examples):
+        return list(examples)
+    keep = np.random.default_rng(seed).choice(len(examples), n_visit, replace=False)
+    return [examples[i] for i in sorted(keep)]
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so little padding is computed."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]

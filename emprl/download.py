@@ -17,7 +17,6 @@ import hashlib
 import os
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from emprl.checkpoint import atomic_file
 from emprl.data import ED_DIR, EPITOME_DIR, SPLITS
 
 ED_URL = "https://dl.fbaipublicfiles.com/parlai/empatheticdialogues/empatheticdialogues.tar.gz"
@@ -70,25 +70,20 @@ def manual_instructions(data_dir: Path, datasets: tuple[str, ...] = DATASETS) ->
 def fetch(url: str, dest: Path, sha256: str | None = None, opener: Opener = urllib.request.urlopen) -> Path:
     """Download ``url`` to ``dest`` atomically (temp file + os.replace), with a progress bar and optional sha256 check."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
     h = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, opener(url, timeout=60) as response:
+        with atomic_file(dest) as out, opener(url, timeout=60) as response:
             total = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
             with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, desc=dest.name) as bar:
                 for block in iter(lambda: response.read(1 << 16), b""):
                     out.write(block)
                     h.update(block)
                     bar.update(len(block))
-        if sha256 is not None and h.hexdigest() != sha256:
-            raise DownloadError(f"{url}: sha256 {h.hexdigest()} does not match the expected {sha256}; {dest} not written")
-        os.replace(tmp, dest)
+            if sha256 is not None and h.hexdigest() != sha256:  # raised inside: the file is not written
+                raise DownloadError(f"{url}: sha256 {h.hexdigest()} does not match the expected {sha256}; "
+                                    f"{dest} not written")
     except (urllib.error.URLError, OSError, ValueError) as e:  # offline, HTTP error, timeout, bad URL
         raise DownloadError(f"could not download {url} to {dest}: {e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dest
 
 
@@ -108,16 +103,9 @@ def extract_empathetic_dialogues(archive: Path, data_dir: Path) -> list[Path]:
                         and not Path(member.name).is_absolute()):
                     raise DownloadError(f"{archive}: unexpected member {member.name!r}; refusing to extract")
                 dest = data_dir.joinpath(*parts)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-                try:
-                    with os.fdopen(fd, "wb") as out, tar.extractfile(member) as src:
-                        for block in iter(lambda: src.read(1 << 20), b""):
-                            out.write(block)
-                    os.replace(tmp, dest)
-                finally:
-                    if os.path.exists(tmp):
-                        os.remove(tmp)
+                with atomic_file(dest) as out, tar.extractfile(member) as src:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        out.write(block)
                 written.append(dest)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DownloadError(f"{archive}: cannot extract ({e}); delete it and download again") from None

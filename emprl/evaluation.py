@@ -1,6 +1,6 @@
 """Evaluate a generator on the test split: sample, PPL, identifier levels, metrics (notebooks 05-07).
 
-``evaluate_system`` runs the three costly parts once each, batched: ``generator.sample_responses``
+``evaluate_system`` runs the three costly parts once each, batched: ``policy.sample_responses``
 and ``generator.perplexity`` (length-sorted batches) and one ``scorer.levels`` call (the three
 mechanisms scored together, length-sorted). Gold levels come from the cache that
 ``scoring.gold_labels`` keeps (computed once per identifier weights), not from here.
@@ -24,30 +24,20 @@ def is_saved_generator(directory) -> bool:
     return (Path(directory) / "generator.json").is_file()
 
 
-def test_contexts(examples, max_context_tokens: int | None) -> tuple[list[str], list[str]]:
-    """(generator inputs truncated to ``max_context_tokens`` words, full contexts for the identifiers).
-
-    The identifiers' contexts are untruncated ``format_context`` strings, as in ``scoring.gold_labels``
-    (the scorer truncates from the left itself), so generated and gold responses are scored alike.
-    """
-    from emprl.data import format_context
-
-    return ([format_context(ex.context, max_tokens=max_context_tokens) for ex in examples],
-            [format_context(ex.context) for ex in examples])
-
-
 def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg, max_context_tokens=None,
                     seed: int = 0, progress: bool = True) -> dict:
-    """Sample one response per example, compute PPL on the gold responses, score the samples.
+    """Sample one response per example, compute PPL on the gold responses, score the samples; on the
+    model's device (the scorer on its own).
 
     Returns {"row": metrics.evaluate_responses(...) + timings, "responses": [...], "levels": [N, 3] array}.
     """
-    from emprl import generator
+    from emprl import generator, policy
+    from emprl.data import context_texts
 
-    gen_contexts, score_contexts = test_contexts(examples, max_context_tokens)
+    gen_contexts, score_contexts = context_texts(examples, max_context_tokens)
     timings = {}
     t = time.perf_counter()
-    responses = generator.sample_responses(model, tokenizer, gen_contexts, gen_cfg, seed=seed,
+    responses = policy.sample_responses(model, tokenizer, gen_contexts, gen_cfg, seed=seed,
                                            batch_size=eval_cfg.batch_size, progress=progress)
     timings["generation_s"] = time.perf_counter() - t
     t = time.perf_counter()

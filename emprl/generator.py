@@ -4,8 +4,7 @@
   trained on the training split; offline/smoke), ``"t5-base"`` (hub; the paper) or a local path;
   ``cfg.tuning`` picks prefix-tuning (:class:`emprl.prefix.PrefixT5`, the paper) or full fine-tuning.
 - ``train_generator``: supervised training (AdamW, early stopping on validation loss, resumable).
-- ``save_generator`` / ``load_generator``: safetensors checkpoints.
-- ``sample_responses``: the paper's decoding (top-k 20, top-p 1.0, temperature 0.9, <= 30 tokens).
+- ``save_generator`` / ``load_generator``: safetensors checkpoints (sampling: ``emprl.policy``).
 - ``perplexity``: exp(mean token cross-entropy of the gold responses) over a split.
 
 A T5 trained from scratch learns little when only a prefix is trained, so for ``model="scratch"``
@@ -20,19 +19,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from emprl.progress import bar as progress_bar
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
+from emprl import checkpoint as ckpt
+from emprl.data import length_sorted_batches
+from emprl.policy import collate, device_of, encode
 from emprl.prefix import Prefix, PrefixT5
 from emprl.profiles import GeneratorConfig
 
@@ -68,11 +67,8 @@ def cached_tokenizer(train_texts: list[str], vocab_size: int, directory: str | P
     if (directory / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(directory)
     tokenizer = train_tokenizer(train_texts, vocab_size)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+    with ckpt.atomic_dir(directory) as tmp:
+        tokenizer.save_pretrained(tmp)
     return tokenizer
 
 
@@ -127,30 +123,22 @@ def build_generator(cfg: GeneratorConfig, train_texts: list[str] | None = None, 
 
 def save_generator(model, tokenizer, directory: str | Path) -> Path:
     """Write the generator (safetensors + json + tokenizer) to ``directory``, replacing it atomically."""
-    directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if isinstance(model, PrefixT5):
-        model.t5.save_pretrained(tmp / "t5")
-        model.prefix.save(tmp)
-        tuning = "prefix"
-    else:
-        model.save_pretrained(tmp)
-        tuning = "full"
-    tokenizer.save_pretrained(tmp)
-    (tmp / "generator.json").write_text(json.dumps({"tuning": tuning}, indent=2))
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
-    return directory
+    with ckpt.atomic_dir(directory) as tmp:
+        if isinstance(model, PrefixT5):
+            model.t5.save_pretrained(tmp / "t5")
+            model.prefix.save(tmp)
+            tuning = "prefix"
+        else:
+            model.save_pretrained(tmp)
+            tuning = "full"
+        tokenizer.save_pretrained(tmp)
+        (tmp / "generator.json").write_text(json.dumps({"tuning": tuning}, indent=2))
+    return Path(directory)
 
 
-def load_generator(directory: str | Path):
-    """``(model, tokenizer)`` from ``save_generator``; the model is in eval mode."""
+def load_generator(directory: str | Path, device: str | torch.device = "cpu"):
+    """``(model, tokenizer)`` from ``save_generator``, in eval mode, float32 on ``device`` whatever the
+    saved dtype and device (a generator trained in bf16 on a GPU loads on a CPU)."""
     directory = Path(directory)
     meta_file = directory / "generator.json"
     if not meta_file.is_file():
@@ -158,45 +146,14 @@ def load_generator(directory: str | Path):
     tuning = json.loads(meta_file.read_text())["tuning"]
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if tuning == "prefix":
-        model = PrefixT5(T5ForConditionalGeneration.from_pretrained(directory / "t5"), Prefix.load(directory))
+        t5 = T5ForConditionalGeneration.from_pretrained(directory / "t5", dtype=torch.float32)
+        model = PrefixT5(t5, Prefix.load(directory))
     else:
-        model = T5ForConditionalGeneration.from_pretrained(directory)
-    return model.eval(), tokenizer
+        model = T5ForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
+    return model.to(device).eval(), tokenizer
 
 
 # --------------------------------------------------------------------------- batching
-
-
-def encode(tokenizer, texts: list[str], max_len: int, side: str) -> list[list[int]]:
-    """Token ids (with ``</s>``), truncated to ``max_len`` from the ``side`` ("left" for contexts)."""
-    previous = tokenizer.truncation_side
-    tokenizer.truncation_side = side
-    try:
-        return tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"]
-    finally:
-        tokenizer.truncation_side = previous
-
-
-def collate(sources: list[list[int]], targets: list[list[int]] | None, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``/``attention_mask`` and ``labels`` (-100 on padding)."""
-    width = max(len(s) for s in sources)
-    input_ids = torch.full((len(sources), width), pad_id, dtype=torch.long)
-    for i, s in enumerate(sources):
-        input_ids[i, : len(s)] = torch.tensor(s)
-    batch = {"input_ids": input_ids, "attention_mask": (torch.arange(width)[None] < torch.tensor(
-        [len(s) for s in sources])[:, None]).long()}
-    if targets is not None:
-        labels = torch.full((len(targets), max(len(t) for t in targets)), -100, dtype=torch.long)
-        for i, t in enumerate(targets):
-            labels[i, : len(t)] = torch.tensor(t)
-        batch["labels"] = labels
-    return batch
-
-
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def shuffled_batches(lengths: list[int], batch_size: int, seed: int, pool: int = 50) -> list[list[int]]:
@@ -223,16 +180,18 @@ def token_nll(model, tokenizer, contexts: list[str], responses: list[str], batch
     model.eval()
     sources = encode(tokenizer, contexts, max_source_len, "left")
     targets = encode(tokenizer, responses, max_target_len, "right")
-    total, count = 0.0, 0
+    device = device_of(model)
+    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device, read once at the end
+    count = 0
     batches = length_sorted_batches([len(s) + len(t) for s, t in zip(sources, targets)], batch_size)
     for idx in progress_bar(batches, desc="perplexity", disable=not progress, leave=False):
-        batch = collate([sources[i] for i in idx], [targets[i] for i in idx], tokenizer.pad_token_id)
-        logits = model(**batch).logits
+        batch = collate([sources[i] for i in idx], [targets[i] for i in idx], tokenizer.pad_token_id, device)
+        logits = model(**batch).logits.float()  # float32 cross-entropy under a bf16 autocast too
         total += nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
-                                             reduction="sum").item()
-        count += int((batch["labels"] != -100).sum())
+                                             reduction="sum").double()
+        count += sum(len(targets[i]) for i in idx)
     model.train(was_training)
-    return total, count
+    return float(total), count
 
 
 def perplexity(model, tokenizer, contexts: list[str], responses: list[str], batch_size: int = 32,
@@ -243,40 +202,6 @@ def perplexity(model, tokenizer, contexts: list[str], responses: list[str], batc
     return math.exp(total / count)
 
 
-# --------------------------------------------------------------------------- decoding
-
-
-def generation_kwargs(cfg: GeneratorConfig, tokenizer) -> dict:
-    """The paper's decoding (Sec. IV-B): top-k/top-p sampling with temperature, at most 30 tokens."""
-    return dict(do_sample=True, top_k=cfg.top_k, top_p=cfg.top_p, temperature=cfg.temperature,
-                max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id)
-
-
-@torch.no_grad()
-def sample_responses(model, tokenizer, contexts: list[str], cfg: GeneratorConfig, seed: int = 0,
-                     batch_size: int = 32, progress: bool = True) -> list[str]:
-    """Sample one response per context; length-sorted batches, output in the input order.
-
-    Batch ``b`` is sampled under seed ``seed + b``, so a run is reproducible for a given batch size.
-    """
-    was_training = model.training
-    model.eval()
-    sources = encode(tokenizer, contexts, cfg.max_source_len, "left")
-    out: list[str] = [""] * len(contexts)
-    kwargs = generation_kwargs(cfg, tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        for b, idx in enumerate(progress_bar(length_sorted_batches([len(s) for s in sources], batch_size),
-                                     desc="sampling", disable=not progress, leave=False)):
-            torch.manual_seed(seed + b)
-            batch = collate([sources[i] for i in idx], None, tokenizer.pad_token_id)
-            tokens = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
-            for i, text in zip(idx, tokenizer.batch_decode(tokens, skip_special_tokens=True)):
-                out[i] = text.strip()
-    model.train(was_training)
-    return out
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -285,46 +210,6 @@ def schedule(cfg: GeneratorConfig, model) -> dict:
     if isinstance(model, PrefixT5):
         return {"lr": cfg.lr, "epochs": cfg.epochs, "max_steps": cfg.max_steps}
     return {"lr": cfg.full_lr, "epochs": cfg.full_epochs, "max_steps": cfg.full_max_steps}
-
-
-def _trainable(model) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def _write_atomic(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _load_trainable(model, path: Path) -> None:
-    params = _trainable(model)
-    saved = load_file(str(path))
-    if set(saved) != set(params):
-        raise ValueError(f"{path}: its tensors do not match the model's trainable parameters")
-    with torch.no_grad():
-        for name, value in saved.items():
-            params[name].copy_(value)
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    state = opt.state_dict()
-    tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
-    return tensors, state["param_groups"]
-
-
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid: tuple[list[str], list[str]],
@@ -349,7 +234,7 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
         valid = (valid[0][: cfg.eval_examples], valid[1][: cfg.eval_examples])
     vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
     fingerprint = {"cfg": asdict(cfg), "seed": seed, "tuning": "prefix" if isinstance(model, PrefixT5) else "full",
-                   "n_train": len(train[0]), "n_valid": len(valid[0]), "trainable": sorted(_trainable(model)),
+                   "n_train": len(train[0]), "n_valid": len(valid[0]), "trainable": sorted(ckpt.trainable(model)),
                    "vocab_sha256": vocab}
     for key in ("epochs", "max_steps", "full_epochs", "full_max_steps", "eval_every", "patience"):
         fingerprint["cfg"].pop(key)  # may be raised to extend a run
@@ -364,26 +249,26 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
     if run["max_steps"] is not None:
         total_steps = min(total_steps, run["max_steps"])
 
-    params = _trainable(model)
+    params = ckpt.trainable(model)
+    device = device_of(model)
     opt = torch.optim.AdamW(params.values(), lr=run["lr"])
     st = {"step": 0, "best": math.inf, "bad_evals": 0, "stopped_early": False, "history": [], "elapsed_s": 0.0}
     state_file = state_dir / "state.json"
     if state_file.is_file():
         saved = json.loads(state_file.read_text())
-        if saved["fingerprint"] != fingerprint:
-            raise ValueError(f"{state_file} belongs to a different run (config, data or model changed); "
-                             f"delete {state_dir} to start again")
+        ckpt.check_key(state_file, saved["fingerprint"], fingerprint)
         st = saved["state"]
-        _load_trainable(model, state_dir / "last.safetensors")
-        extra = load_file(str(state_dir / "optimizer.safetensors"))
+        ckpt.load_trainable(model, ckpt.load_tensors(state_dir / "last.safetensors"), state_dir / "last.safetensors")
+        extra = ckpt.load_tensors(state_dir / "optimizer.safetensors")
         torch.set_rng_state(extra.pop("__rng__"))
-        _restore_optimizer(opt, extra, saved["param_groups"])
+        opt.load_state_dict(ckpt.optimizer_from_flat(extra, {"param_groups": saved["param_groups"]}, "", "."))
 
     def checkpoint():
-        tensors, groups = _optimizer_tensors(opt)
-        _save_atomic(params, state_dir / "last.safetensors")
-        _save_atomic({**tensors, "__rng__": torch.get_rng_state()}, state_dir / "optimizer.safetensors")
-        _write_atomic(json.dumps({"fingerprint": fingerprint, "state": st, "param_groups": groups}), state_file)
+        tensors, meta = ckpt.optimizer_to_flat(opt.state_dict(), "", ".")
+        ckpt.save_tensors(state_dir / "last.safetensors", params)
+        ckpt.save_tensors(state_dir / "optimizer.safetensors", {**tensors, "__rng__": torch.get_rng_state()})
+        ckpt.atomic_write_text(state_file, json.dumps({"fingerprint": fingerprint, "state": st,
+                                                       "param_groups": meta["param_groups"]}))
 
     def evaluate(train_loss):
         nll, n = token_nll(model, tokenizer, valid[0], valid[1], 2 * cfg.batch_size, cfg.max_source_len,
@@ -393,7 +278,7 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
                               "valid_loss": val, "valid_ppl": math.exp(val), "elapsed_s": st["elapsed_s"]})
         if val < st["best"]:
             st["best"], st["bad_evals"] = val, 0
-            _save_atomic(params, state_dir / "best.safetensors")
+            ckpt.save_tensors(state_dir / "best.safetensors", params)
         else:
             st["bad_evals"] += 1
             st["stopped_early"] = st["bad_evals"] >= cfg.patience
@@ -409,17 +294,18 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
         if epoch not in epoch_batches:
             epoch_batches = {epoch: shuffled_batches(lengths, cfg.batch_size, seed * 1000 + epoch)}
         idx = epoch_batches[epoch][position]
-        batch = collate([sources[i] for i in idx], [targets[i] for i in idx], tokenizer.pad_token_id)
+        batch = collate([sources[i] for i in idx], [targets[i] for i in idx], tokenizer.pad_token_id, device)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         st["step"] += 1
         st["elapsed_s"] = time.perf_counter() - start
-        running, n_running = running + loss.item(), n_running + 1
+        running, n_running = running + loss.detach().float(), n_running + 1  # no host sync until logged
         bar.update(1)
         if st["step"] % log_every == 0 or st["step"] % eval_every == 0 or st["step"] == total_steps:
-            row = {"step": st["step"], "epoch": st["step"] / steps_per_epoch, "train_loss": running / n_running}
+            row = {"step": st["step"], "epoch": st["step"] / steps_per_epoch,
+                   "train_loss": float(running) / n_running}
             if st["step"] % eval_every == 0 or st["step"] == total_steps:
                 evaluate(row["train_loss"])
                 model.train()
@@ -430,6 +316,6 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
     bar.close()
     if st["step"] == 0:
         raise ValueError("train_generator: no training steps (empty training split or zero epochs)")
-    _load_trainable(model, state_dir / "best.safetensors")
+    ckpt.load_trainable(model, ckpt.load_tensors(state_dir / "best.safetensors"), state_dir / "best.safetensors")
     model.eval()
     return st["history"]

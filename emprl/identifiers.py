@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emprl import checkpoint as ckpt
 from emprl import encoders
+from emprl.data import length_sorted_batches
+from emprl.paper_tables import TABLE_I
 from emprl.profiles import IdentifierConfig
 
 LEVEL_NAMES = ("none", "weak", "strong")
@@ -52,15 +54,19 @@ def tokenize(tokenizer, texts: Sequence[str], max_len: int, side: str) -> list[l
     return [seq if seq else [fallback] for seq in ids]  # a tokenizer without special tokens: keep one position
 
 
-def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence: (input_ids, attention_mask) as LongTensors."""
+def pad(seqs: Sequence[Sequence[int]], pad_id: int,
+        device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence: (input_ids, attention_mask) as LongTensors on ``device``."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
         mask[i, : len(s)] = 1
-    return ids, mask
+    device = torch.device(device)
+    if device.type == "cuda":  # pinned memory: the copy overlaps with the GPU's work
+        return ids.pin_memory().to(device, non_blocking=True), mask.pin_memory().to(device, non_blocking=True)
+    return ids.to(device), mask.to(device)
 
 
 # --------------------------------------------------------------------------- model
@@ -154,20 +160,14 @@ def class_weights(labels: Sequence[int], mode: str) -> torch.Tensor | None:
     return torch.tensor((n / (k * counts)) ** powers[mode], dtype=torch.float32)
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first), so little padding is computed."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 # --------------------------------------------------------------------------- inference
 
 
 @torch.inference_mode()
 def predict_logits(model: EmpathyIdentifier, tokenizer, contexts: Sequence[str], responses: Sequence[str],
-                   max_context_len: int, max_response_len: int, batch_size: int = 32,
-                   device: str | torch.device = "cpu") -> torch.Tensor:
-    """Logits [N, 3] of one identifier, in input order (length-sorted batches, eval mode)."""
+                   max_context_len: int, max_response_len: int, batch_size: int = 32) -> torch.Tensor:
+    """Logits [N, 3] (float32, CPU) of one identifier, in input order (length-sorted batches, eval mode),
+    computed on the model's device."""
     if len(contexts) != len(responses):
         raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
     if len(contexts) == 0:
@@ -175,12 +175,13 @@ def predict_logits(model: EmpathyIdentifier, tokenizer, contexts: Sequence[str],
     model.eval()
     c_ids = tokenize(tokenizer, contexts, max_context_len, "left")
     r_ids = tokenize(tokenizer, responses, max_response_len, "right")
-    out = torch.empty(len(contexts), NUM_LEVELS)
+    device = next(model.parameters()).device
+    out = torch.empty(len(contexts), NUM_LEVELS, device=device)  # copied to the host once, at the end
     for batch in length_sorted_batches([len(c) + len(r) for c, r in zip(c_ids, r_ids)], batch_size):
-        ci, cm = pad([c_ids[i] for i in batch], tokenizer.pad_token_id)
-        ri, rm = pad([r_ids[i] for i in batch], tokenizer.pad_token_id)
-        out[batch] = model(ci.to(device), cm.to(device), ri.to(device), rm.to(device)).float().cpu()
-    return out
+        ci, cm = pad([c_ids[i] for i in batch], tokenizer.pad_token_id, device)
+        ri, rm = pad([r_ids[i] for i in batch], tokenizer.pad_token_id, device)
+        out[torch.as_tensor(batch, device=device)] = model(ci, cm, ri, rm).float()
+    return out.cpu()
 
 
 def evaluate(logits: torch.Tensor, labels: Sequence[int], train_labels: Sequence[int] | None = None) -> dict:
@@ -234,8 +235,10 @@ def train_identifier(model: EmpathyIdentifier, tokenizer, train: tuple, val: tup
     seed_everything(seed)
     c_ids = tokenize(tokenizer, contexts, cfg.max_context_len, "left")
     r_ids = tokenize(tokenizer, responses, cfg.max_response_len, "right")
-    y = torch.tensor(labels, dtype=torch.long)
+    device = next(model.parameters()).device
+    y = torch.tensor(labels, dtype=torch.long, device=device)
     weight = class_weights(labels, cfg.class_weighting)
+    weight = None if weight is None else weight.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(seed)
 
@@ -246,22 +249,24 @@ def train_identifier(model: EmpathyIdentifier, tokenizer, train: tuple, val: tup
         model.train()
         perm = torch.randperm(len(y), generator=generator).tolist()
         batches = [perm[i: i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
-        total = 0.0
+        total = torch.zeros((), device=device)
         bar = _progress.bar(batches, desc=f"{desc} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
         for batch in bar:
-            ci, cm = pad([c_ids[i] for i in batch], tokenizer.pad_token_id)
-            ri, rm = pad([r_ids[i] for i in batch], tokenizer.pad_token_id)
-            loss = F.cross_entropy(model(ci, cm, ri, rm), y[batch], weight=weight)
+            ci, cm = pad([c_ids[i] for i in batch], tokenizer.pad_token_id, device)
+            ri, rm = pad([r_ids[i] for i in batch], tokenizer.pad_token_id, device)
+            # float32 logits: the loss stays exact under a bf16 autocast
+            loss = F.cross_entropy(model(ci, cm, ri, rm).float(), y[batch], weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(batch)
+            total += loss.detach() * len(batch)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         val_metrics = evaluate(predict_logits(model, tokenizer, val[0], val[1], cfg.max_context_len,
                                               cfg.max_response_len, batch_size=2 * cfg.batch_size), val[2], labels)
-        history["epochs"].append({"epoch": epoch, "train_loss": total / len(y), **val_metrics})
+        train_loss = float(total) / len(y)
+        history["epochs"].append({"epoch": epoch, "train_loss": train_loss, **val_metrics})
         if progress:
-            print(f"{desc} epoch {epoch}: train loss {total / len(y):.4f}  val acc {val_metrics['accuracy']:.2f}"
+            print(f"{desc} epoch {epoch}: train loss {train_loss:.4f}  val acc {val_metrics['accuracy']:.2f}"
                   f"  val weighted F1 {val_metrics['weighted_f1']:.2f}", flush=True)
         if val_metrics["weighted_f1"] > history["best_val_weighted_f1"]:
             history["best_epoch"], history["best_val_weighted_f1"] = epoch, val_metrics["weighted_f1"]
@@ -280,12 +285,6 @@ def train_identifier(model: EmpathyIdentifier, tokenizer, train: tuple, val: tup
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_identifier(model: EmpathyIdentifier, tokenizer, directory: str | Path, cfg: IdentifierConfig,
                     extra: dict | None = None) -> Path:
     """Write model.safetensors, config.json and the tokenizer files; weights and config atomically."""
@@ -294,9 +293,8 @@ def save_identifier(model: EmpathyIdentifier, tokenizer, directory: str | Path, 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(directory))
-    tmp = directory / (WEIGHTS + ".tmp")
-    save_model(model, str(tmp))  # handles T5's tied embedding tensors
-    os.replace(tmp, directory / WEIGHTS)
+    with ckpt.atomic_path(directory / WEIGHTS) as tmp:
+        save_model(model, str(tmp))  # handles T5's tied embedding tensors
     config = {
         "pooling": model.pooling,
         "max_context_len": cfg.max_context_len,
@@ -306,12 +304,14 @@ def save_identifier(model: EmpathyIdentifier, tokenizer, directory: str | Path, 
         "response_encoder": model.response_encoder.config.to_dict(),
         **(extra or {}),
     }
-    _atomic_write_text(directory / CONFIG, json.dumps(config, indent=2, default=str))  # written last: marks complete
+    ckpt.atomic_write_text(directory / CONFIG, json.dumps(config, indent=2, default=str))  # last: marks complete
     return directory
 
 
 def load_identifier(directory: str | Path, device: str | torch.device = "cpu") -> tuple[EmpathyIdentifier, object, dict]:
-    """(model in eval mode, tokenizer, config dict) from a save_identifier folder. Never unpickles."""
+    """(model in eval mode, tokenizer, config dict) from a save_identifier folder. Never unpickles.
+
+    The weights are copied into a float32 model on ``device``, whatever dtype and device they were saved from."""
     from safetensors.torch import load_model
     from transformers import AutoTokenizer
 
@@ -344,7 +344,8 @@ def train_fingerprint(cfg: IdentifierConfig, seed: int, mechanism: str, train: t
 
 
 def train_identifiers(cfg: IdentifierConfig, train_records, val_records, ckpt_root: str | Path, seed: int,
-                      mechanisms: Sequence[str], progress: bool = True) -> dict:
+                      mechanisms: Sequence[str], progress: bool = True,
+                      device: str | torch.device = "cpu") -> dict:
     """Train (or resume from finished checkpoints) one identifier per mechanism and evaluate it on ``val_records``.
 
     Each identifier is saved to ``ckpt_root/<mechanism>/`` as soon as it is trained, so an interrupted
@@ -356,13 +357,16 @@ def train_identifiers(cfg: IdentifierConfig, train_records, val_records, ckpt_ro
         fp = train_fingerprint(cfg, seed, mechanism, train, val)
         directory = Path(ckpt_root) / mechanism
         resumed = False
-        if (directory / CONFIG).is_file() and json.loads((directory / CONFIG).read_text()).get("train_fingerprint") == fp:
-            model, tokenizer, saved = load_identifier(directory)
+        config_file = directory / CONFIG
+        if config_file.is_file() and ckpt.check_key(  # another training's identifier is retrained
+                config_file, json.loads(config_file.read_text()).get("train_fingerprint"), fp, restart=True):
+            model, tokenizer, saved = load_identifier(directory, device)
             history, resumed = saved["history"], True
             if progress:
                 print(f"{mechanism}: finished checkpoint found in {directory}, not retraining", flush=True)
         else:
             model, tokenizer = build_identifier(cfg, seed)
+            model.to(device)
             history = train_identifier(model, tokenizer, train, val, cfg, seed, progress, desc=mechanism)
             save_identifier(model, tokenizer, directory, cfg,
                             extra={"mechanism": mechanism, "seed": seed, "train_fingerprint": fp, "history": history})
@@ -374,13 +378,6 @@ def train_identifiers(cfg: IdentifierConfig, train_records, val_records, ckpt_ro
     return results
 
 
-PAPER_TABLE_I = {  # accuracy, weighted F1 (%) on the 20% validation split
-    "emotional_reactions": (87.68, 87.70),
-    "interpretations": (85.25, 83.79),
-    "explorations": (94.98, 94.80),
-}
-
-
 def table_i(results: dict) -> "pandas.DataFrame":
     """Table I laid out as in the paper, ours beside the paper's, with the majority-class floor."""
     import pandas as pd
@@ -388,7 +385,7 @@ def table_i(results: dict) -> "pandas.DataFrame":
     rows = []
     for mechanism, r in results.items():
         m = r["metrics"]
-        paper_acc, paper_f1 = PAPER_TABLE_I[mechanism]
+        paper_acc, paper_f1 = TABLE_I["rows"][mechanism]
         rows.append({"identifier": mechanism, "n_val": m["n"],
                      "accuracy (ours)": round(m["accuracy"], 2), "accuracy (paper)": paper_acc,
                      "weighted F1 (ours)": round(m["weighted_f1"], 2), "weighted F1 (paper)": paper_f1,

@@ -164,3 +164,15 @@ def as_frame(table: dict, index_name: str = "Model") -> pd.DataFrame:
     frame = pd.DataFrame.from_dict(table["rows"], orient="index", columns=list(table["columns"]))
     frame.index.name = index_name
     return frame
+
+
+def reported(system: str, columns: tuple[str, ...]) -> tuple:
+    """The paper's values of ``columns`` for ``system`` (a row of Table II, else of the ablation Table V)."""
+    for table in (TABLE_II, TABLE_V):
+        if system in table["rows"]:
+            row = dict(zip(table["columns"], table["rows"][system]))
+            missing = [c for c in columns if c not in row]
+            if missing:
+                raise KeyError(f"paper tables have no column(s) {missing}; columns: {list(row)}")
+            return tuple(row[c] for c in columns)
+    raise KeyError(f"{system!r} is in neither Table II nor Table V")

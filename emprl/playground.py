@@ -22,18 +22,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emprl import evaluation, generator
-from emprl.run import SYSTEMS, Paths
+from emprl import evaluation, generator, policy
 from emprl import identifiers as ident
 from emprl.data import LEVELS, MECHANISMS, format_context
 from emprl.reward import empathy_reward
+from emprl.run import SYSTEMS, Paths
 from emprl.scoring import EmpathyScorer
 
 SHORT = {"emotional_reactions": "ER", "interpretations": "IP", "explorations": "EX"}
 GOLD = "Gold (human)"
 
 # --------------------------------------------------------------------------- the generator API
-# The only two calls into the policy code: re-point them here when sampling moves to emprl.policy.
+# The only two calls into the generator and policy code: a new policy type is wired in here.
 
 
 def _load_policy(directory: Path):
@@ -41,8 +41,8 @@ def _load_policy(directory: Path):
 
 
 def _sample(model, tokenizer, context: str, cfg, seed: int) -> str:
-    return generator.sample_responses(model, tokenizer, [context], cfg, seed=seed, batch_size=1,
-                                      progress=False)[0]
+    return policy.sample_responses(model, tokenizer, [context], cfg, seed=seed, batch_size=1,
+                                   progress=False)[0]
 
 
 # --------------------------------------------------------------------------- systems

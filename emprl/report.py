@@ -17,22 +17,13 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from emprl.checkpoint import atomic_write_text
 from emprl.run import SMOKE_BANNER, resolve_output_dir
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def _cell(value, digits: int) -> str:
@@ -69,7 +60,7 @@ def save_table(out, name: str, frame: pd.DataFrame, title: str = "", note: str =
     if note:
         parts.append(f"\n{note}\n")
     text = "\n".join(parts)
-    _write_atomic(tables / f"{name}.md", text)
+    atomic_write_text(tables / f"{name}.md", text)
     return text
 
 
@@ -86,7 +77,7 @@ def record_provenance(out, notebook: str, profile: str, models: dict[str, str], 
     path = Path(out) / "metrics" / f"provenance_{notebook}.json"
     record = {"notebook": notebook, "profile": profile, "models": models, "data": data,
               "n_examples": {k: int(v) for k, v in n_examples.items()}}
-    _write_atomic(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path
 
 
@@ -160,7 +151,7 @@ def write_report(out, profile: str) -> Path:
         for fig in (f for f in figures if _group(f.stem) == group):
             lines += [f"### {fig.stem}", "", f"![{fig.stem}](figures/{fig.name})", ""]
     path = out / "report.md"
-    _write_atomic(path, "\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from emprl import checkpoint as ckpt
 from emprl import identifiers as ident
-from emprl.data import MECHANISMS, format_context
+from emprl.data import MECHANISMS, format_context, length_sorted_batches
 from emprl.identifiers import EmpathyIdentifier, pad, tokenize
 
 
@@ -108,8 +108,8 @@ class EmpathyScorer:
         c_of = [slot[c] for c in contexts]
         c_ids = tokenize(self.tokenizer, unique, self.max_context_len, "left")  # once for the three mechanisms
         r_ids = tokenize(self.tokenizer, responses, self.max_response_len, "right")
-        pairs = ident.length_sorted_batches([len(c_ids[c]) + len(r) for c, r in zip(c_of, r_ids)], self.batch_size)
-        out = torch.empty(len(responses), len(self.mechanisms), ident.NUM_LEVELS)
+        pairs = length_sorted_batches([len(c_ids[c]) + len(r) for c, r in zip(c_of, r_ids)], self.batch_size)
+        out = torch.empty(len(responses), len(self.mechanisms), ident.NUM_LEVELS, device=self.device)
         for k, m in enumerate(self.mechanisms):
             model = self.identifiers[m]
             # contexts and responses are encoded separately, each in its own length-sorted batches
@@ -118,16 +118,16 @@ class EmpathyScorer:
             for batch in pairs:  # the cheap part (attention, pooling, linear) on re-padded states
                 Cb, cm = _pad_states([C[c_of[i]] for i in batch])
                 Rb, rm = _pad_states([R[i] for i in batch])
-                out[batch, k] = model.head(Cb.to(self.device), cm.to(self.device), Rb.to(self.device),
-                                           rm.to(self.device)).float().cpu()
-        return out
+                rows = torch.as_tensor(batch, device=self.device)
+                out[rows, k] = model.head(Cb, cm, Rb, rm).float()
+        return out.cpu()  # one copy to the host per call
 
     def _encode(self, encode, seqs: list[list[int]]) -> list[torch.Tensor]:
         """Encoder states [len_i, d] of each sequence (padding stripped), computed in length-sorted batches."""
         states: list[torch.Tensor | None] = [None] * len(seqs)
-        for batch in ident.length_sorted_batches([len(s) for s in seqs], self.batch_size):
-            ids, mask = pad([seqs[i] for i in batch], self.tokenizer.pad_token_id)
-            hidden = encode(ids.to(self.device), mask.to(self.device))
+        for batch in length_sorted_batches([len(s) for s in seqs], self.batch_size):
+            ids, mask = pad([seqs[i] for i in batch], self.tokenizer.pad_token_id, self.device)
+            hidden = encode(ids, mask)
             for j, i in enumerate(batch):
                 states[i] = hidden[j, : len(seqs[i])]
         return states
@@ -138,10 +138,11 @@ class EmpathyScorer:
 
 
 def _pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad [len_i, d] states to [B, max_len, d] with zeros, and the matching 0/1 mask."""
-    lengths = torch.tensor([len(x) for x in states])
+    """Right-pad [len_i, d] states to [B, max_len, d] with zeros, and the matching 0/1 mask (on their device)."""
+    device = states[0].device
+    lengths = torch.tensor([len(x) for x in states], device=device)
     padded = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
-    return padded, (torch.arange(padded.size(1))[None, :] < lengths[:, None]).long()
+    return padded, (torch.arange(padded.size(1), device=device)[None, :] < lengths[:, None]).long()
 
 
 def data_fingerprint(contexts: Sequence[str], responses: Sequence[str]) -> str:
@@ -181,9 +182,7 @@ def gold_labels(scorer: EmpathyScorer, examples, cache_dir: str | Path,
     levels = _levels_with_progress(scorer, contexts, responses, progress)
     record = {"weights_fingerprint": scorer.fingerprint, "data_fingerprint": data_fp,
               "mechanisms": list(scorer.mechanisms), "n": len(responses), "levels": levels.tolist()}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    ckpt.atomic_write_text(path, json.dumps(record))
     return levels
 
 

@@ -16,14 +16,14 @@ import csv
 import gzip
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 import io
 import json
 import random
 from itertools import product
 from pathlib import Path
+
+from emprl.checkpoint import atomic_dir
 
 N_DIALOGUES = {"train": 40, "valid": 12, "test": 12}
 TURNS = (2, 3, 4, 4, 4, 4, 5, 5, 6, 6)
@@ -431,13 +431,12 @@ def ensure(cache_root: str | os.PathLike | None = None) -> Path:
     target = root / f"smoke-sample-{version}"
     if (target / "epitome" / MECHANISM_FILES["explorations"]).exists():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smoke-sample-", dir=root))
-    write(tmp)
     try:
-        os.replace(tmp, target)
-    except OSError:  # another process won the race: its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(target, replace=False) as tmp:  # a concurrent process's copy is identical: keep it
+            write(tmp)
+    except OSError:  # that process renamed its copy in between
+        if not (target / "epitome" / MECHANISM_FILES["explorations"]).exists():
+            raise
     return target
 
 

@@ -15,7 +15,7 @@ import dataclasses
 import pandas as pd
 
 import emprl
-from emprl import data, generator, ppo, scoring
+from emprl import data, generator, ppo_train, scoring
 
 
 def main() -> None:
@@ -28,13 +28,13 @@ def main() -> None:
     run = emprl.setup(args.profile, data_dir=args.data_dir, output_dir=args.out)
     P, out = run.profile, run.out
     scorer = scoring.EmpathyScorer.load(run.paths.identifiers, device=run.device, batch_size=2 * P.identifiers.batch_size)
-    train = ppo.visited_subset(data.load_split(P, "train", args.data_dir), P.ppo.steps, P.ppo.batch_size, P.seed)
+    train = data.visited_subset(data.load_split(P, "train", args.data_dir), P.ppo.steps, P.ppo.batch_size, P.seed)
     gold = scoring.gold_labels(scorer, train, out / "cache")
     rows = {}
     for estimator in ("sampled", "full"):
         policy, tokenizer = generator.load_generator(run.paths.generator("prefix"))
         with run.autocast():
-            res = ppo.train_ppo(policy.to(run.device), None, tokenizer, scorer, train, gold,
+            res = ppo_train.train_ppo(policy.to(run.device), None, tokenizer, scorer, train, gold,
                                 dataclasses.replace(P.ppo, kl_estimator=estimator), P.generator,
                                 out / "experiments" / f"kl_{estimator}", seed=P.seed, variant="emprl",
                                 max_context_tokens=P.data.max_context_tokens, progress=True)

@@ -9,6 +9,7 @@ import torch
 from transformers import T5ForConditionalGeneration
 
 from emprl import generator as G
+from emprl import policy
 from emprl.prefix import PrefixT5
 from emprl.profiles import get_profile
 
@@ -50,8 +51,8 @@ def test_encode_truncates_contexts_from_the_left(data):
     tok = G.train_tokenizer(data[0][0] + data[0][1], 60)
     text = "i feel so happy today because my dog found a new house"
     full = tok(text)["input_ids"]
-    left = G.encode(tok, [text], 5, "left")[0]
-    right = G.encode(tok, [text], 5, "right")[0]
+    left = policy.encode(tok, [text], 5, "left")[0]
+    right = policy.encode(tok, [text], 5, "right")[0]
     assert left == full[-5:]  # keeps the most recent tokens and </s>
     assert right[:4] == full[:4] and right[-1] == 1
     assert tok.truncation_side == "right"  # restored
@@ -108,20 +109,20 @@ def test_sampling_is_seeded_and_keeps_input_order(data):
     (contexts, responses), _ = data
     model, tok = G.build_generator(tiny_cfg(), contexts + responses, seed=0)
     cfg = tiny_cfg()
-    a = G.sample_responses(model, tok, contexts[:9], cfg, seed=1, batch_size=4, progress=False)
-    assert a == G.sample_responses(model, tok, contexts[:9], cfg, seed=1, batch_size=4, progress=False)
-    assert a != G.sample_responses(model, tok, contexts[:9], cfg, seed=2, batch_size=4, progress=False)
+    a = policy.sample_responses(model, tok, contexts[:9], cfg, seed=1, batch_size=4, progress=False)
+    assert a == policy.sample_responses(model, tok, contexts[:9], cfg, seed=1, batch_size=4, progress=False)
+    assert a != policy.sample_responses(model, tok, contexts[:9], cfg, seed=2, batch_size=4, progress=False)
     # top_k=1 is greedy: the same per context whatever the batching, so order is checkable
     greedy = dataclasses.replace(cfg, top_k=1)
-    one_by_one = [G.sample_responses(model, tok, [c], greedy, progress=False)[0] for c in contexts[:9]]
-    assert G.sample_responses(model, tok, contexts[:9], greedy, batch_size=4, progress=False) == one_by_one
+    one_by_one = [policy.sample_responses(model, tok, [c], greedy, progress=False)[0] for c in contexts[:9]]
+    assert policy.sample_responses(model, tok, contexts[:9], greedy, batch_size=4, progress=False) == one_by_one
 
 
 def test_paper_decoding_settings():
     cfg = get_profile("paper").generator
     assert (cfg.top_k, cfg.top_p, cfg.temperature, cfg.max_new_tokens) == (20, 1.0, 0.9, 30)
     assert (cfg.lr, cfg.batch_size, cfg.prefix_encoder_len, cfg.prefix_decoder_len) == (1e-4, 8, 40, 10)
-    kw = G.generation_kwargs(cfg, type("Tok", (), {"pad_token_id": 0, "eos_token_id": 1})())
+    kw = policy.generation_kwargs(cfg, type("Tok", (), {"pad_token_id": 0, "eos_token_id": 1})())
     assert kw["do_sample"] and kw["top_k"] == 20 and kw["max_new_tokens"] == 30
 
 
@@ -139,7 +140,7 @@ def test_save_load_reproduces_generations_token_for_token(data, tmp_path, tuning
     assert sorted(p.name for p in tmp_path.iterdir()) == [tuning]
     loaded, tok2 = G.load_generator(tmp_path / tuning)
     assert type(loaded) is type(model)
-    x = G.collate(G.encode(tok, contexts[:5], 16, "left"), None, 0)
+    x = policy.collate(policy.encode(tok, contexts[:5], 16, "left"), None, 0)
     kw = dict(do_sample=True, top_k=20, temperature=0.9, max_new_tokens=8)
     torch.manual_seed(0)
     a = model.generate(input_ids=x["input_ids"], attention_mask=x["attention_mask"], **kw)

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from emprl import paths, pipeline
+from emprl import pipeline, run
 
-NOTEBOOK = paths.REPO_ROOT / "notebooks" / "05_evaluation.ipynb"
+NOTEBOOK = run.REPO_ROOT / "notebooks" / "05_evaluation.ipynb"
 
 BREAKS = {
     # distinct n-grams counted within each response and summed, instead of over all responses (Dist-n)
@@ -54,9 +54,9 @@ def _checked_cell_index() -> int:
 def _nbval(out, extra_path=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "EMPRL_OUTPUT_DIR": str(out), "MPLBACKEND": "Agg", "EMPRL_THREADS": "1"}
     env.pop("EMPRL_DATA_DIR", None)  # the stored outputs are those of the bundled sample
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, str(paths.REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, str(run.REPO_ROOT), env.get("PYTHONPATH")) if p)
     command = [sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider", str(NOTEBOOK)]
-    return subprocess.run(command, cwd=paths.REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, cwd=run.REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")

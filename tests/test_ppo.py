@@ -7,17 +7,9 @@ import math
 import pytest
 import torch
 
-from emprl.ppo import (
-    ActorCritic,
-    ValueHead,
-    gae,
-    make_reference,
-    ppo_loss,
-    ppo_update,
-    response_mask_from_eos,
-    rollout,
-    train_ppo,
-)
+from emprl.policy import ActorCritic, ValueHead, make_reference, response_mask_from_eos
+from emprl.ppo import gae, ppo_loss, ppo_update, rollout
+from emprl.ppo_train import train_ppo
 from emprl.profiles import GeneratorConfig, PPOConfig
 
 # --------------------------------------------------------------------------- tiny stand-ins
@@ -137,9 +129,9 @@ def test_ppo_clipped_objective_both_sides_of_the_clip_range(ratio, adv, expected
     new = old + math.log(ratio)
     zeros = torch.zeros(1, 1)
     loss, stats = ppo_loss(new, old, zeros, zeros, torch.tensor([[adv]]), zeros, torch.ones(1, 1), clip=0.2, alpha=0.1)
-    assert stats["policy_loss"] == pytest.approx(-expected_term, rel=1e-6)
+    assert float(stats["policy_loss"]) == pytest.approx(-expected_term, rel=1e-6)
     assert loss.item() == pytest.approx(-expected_term, rel=1e-6)  # value loss is 0 here
-    assert stats["clip_frac"] == (1.0 if clipped else 0.0)
+    assert float(stats["clip_frac"]) == (1.0 if clipped else 0.0)
 
 
 def test_ppo_loss_masked_means_value_term_and_gradient():
@@ -154,10 +146,10 @@ def test_ppo_loss_masked_means_value_term_and_gradient():
     # token 0: ratio 1, A=1 -> -1; token 1: ratio e^0.5=1.6487 > 1.2, A=-1 -> max(1.6487, 1.2) = 1.6487
     pg = (-1.0 + math.exp(0.5)) / 2
     vf = ((0.5 - 1.5) ** 2 + (1.0 - 0.0) ** 2) / 2
-    assert stats["policy_loss"] == pytest.approx(pg, rel=1e-6)
-    assert stats["value_loss"] == pytest.approx(vf, rel=1e-6)
+    assert float(stats["policy_loss"]) == pytest.approx(pg, rel=1e-6)
+    assert float(stats["value_loss"]) == pytest.approx(vf, rel=1e-6)
     assert loss.item() == pytest.approx(pg + 0.1 * vf, rel=1e-6)
-    assert stats["approx_kl"] == pytest.approx(0.5 * (0 + 0.25) / 2, rel=1e-6)
+    assert float(stats["approx_kl"]) == pytest.approx(0.5 * (0 + 0.25) / 2, rel=1e-6)
     loss.backward()
     # padding gets no gradient; d/dlogp_1 of (ratio * 1)/2 = ratio/2
     assert logp.grad[0, 2] == 0 and values.grad[0, 2] == 0
@@ -170,8 +162,8 @@ def test_ppo_loss_value_clip_uses_the_larger_error():
     # old V = 0, new V = 1, target 2: unclipped error 1, clipped V = 0.2 -> error 3.24 -> 3.24 kept
     _, stats = ppo_loss(zeros, zeros, torch.ones(1, 1), zeros, zeros, torch.full((1, 1), 2.0), torch.ones(1, 1),
                         value_clip=0.2)
-    assert stats["value_loss"] == pytest.approx(3.24, rel=1e-6)
-    assert stats["value_clip_frac"] == 1.0
+    assert float(stats["value_loss"]) == pytest.approx(3.24, rel=1e-6)
+    assert float(stats["value_clip_frac"]) == 1.0
 
 
 # --------------------------------------------------------------------------- rollout and update on a tiny T5
@@ -191,7 +183,9 @@ def test_rollout_logprobs_match_generation_scores_and_reference_equals_policy_at
     ro = rollout(model, ref, tok, CONTEXTS[:4], gen, cfg)
     lengths = ro.response_mask.sum(1)
     assert (lengths >= cfg.min_new_tokens).all()
-    assert torch.equal(ro.logprobs, ro.ref_logprobs)  # policy == reference before any update
+    # policy == reference before any update; the old log-probs come from the cached generation pass and
+    # the reference's from a full forward, which sum in another order
+    assert torch.allclose(ro.logprobs, ro.ref_logprobs, atol=1e-5)
     # independent check: log-probs from a teacher-forced forward with labels
     labels = ro.response_ids.masked_fill(ro.response_mask == 0, -100).contiguous()
     out = t5(input_ids=ro.query_ids, attention_mask=ro.query_mask, labels=labels)
@@ -213,7 +207,7 @@ def test_ppo_update_first_pass_has_ratio_one_and_changes_only_trainable_params()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     stats = ppo_update(t5, vh, opt, ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask,
                        ro.logprobs, ro.values, rewards, cfg)
-    assert stats["ratio"] == pytest.approx(1.0, abs=1e-6) and stats["clip_frac"] == 0.0
+    assert float(stats["ratio"]) == pytest.approx(1.0, abs=1e-6) and float(stats["clip_frac"]) == 0.0
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
 
 
@@ -316,7 +310,7 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
 
 
 def test_visited_subset_takes_what_the_run_needs():
-    from emprl.ppo import visited_subset
+    from emprl.data import visited_subset
 
     items = list(range(100))
     assert visited_subset(items, steps=30, batch_size=8) == items  # 240 draws cover everything
@@ -367,14 +361,15 @@ def test_train_ppo_with_full_kl_estimator_logs_a_finite_nonnegative_kl(tmp_path)
                     seed=0, progress=False, save_policy=False)
     log = res["log"]
     assert len(log) == 3
-    assert all(math.isfinite(r["kl"]) and r["kl"] >= 0.0 for r in log)
-    assert log[0]["kl"] == 0.0 and log[-1]["kl"] > 0.0  # policy == reference at step 1, then it moves
+    assert all(math.isfinite(r["kl"]) and r["kl"] >= -1e-6 for r in log)
+    # policy == reference at step 1 (to the rounding of cached vs full decoding), then it moves
+    assert abs(log[0]["kl"]) < 1e-5 and log[-1]["kl"] > 1e-3
     row = log[-1]
     assert row["reward_mean"] == pytest.approx(row["emp_reward_mean"] - 0.2 * row["kl"], abs=1e-6)
 
 
 def test_kl_estimator_is_validated_and_the_default_keeps_old_resume_keys(tmp_path):
-    from emprl.ppo import _resume_key
+    from emprl.ppo_train import _resume_key
 
     cfg, gen = tiny_cfgs(kl_estimator="exact")
     with pytest.raises(ValueError, match="kl_estimator"):

@@ -66,7 +66,7 @@ def _worker(out: Path) -> None:
     import torch
     from accelerate import Accelerator
 
-    from emprl import ppo
+    from emprl import policy, ppo, ppo_train
     from emprl.profiles import GeneratorConfig, PPOConfig
 
     torch.set_num_threads(1)
@@ -78,7 +78,7 @@ def _worker(out: Path) -> None:
     cfg = PPOConfig(batch_size=4, mini_batch_size=4, ppo_epochs=2, lr=1e-2, whiten_advantages=True)
     t5 = _tiny_t5()
     torch.manual_seed(0)
-    model = ppo.ActorCritic(t5, ppo.ValueHead(16)).eval()
+    model = policy.ActorCritic(t5, policy.ValueHead(16)).eval()
     local_model = copy.deepcopy(model)  # same start, no DDP: this rank's own gradient
     g = torch.Generator().manual_seed(100 + rank)
     B, Lq, T = 4, 7, 5
@@ -123,7 +123,7 @@ def _worker(out: Path) -> None:
                 "that was so nice", "what day was it", "i hear you"]
     gold = torch.full((len(contexts), 3), 2, dtype=torch.long)
     grads2 = []
-    res = ppo.train_ppo(_tiny_t5(), None, _tiny_tokenizer(), _WordScorer(), contexts, gold, cfg2, gen,
+    res = ppo_train.train_ppo(_tiny_t5(), None, _tiny_tokenizer(), _WordScorer(), contexts, gold, cfg2, gen,
                         out / "run", seed=0, accelerator=acc, progress=False, save_policy=False,
                         before_optimizer_step=recorder(grads2))
     g2 = [acc.gather(gr[None]) for gr in grads2]

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from emprl import checkpoint as ckpt
-from emprl.ppo import NonFiniteError, train_ppo
+from emprl.ppo import NonFiniteError
+from emprl.ppo_train import train_ppo
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ppo import CONTEXTS, WordScorer, one_thread, tiny_cfgs, tiny_t5, tiny_tokenizer  # noqa: E402,F401

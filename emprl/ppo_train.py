@@ -1,0 +1,381 @@
+"""The PPO training loop around ``emprl.ppo``: data, rewards, resume, logging, NaN guard, distributed.
+
+One **step** = one PPO batch: roll out ``cfg.batch_size`` contexts (per process), score them, compute
+the reward vector (Eq. 7-8) and GAE, then ``cfg.ppo_epochs`` passes over the batch in mini-batches of
+``cfg.mini_batch_size`` with one optimizer step per ``cfg.grad_accum`` mini-batches. The paper's
+24,000 steps are 24,000 such batches of 8 (batch 8, one mini-batch, 4 epochs: 4 optimizer steps each).
+
+``train_ppo`` runs on the device of the policy it is given (or the accelerator's), under whatever
+``torch.autocast`` the caller wraps around it; the reward scaling/normalisation options follow trl's
+``use_score_scaling``/``use_score_norm``/``whiten_rewards``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from emprl import checkpoint as ckpt
+from emprl import policy as P
+from emprl.data import context_texts
+from emprl.ppo import NonFiniteError, check_finite, kl_estimator_of, ppo_update, rollout
+from emprl.reward import (
+    AdaptiveKLController,
+    FixedKLController,
+    RunningMoments,
+    empathy_reward,
+    reward_vector,
+    scale_scores,
+)
+
+VARIANTS = ("emprl", "no_kl", "no_emp")
+LOG_FIELDS = (
+    "step", "reward_mean", "reward_std", "emp_reward_mean", "emp_reward_std", "score_mean", "kl", "kl_coef",
+    "entropy", "policy_loss", "value_loss", "loss", "clip_frac", "approx_kl", "ratio", "value_clip_frac",
+    "advantages_mean", "returns_mean", "values_mean", "response_len", "steps_per_s", "elapsed_s",
+)
+
+
+@dataclass
+class _Run:
+    """What every step needs: the models, optimizer, reward state and where the run writes."""
+
+    model: P.ActorCritic  # the unwrapped module (rollout, saving)
+    wrapped: nn.Module  # the module the update trains (DDP wrap under accelerate)
+    reference: nn.Module
+    optimizer: torch.optim.Optimizer
+    kl_ctl: Any
+    running: RunningMoments
+    device: torch.device
+    accelerator: Any
+    rank: int
+    world: int
+    state_path: Path
+    log_path: Path
+    key: dict
+
+
+def train_ppo(
+    policy: nn.Module,
+    reference: nn.Module | None,
+    tokenizer,
+    scorer,
+    examples: Sequence,
+    gold: torch.Tensor,
+    cfg,
+    gen_cfg,
+    out_dir,
+    seed: int = 0,
+    variant: str = "emprl",
+    accelerator=None,
+    *,
+    max_context_tokens: int | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    value_head: P.ValueHead | None = None,
+    before_optimizer_step: Callable[[nn.Module], None] | None = None,
+    save_policy: bool = True,
+) -> dict[str, Any]:
+    """Train ``policy`` with PPO against ``scorer``'s empathy reward; resumable; logs every step.
+
+    ``policy``: the trained generator (PrefixT5: only prefix + value head train; a plain T5: all of it).
+    ``reference``: the frozen generator (``make_reference(policy)`` if None). ``scorer``: any object
+    with ``.logits(contexts, responses) -> [B, 3, 3]``. ``examples``: DialogueExamples (contexts by
+    ``emprl.data.context_texts``) or context strings; ``gold`` [N, 3] their gold levels. ``variant``:
+    "emprl", "no_kl" (beta = 0) or "no_emp" (R_emp = 0). Writes ``out_dir/checkpoints/ppo/<variant>/``
+    (``train_state.safetensors`` every ``cfg.checkpoint_every`` steps; ``policy/`` and
+    ``value_head.safetensors`` at the end) and ``out_dir/runs/ppo_<variant>/log.csv``. With
+    ``accelerator`` (accelerate), each process rolls out its own ``cfg.batch_size`` contexts,
+    gradients are all-reduced, and only the main process writes. NaN/inf in log-probs, values, scorer
+    logits, rewards, losses or gradients raises ``NonFiniteError`` (step and quantity named) and
+    leaves the last checkpoint untouched.
+    Returns {"log": rows, "checkpoint_dir", "log_path", "resumed_from", "model"}.
+    """
+    gold = _check_arguments(cfg, variant, examples, gold)
+    run = _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, len(examples), out_dir,
+                 accelerator)
+    gold = gold.to(run.device)
+    start_step, rows = _resume(run, cfg, seed, resume)
+    is_main = run.rank == 0
+    tb = _tensorboard(run.log_path.parent) if is_main else None
+    global_batch = cfg.batch_size * run.world
+    steps_per_epoch = len(examples) // global_batch
+
+    t0 = t_last = time.perf_counter()
+    bar = _tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
+                disable=not (progress and is_main))
+    for step in bar:
+        # this process's slice of the data: a seeded permutation per epoch
+        epoch, pos = divmod(step, steps_per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(len(examples))
+        idx = order[pos * global_batch: (pos + 1) * global_batch][
+            run.rank * cfg.batch_size: (run.rank + 1) * cfg.batch_size]
+        contexts, score_contexts = context_texts([examples[i] for i in idx], max_context_tokens)
+        try:
+            out = ppo_step(run, tokenizer, scorer, contexts, score_contexts, gold[torch.as_tensor(idx)], cfg,
+                           gen_cfg, variant, before_optimizer_step)
+        except NonFiniteError as e:
+            last = run.state_path if run.state_path.exists() else "none"
+            raise NonFiniteError(f"PPO step {step + 1} ({variant}): {e}; stopped. "
+                                 f"Last good checkpoint: {last}") from None
+        now = time.perf_counter()
+        row = _log_row(run, step, out, cfg, now - t_last, now - t0)
+        t_last = now
+        rows.append(row)
+        if is_main and (step + 1) % cfg.log_every == 0:
+            _write_log(run.log_path, row, tb, step)
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _save_train_state(run, step + 1, rows)
+
+    if tb is not None:
+        tb.close()
+    if is_main and save_policy:
+        _save_policy(run.model, tokenizer, run.state_path.parent)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return {"log": rows, "checkpoint_dir": run.state_path.parent, "log_path": run.log_path,
+            "resumed_from": start_step or None, "model": run.model}
+
+
+def ppo_step(run: _Run, tokenizer, scorer, contexts, score_contexts, gold, cfg, gen_cfg, variant,
+             before_optimizer_step=None) -> dict[str, Any]:
+    """One PPO step on this process's contexts: rollout, rewards, update. Returns its tensors and stats."""
+    # 1. rollout: sample y ~ pi, old log-probs and values, reference log-probs, per-token KL (Eq. 6)
+    ro = rollout(run.model, run.reference, tokenizer, contexts, gen_cfg, cfg)
+    check_finite("policy log-probs", ro.logprobs)
+    check_finite("reference log-probs", ro.ref_logprobs)
+    check_finite("values", ro.values)
+    # 2. rewards: R_emp (Eq. 2-5), KL penalty (Eq. 6), reward vector (Eq. 7-8)
+    logits = torch.as_tensor(scorer.logits(score_contexts, ro.responses))
+    check_finite("scorer logits", logits)
+    r_emp = empathy_reward(logits.to(run.device), gold)
+    check_finite("empathy reward", r_emp)
+    score = r_emp if variant != "no_emp" else torch.zeros_like(r_emp)
+    if cfg.reward_scaling:
+        score = scale_scores(score, run.running, normalize=cfg.reward_norm, clip=cfg.score_clip)
+    mask = ro.response_mask.to(ro.logprobs.dtype)
+    kl = ro.kl * mask
+    check_finite("KL penalty", kl)
+    beta = run.kl_ctl.value if variant != "no_kl" else 0.0
+    rewards = reward_vector(score, kl, mask, beta)
+    check_finite("rewards", rewards)
+    # 3. PPO update: GAE (Eq. 9-10), clipped loss (Eq. 13-15)
+    stats = ppo_update(run.wrapped, None, run.optimizer, ro.query_ids, ro.query_mask, ro.response_ids,
+                       ro.response_mask, ro.logprobs, ro.values, rewards, cfg, accelerator=run.accelerator,
+                       before_optimizer_step=before_optimizer_step)
+    seq_kl = kl.sum(1)
+    run.kl_ctl.update(_mean_all(seq_kl, run.accelerator), cfg.batch_size * run.world)
+    return {"rewards": rewards, "r_emp": r_emp, "score": score, "seq_kl": seq_kl, "mask": mask, "beta": beta,
+            "stats": stats}
+
+
+# --------------------------------------------------------------------------- set-up and resume
+
+
+def _check_arguments(cfg, variant, examples, gold) -> torch.Tensor:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if cfg.batch_size % (cfg.mini_batch_size * cfg.grad_accum):
+        raise ValueError(
+            f"PPOConfig: batch_size {cfg.batch_size} must be a multiple of mini_batch_size*grad_accum "
+            f"({cfg.mini_batch_size}*{cfg.grad_accum})"
+        )
+    if cfg.min_new_tokens < 1:
+        raise ValueError("PPOConfig.min_new_tokens must be >= 1 (the empathy reward sits on the last token)")
+    kl_estimator_of(cfg)
+    gold = torch.as_tensor(gold).long()
+    if gold.shape != (len(examples), 3):
+        raise ValueError(f"gold labels must be [{len(examples)}, 3] (one row per example), "
+                         f"got {tuple(gold.shape)}")
+    return gold
+
+
+def _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, n_examples, out_dir,
+           accelerator) -> _Run:
+    """Policy + value head sharing the network, the frozen reference, AdamW, KL controller, file paths."""
+    from emprl.run import checkpoint_dir
+
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    if n_examples // (cfg.batch_size * world) == 0:
+        raise ValueError(f"{n_examples} examples are fewer than one batch of {cfg.batch_size * world} "
+                         f"({world} process(es))")
+    if P.is_prefix_model(policy):
+        for p in policy.t5.parameters():
+            p.requires_grad_(False)
+    if reference is None:
+        reference = P.make_reference(policy)
+    torch.manual_seed(seed)
+    value_head = value_head if value_head is not None else P.ValueHead(policy.config.d_model)
+    device = accelerator.device if accelerator is not None else P.device_of(policy)
+    model = P.ActorCritic(policy, value_head).to(device)
+    reference.to(device)
+    model.eval()  # dropout off in rollout and update
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], cfg, torch.device(device))
+    wrapped = model
+    if accelerator is not None:
+        wrapped, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.adaptive_kl:
+        kl_ctl = AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
+    else:
+        kl_ctl = FixedKLController(cfg.beta)
+    ck_dir = checkpoint_dir(Path(out_dir), "ppo", variant)
+    log_path = Path(out_dir) / "runs" / f"ppo_{variant}" / "log.csv"
+    return _Run(model, wrapped, reference, optimizer, kl_ctl, RunningMoments(), torch.device(device), accelerator,
+                rank, world, ck_dir / "train_state.safetensors", log_path,
+                _resume_key(cfg, gen_cfg, variant, seed, n_examples, world))
+
+
+def adamw(params, cfg, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; fused into one kernel on CUDA, where the per-parameter launches of the default cost more than
+    the arithmetic of a prefix (equal to the default to float rounding: tests/test_ppo_fast_path.py)."""
+    fused = True if device.type == "cuda" else None
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world) -> dict:
+    """What must match for a checkpoint to be resumed (``steps``/logging/checkpointing may change)."""
+    c = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "checkpoint_every", "log_every")}
+    if c.get("kl_estimator") == "sampled":  # the default is not part of the key, as in states saved without it
+        del c["kl_estimator"]
+    g = {k: getattr(gen_cfg, k) for k in ("top_k", "top_p", "temperature", "max_new_tokens", "max_source_len")}
+    return {"ppo": c, "sampling": g, "variant": variant, "seed": seed, "n_examples": n_examples, "world": world}
+
+
+def _resume(run: _Run, cfg, seed: int, resume: bool) -> tuple[int, list[dict]]:
+    """Seed this rank, then continue from ``run.state_path`` if it exists (and ``resume``); start the log."""
+    random.seed(seed + run.rank)
+    np.random.seed(seed + run.rank)
+    torch.manual_seed(seed + run.rank)
+    is_main = run.rank == 0
+    if is_main:
+        ckpt.remove_stale_temporaries(run.state_path.parent)
+    start_step, rows = 0, []
+    if resume and run.state_path.exists():
+        meta, rows = _load_train_state(run)
+        ckpt.check_key(run.state_path, meta["key"], run.key)
+        start_step = int(meta["step"])
+        run.kl_ctl.value = float(meta["kl_coef"])
+        run.running.load_state_dict(meta["running"])
+    if is_main:  # the log as of the checkpoint (drops the rows of a killed run's lost steps)
+        run.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with ckpt.atomic_file(run.log_path, "w") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows([r for r in rows if r["step"] % cfg.log_every == 0])
+    return start_step, rows
+
+
+def _save_train_state(run: _Run, step: int, rows: list[dict]) -> None:
+    """Collect every process's RNG state; the main process writes one atomic file (the log rows as a
+    float64 table)."""
+    rng_t, rng_m = ckpt.rng_state()
+    acc = run.accelerator
+    if acc is not None and acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        gathered = gather_object([(rng_t, rng_m)])
+    else:
+        gathered = [(rng_t, rng_m)]
+    if run.rank == 0:
+        tensors = {f"param/{n}": p for n, p in ckpt.trainable(run.model).items()}
+        opt_t, opt_m = ckpt.optimizer_to_flat(run.optimizer.state_dict())
+        tensors.update(opt_t)
+        tensors["log"] = torch.tensor([[float(r[k]) for k in LOG_FIELDS] for r in rows],
+                                      dtype=torch.float64).reshape(len(rows), len(LOG_FIELDS))
+        rng_meta = []
+        for rank, (t, m) in enumerate(gathered):
+            tensors.update({f"rng/{rank}/{k}": v for k, v in t.items()})
+            rng_meta.append(m)
+        meta = {"key": run.key, "kl_coef": run.kl_ctl.value, "running": run.running.state_dict()}
+        ckpt.save_state(run.state_path, tensors, {**meta, "step": step, "optimizer": opt_m, "rng": rng_meta})
+    if acc is not None:
+        acc.wait_for_everyone()
+
+
+def _load_train_state(run: _Run):
+    tensors, meta = ckpt.load_state(run.state_path)
+    ckpt.load_trainable(run.model, {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")},
+                        run.state_path)
+    run.optimizer.load_state_dict(ckpt.optimizer_from_flat(tensors, meta["optimizer"]))
+    prefix = f"rng/{run.rank}/"
+    rng = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    ckpt.set_rng_state(rng, meta["rng"][run.rank])
+    rows = [dict(zip(LOG_FIELDS, r)) for r in tensors["log"].tolist()]
+    for r in rows:
+        r["step"] = int(r["step"])
+    return meta, rows
+
+
+def _save_policy(model: P.ActorCritic, tokenizer, ck_dir: Path) -> None:
+    """The trained policy in the generator's format (``load_generator`` reads it) and the value head."""
+    from emprl.generator import save_generator
+
+    save_generator(model.policy, tokenizer, ck_dir / "policy")
+    ckpt.save_tensors(ck_dir / "value_head.safetensors", model.value_head.state_dict())
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def _log_row(run: _Run, step: int, out: dict, cfg, step_s: float, elapsed_s: float) -> dict[str, float]:
+    """The step's log row: means over all processes (the only host synchronisation of a step)."""
+    acc = run.accelerator
+    total, emp = _gather(out["rewards"].sum(1), acc), _gather(out["r_emp"], acc)
+    row = {
+        "step": step + 1, "reward_mean": total.mean().item(),
+        "reward_std": total.std().item() if total.numel() > 1 else 0.0,
+        "emp_reward_mean": emp.mean().item(), "emp_reward_std": emp.std().item() if emp.numel() > 1 else 0.0,
+        "score_mean": _mean_all(out["score"], acc), "kl": _mean_all(out["seq_kl"], acc), "kl_coef": out["beta"],
+        "response_len": _mean_all(out["mask"].sum(1), acc), "steps_per_s": 1.0 / max(step_s, 1e-9),
+        "elapsed_s": elapsed_s,
+    }
+    for k, v in out["stats"].items():
+        row[k] = _mean_all(torch.tensor(v, device=run.device), acc)
+    return {k: row.get(k, float("nan")) for k in LOG_FIELDS}
+
+
+def _write_log(log_path: Path, row: dict, tb, step: int) -> None:
+    with open(log_path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=LOG_FIELDS).writerow(row)
+    if tb is not None:
+        for k, v in row.items():
+            if k != "step":
+                tb.add_scalar(f"ppo/{k}", v, step + 1)
+
+
+def _gather(x: torch.Tensor, accelerator) -> torch.Tensor:
+    if accelerator is not None and accelerator.num_processes > 1:
+        return accelerator.gather(x.contiguous())
+    return x
+
+
+def _mean_all(x: torch.Tensor, accelerator) -> float:
+    x = x.detach().float()
+    if accelerator is not None and accelerator.num_processes > 1:
+        return accelerator.reduce(x.mean(), reduction="mean").item()
+    return x.mean().item()
+
+
+def _tensorboard(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # noqa: BLE001 - TensorBoard is optional
+        return None
+    return SummaryWriter(str(log_dir))
+
+
+def _tqdm(it, **kw):
+    from emprl.progress import bar
+
+    return bar(it, desc="PPO", **kw)
