@@ -246,10 +246,20 @@ def perplexity(model, tokenizer, contexts: list[str], responses: list[str], batc
 # --------------------------------------------------------------------------- decoding
 
 
+def new_token_limits(cfg: GeneratorConfig, min_tokens: int = 0) -> tuple[int, int]:
+    """(min_new_tokens, max_new_tokens) of the sampler for the limits ``min_tokens`` and ``cfg.max_new_tokens``.
+
+    With ``cfg.length_counts_start_token`` they are transformers' ``min_length``/``max_length`` of an
+    encoder-decoder (the authors' 5 and 30), which count the decoder start token: one new token fewer.
+    """
+    shift = 1 if cfg.length_counts_start_token else 0
+    return max(min_tokens - shift, 0), cfg.max_new_tokens - shift
+
+
 def generation_kwargs(cfg: GeneratorConfig, tokenizer) -> dict:
     """The paper's decoding (Sec. IV-B): top-k/top-p sampling with temperature, at most 30 tokens."""
     return dict(do_sample=True, top_k=cfg.top_k, top_p=cfg.top_p, temperature=cfg.temperature,
-                max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                max_new_tokens=new_token_limits(cfg)[1], pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id)
 
 
@@ -353,6 +363,7 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
                    "vocab_sha256": vocab}
     for key in ("epochs", "max_steps", "full_epochs", "full_max_steps", "eval_every", "patience"):
         fingerprint["cfg"].pop(key)  # may be raised to extend a run
+    fingerprint["cfg"].pop("length_counts_start_token")  # decoding only: training never reads it
 
     sources = encode(tokenizer, train[0], cfg.max_source_len, "left")
     targets = encode(tokenizer, train[1], cfg.max_target_len, "right")

@@ -14,7 +14,8 @@ trl 1.x has no PPO for encoder-decoders, so the algorithm lives here (CleanRL st
   value_head=None) -> (logprobs, values | None, entropy)``.
 - ``rollout(model, reference, tokenizer, contexts, gen_cfg, cfg) -> Rollout``: sample responses,
   old log-probs, reference log-probs, old values, and the per-token KL of ``cfg.kl_estimator``
-  ("sampled": log pi - log rho of the sampled token, the paper/trl; "full": exact KL over the vocabulary).
+  ("sampled": log pi - log rho of the sampled token, the paper/trl; "full": exact KL over the vocabulary;
+  "warped"/"warped_full": both warped as the sampler, ``reward.warped_kl``).
 - ``ppo_update(policy, value_head, optimizer, query_ids, query_mask, response_ids, response_mask,
   old_logprobs, old_values, rewards, cfg, accelerator=None, before_optimizer_step=None) -> stats``:
   the update alone (GAE + ``ppo_epochs`` passes over mini-batches), like trl's ``PPOTrainer.step``
@@ -71,6 +72,8 @@ from emprl.reward import (
     masked_whiten,
     reward_vector,
     scale_scores,
+    warped_kl,
+    whiten_rewards,
 )
 
 VARIANTS = ("emprl", "no_kl", "no_emp")
@@ -88,14 +91,18 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
 # --------------------------------------------------------------------------- equations
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float,
+        mask_rewards: bool = True):
     """Generalised advantage estimation (Eq. 9-10) over right-padded [B, T] tensors.
 
     Values past the last real token count as 0 (the episode ends there); padding gets 0 advantage.
+    ``mask_rewards=False`` lets rewards at padding flow back into the real tokens' advantages, as trl
+    0.9.6 does after whitening (``reward.whiten_rewards(keep_padding=True)``).
     Returns (advantages, returns = advantages + values).
     """
     mask = mask.to(rewards.dtype)
-    rewards, values = rewards * mask, values * mask
+    values = values * mask
+    rewards = rewards * mask if mask_rewards else rewards
     T = rewards.shape[1]
     last = torch.zeros_like(rewards[:, 0])
     advantages = torch.zeros_like(rewards)
@@ -276,10 +283,13 @@ def rollout(model: ActorCritic, reference, tokenizer, contexts: Sequence[str], g
         tokenizer.truncation_side = side
     query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     pad_id, eos_id = t5.config.pad_token_id, t5.config.eos_token_id
+    from emprl.generator import new_token_limits
+
+    min_new, max_new = new_token_limits(gen_cfg, cfg.min_new_tokens)
     try:
         out = policy.generate(
             input_ids=query_ids, attention_mask=query_mask, do_sample=True, top_k=gen_cfg.top_k, top_p=gen_cfg.top_p,
-            temperature=gen_cfg.temperature, max_new_tokens=gen_cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
+            temperature=gen_cfg.temperature, max_new_tokens=max_new, min_new_tokens=min_new,
             pad_token_id=pad_id, eos_token_id=eos_id, decoder_start_token_id=t5.config.decoder_start_token_id,
         )
     except RuntimeError as e:  # torch.multinomial on NaN/inf probabilities
@@ -290,14 +300,19 @@ def rollout(model: ActorCritic, reference, tokenizer, contexts: Sequence[str], g
     response_ids = sequences[:, 1:]  # drop the decoder start token
     response_mask = response_mask_from_eos(response_ids, eos_id)
     response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, pad_id)).contiguous()
-    if estimator == "full":  # the same two forwards, keeping the [B, T, V] log-probs only for the KL
+    if estimator != "sampled":  # the same two forwards, keeping the [B, T, V] log-probs only for the KL
         logp_all, values = sequence_log_softmax(policy, query_ids, query_mask, response_ids, response_mask,
                                                 value_head=model.value_head)
         logprobs = logp_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         ref_all = reference_logprobs(policy, reference, query_ids, query_mask, response_ids, response_mask, full=True)
         ref_logprobs = ref_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
-        kl = full_kl(logp_all, ref_all, response_mask)
+        if estimator == "full":
+            kl = full_kl(logp_all, ref_all, response_mask)
+        else:
+            kl = warped_kl(logp_all, ref_all, response_ids, response_mask, top_k=gen_cfg.top_k,
+                           temperature=gen_cfg.temperature, top_p=gen_cfg.top_p, eos_token_id=eos_id,
+                           min_new_tokens=min_new, exact=estimator == "warped_full")
         del logp_all, ref_all
     else:
         logprobs, values, entropy = model(query_ids, query_mask, response_ids, response_mask)
@@ -326,9 +341,11 @@ def ppo_update(
     model = policy if value_head is None else ActorCritic(policy, value_head)
     mask = response_mask.to(old_logprobs.dtype)
     old_values = old_values * mask
+    trl_padding = getattr(cfg, "whiten_rewards_padding", "zero") == "trl"
     if cfg.whiten_rewards:
-        rewards = masked_whiten(rewards, mask, shift_mean=False)
-    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # Eq. 9-10
+        rewards = whiten_rewards(rewards, mask, keep_padding=trl_padding)
+    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam,
+                              mask_rewards=not (cfg.whiten_rewards and trl_padding))  # Eq. 9-10
     if cfg.whiten_advantages:
         advantages = masked_whiten(advantages, mask) * mask
     B, mb, accum = query_ids.shape[0], cfg.mini_batch_size, cfg.grad_accum
@@ -381,9 +398,12 @@ def _context_texts(examples, idx, max_context_tokens) -> tuple[list[str], list[s
 def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world) -> dict:
     """What must match for a checkpoint to be resumed (``steps``/logging/checkpointing may change)."""
     c = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "checkpoint_every", "log_every")}
-    if c.get("kl_estimator") == "sampled":  # the default: keys of checkpoints written before the option still match
-        del c["kl_estimator"]
+    for k, default in (("kl_estimator", "sampled"), ("whiten_rewards_padding", "zero"), ("lr_schedule", "constant")):
+        if c.get(k) == default:  # options at their default leave the key as it is without them
+            del c[k]
     g = {k: getattr(gen_cfg, k) for k in ("top_k", "top_p", "temperature", "max_new_tokens", "max_source_len")}
+    if getattr(gen_cfg, "length_counts_start_token", False):
+        g["length_counts_start_token"] = True
     return {"ppo": c, "sampling": g, "variant": variant, "seed": seed, "n_examples": n_examples, "world": world}
 
 
@@ -434,6 +454,18 @@ LOG_FIELDS = (
     "entropy", "policy_loss", "value_loss", "loss", "clip_frac", "approx_kl", "ratio", "value_clip_frac",
     "advantages_mean", "returns_mean", "values_mean", "response_len", "steps_per_s", "elapsed_s",
 )
+
+
+def lr_at(cfg, step: int) -> float:
+    """The learning rate of PPO step ``step`` (0-based): ``cfg.lr``, or with ``cfg.lr_schedule="linear"``
+    decayed linearly to 0 over ``cfg.steps`` (transformers' "linear" schedule without warm-up, stepped
+    once per PPO step as trl's ``PPOTrainer.step`` does)."""
+    schedule = getattr(cfg, "lr_schedule", "constant")
+    if schedule == "constant":
+        return cfg.lr
+    if schedule == "linear":
+        return cfg.lr * max(0.0, (cfg.steps - step) / cfg.steps)
+    raise ValueError(f"PPOConfig.lr_schedule must be 'constant' or 'linear', got {schedule!r}")
 
 
 def visited_subset(examples: Sequence, steps: int, batch_size: int, seed: int = 0) -> list:
@@ -493,6 +525,9 @@ def train_ppo(
     if cfg.min_new_tokens < 1:
         raise ValueError("PPOConfig.min_new_tokens must be >= 1 (the empathy reward sits on the last token)")
     kl_estimator_of(cfg)
+    lr_at(cfg, 0)  # validates cfg.lr_schedule
+    if getattr(cfg, "whiten_rewards_padding", "zero") not in ("zero", "trl"):
+        raise ValueError(f"PPOConfig.whiten_rewards_padding must be 'zero' or 'trl', got {cfg.whiten_rewards_padding!r}")
     gold = torch.as_tensor(gold).long()
     if gold.shape != (len(examples), 3):
         raise ValueError(f"gold labels must be [{len(examples)}, 3] (one row per example), got {tuple(gold.shape)}")
@@ -586,6 +621,8 @@ def train_ppo(
             rewards = reward_vector(score, kl, mask, beta)
             _check_finite("rewards", rewards)
             # ---- 4. PPO update (GAE, Eq. 9-10; loss, Eq. 13-15)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, step)
             stats = ppo_update(
                 wrapped, None, optimizer, ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask,
                 ro.logprobs, ro.values, rewards, cfg, accelerator=accelerator, before_optimizer_step=before_optimizer_step,
