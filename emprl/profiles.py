@@ -127,7 +127,7 @@ class EvalConfig:
     batch_size: int = 32  # sampling / PPL batch (length-sorted)
     bootstrap: int = 1000  # bootstrap resamples for CIs and paired tests
     ci_level: float = 0.95
-    tokenizer: str = "word"  # Dist-n tokenizer (emprl.metrics.TOKENIZERS): lowercase word/punctuation split
+    tokenizer: str = "nltk"  # Dist-n tokenizer (metrics.TOKENIZERS): the authors' nltk word_tokenize; "word": ours
     ablation_ppo_steps: int | None = None  # None: the PPO section's steps
     ablation_no_kl_steps: int = 1600  # Table V footnote 4
     n_random_cases: int = 4  # random test contexts in the case study (besides Table VI's four)
