@@ -202,7 +202,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {},
     "authors": {
         "identifiers": {"head": "mlp"},
-        "generator": {"max_new_tokens": 30, "length_counts_start_token": True},  # max_length=30
+        "generator": {"length_counts_start_token": True},  # max_length=30 with max_new_tokens 30
         "ppo": {
             "adaptive_kl": True, "beta": 0.2, "kl_target": 6.0, "kl_horizon": 10000,  # trl's defaults
             "reward_scaling": True, "reward_norm": True,

@@ -58,7 +58,8 @@ def test_authors_preset_applies_to_every_profile_and_overrides_come_last():
         assert P.ppo.whiten_rewards_padding == "trl" and P.ppo.lr_schedule == "linear"
         assert (P.ppo.batch_size, P.ppo.mini_batch_size, P.ppo.grad_accum, P.ppo.lr) == (32, 8, 4, 1e-5)
         assert P.ppo.max_grad_norm == 1.0 and P.ppo.weight_decay == 0.0 and P.ppo.min_new_tokens == 5
-        assert P.generator.length_counts_start_token and P.generator.max_new_tokens == 30
+        assert P.generator.length_counts_start_token
+        assert P.generator.max_new_tokens == get_profile(name).generator.max_new_tokens  # a size: the profile's
         assert P.identifiers.head == "mlp"
         # everything the preset does not name is the profile's
         assert P.ppo.steps == get_profile(name).ppo.steps and P.generator.d_model == get_profile(name).generator.d_model
