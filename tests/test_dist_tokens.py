@@ -68,3 +68,19 @@ def test_generations_file_round_trip_and_is_byte_identical(tmp_path):
         assert len(f.read().splitlines()) == 4
     with pytest.raises(ValueError, match="'EmpRL' has 1 responses for 2 ids"):
         evaluation.write_generations(tmp_path / "c.jsonl.gz", ["t0", "t1"], {"EmpRL": ["x"]})
+
+
+def test_tables_name_their_tokenizer(monkeypatch):
+    import numpy as np
+
+    from emprl.profiles import get_profile
+
+    monkeypatch.setattr(M, "punkt_tab_verified", lambda: False)
+    P = get_profile("smoke")
+    assert P.evaluation.tokenizer == "nltk"
+    assert evaluation.describe_run(P).endswith("Dist-n tokens: " + M.tokenizer_label("nltk"))
+    gold = np.zeros((3, 3), dtype=int)
+    systems = {"A": {"responses": ["so sorry.", "oh no", "why?"], "levels": gold},
+               "B": {"responses": ["ok", "ok", "ok"], "levels": gold}}
+    table = evaluation.paired_tests(systems, gold, [("A", "B")], tokenizer="word", n_boot=20)
+    assert list(table["Dist-n tokenizer"]) == [M.tokenizer_label("word")] * 2 + ["-"]
