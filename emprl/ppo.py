@@ -60,6 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from emprl import checkpoint as ckpt
+from emprl.generator import new_token_limits
 from emprl.reward import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -283,8 +284,6 @@ def rollout(model: ActorCritic, reference, tokenizer, contexts: Sequence[str], g
         tokenizer.truncation_side = side
     query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     pad_id, eos_id = t5.config.pad_token_id, t5.config.eos_token_id
-    from emprl.generator import new_token_limits
-
     min_new, max_new = new_token_limits(gen_cfg, cfg.min_new_tokens)
     try:
         out = policy.generate(
@@ -527,7 +526,8 @@ def train_ppo(
     kl_estimator_of(cfg)
     lr_at(cfg, 0)  # validates cfg.lr_schedule
     if getattr(cfg, "whiten_rewards_padding", "zero") not in ("zero", "trl"):
-        raise ValueError(f"PPOConfig.whiten_rewards_padding must be 'zero' or 'trl', got {cfg.whiten_rewards_padding!r}")
+        raise ValueError(f"PPOConfig.whiten_rewards_padding must be 'zero' or 'trl', "
+                         f"got {cfg.whiten_rewards_padding!r}")
     gold = torch.as_tensor(gold).long()
     if gold.shape != (len(examples), 3):
         raise ValueError(f"gold labels must be [{len(examples)}, 3] (one row per example), got {tuple(gold.shape)}")
