@@ -8,6 +8,8 @@ mechanisms scored together, length-sorted). Gold levels come from the cache that
 
 from __future__ import annotations
 
+import gzip
+import json
 import time
 from pathlib import Path
 
@@ -95,7 +97,8 @@ def paired_tests(systems: dict[str, dict], gold, pairs, tokenizer="word", n_boot
         for metric, label in (("dist1", "Dist-1"), ("dist2", "Dist-2"), ("emp_f1", "Emp-F1 (%)")):
             res = metrics.paired_test(metric, systems[a], systems[b], gold=gold, tokenizer=tokenizer, n_boot=n_boot, seed=seed)
             rows.append({"Comparison": f"{a} - {b}", "Metric": label, "Difference": res.delta,
-                         "95% CI": f"[{res.low:.2f}, {res.high:.2f}]", "p (paired bootstrap)": res.p_value})
+                         "95% CI": f"[{res.low:.2f}, {res.high:.2f}]", "p (paired bootstrap)": res.p_value,
+                         "Dist-n tokenizer": metrics.tokenizer_label(tokenizer) if metric != "emp_f1" else "-"})
     return pd.DataFrame(rows).set_index("Comparison")
 
 
@@ -119,4 +122,31 @@ def describe_run(P, data_dir=None) -> str:
     """One label for our block: profile, generator, identifiers, data."""
     g, i = P.generator, P.identifiers
     model = f"T5 {g.model} (d_model {g.d_model}, {g.num_layers} layers)" if g.model == "scratch" else f"T5 {g.model}"
-    return f"ours: {P.name} | {model}; identifiers {i.encoder} | data {data_label(data_dir)}"
+    return (f"ours: {P.name} | {model}; identifiers {i.encoder} | data {data_label(data_dir)} | Dist-n tokens: "
+            f"{metrics.tokenizer_label(P.evaluation.tokenizer)}")
+
+
+def write_generations(path, ids, responses: dict[str, list[str]]) -> Path:
+    """Every system's responses as gzip-compressed JSON lines {"id", "system", "response"}, atomically.
+
+    ``ids``: one identifier per example; ``responses``: {system: responses in the order of ``ids``}.
+    The gzip header carries no time stamp, so equal generations give byte-identical files.
+    """
+    path = Path(path)
+    for system, texts in responses.items():
+        if len(texts) != len(ids):
+            raise ValueError(f"write_generations: {system!r} has {len(texts)} responses for {len(ids)} ids")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:
+        for system, texts in responses.items():
+            for i, text in zip(ids, texts):
+                f.write((json.dumps({"id": i, "system": system, "response": text}, ensure_ascii=False) + "\n").encode())
+    tmp.replace(path)
+    return path
+
+
+def read_generations(path) -> list[dict]:
+    """The rows of a ``write_generations`` file."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]

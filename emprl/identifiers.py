@@ -101,7 +101,7 @@ class EmpathyIdentifier(nn.Module):
     """Fig. 3: two encoders, response-to-context attention, residual, pooling, linear to 3 levels."""
 
     def __init__(self, context_encoder: nn.Module, response_encoder: nn.Module, pooling: str = "max",
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, head: str = "linear"):
         super().__init__()
         pool(torch.zeros(1, 1, 1), torch.ones(1, 1), pooling)  # validates the option early
         d = encoders.hidden_size(response_encoder)
@@ -111,8 +111,13 @@ class EmpathyIdentifier(nn.Module):
         self.response_encoder = response_encoder
         self.attention = SingleHeadAttention(d, dropout)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(d, NUM_LEVELS)
-        self.pooling = pooling
+        if head == "linear":  # the paper
+            self.classifier = nn.Linear(d, NUM_LEVELS)
+        elif head == "mlp":  # the authors' code
+            self.classifier = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Dropout(dropout), nn.Linear(d, NUM_LEVELS))
+        else:
+            raise ValueError(f"identifiers.head must be 'linear' or 'mlp', got {head!r}")
+        self.pooling, self.head_kind = pooling, head
 
     def encode_context(self, context_ids, context_mask):
         return self.context_encoder(input_ids=context_ids, attention_mask=context_mask).last_hidden_state
@@ -133,7 +138,8 @@ class EmpathyIdentifier(nn.Module):
 def build_identifier(cfg: IdentifierConfig, seed: int) -> tuple[EmpathyIdentifier, object]:
     """A fresh identifier with two separately loaded copies of the pretrained encoder, and its tokenizer."""
     torch.manual_seed(seed)  # the attention and classifier initialisation
-    model = EmpathyIdentifier(encoders.load_encoder(cfg.encoder), encoders.load_encoder(cfg.encoder), cfg.pooling)
+    model = EmpathyIdentifier(encoders.load_encoder(cfg.encoder), encoders.load_encoder(cfg.encoder), cfg.pooling,
+                              head=cfg.head)
     return model, encoders.load_tokenizer(cfg.encoder)
 
 
@@ -321,7 +327,8 @@ def load_identifier(directory: str | Path, device: str | torch.device = "cpu") -
             raise FileNotFoundError(f"identifier checkpoint incomplete: {directory / name} is missing")
     config = json.loads((directory / CONFIG).read_text())
     model = EmpathyIdentifier(encoders.encoder_from_config(config["context_encoder"]),
-                              encoders.encoder_from_config(config["response_encoder"]), config["pooling"])
+                              encoders.encoder_from_config(config["response_encoder"]), config["pooling"],
+                              head=config.get("identifier_config", {}).get("head", "linear"))
     missing, unexpected = load_model(model, str(directory / WEIGHTS), strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
@@ -337,7 +344,10 @@ def train_fingerprint(cfg: IdentifierConfig, seed: int, mechanism: str, train: t
     """What a checkpoint was trained from (settings, seed, data): a match lets a rerun skip training."""
     import hashlib
 
-    digest = hashlib.sha256(json.dumps([asdict(cfg), seed, mechanism], sort_keys=True).encode())
+    settings = asdict(cfg)
+    if settings["head"] == "linear":  # the default head keeps the fingerprint of configs without the option
+        del settings["head"]
+    digest = hashlib.sha256(json.dumps([settings, seed, mechanism], sort_keys=True).encode())
     for part in (train, val):
         digest.update(json.dumps([list(x) for x in part]).encode())
     return digest.hexdigest()

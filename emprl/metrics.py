@@ -12,8 +12,11 @@ and already predicted empathy levels, so it is cheap next to generation and scor
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -34,7 +37,77 @@ def whitespace_tokenize(text: str) -> list[str]:
     return text.split()
 
 
-TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"word": word_tokenize, "whitespace": whitespace_tokenize}
+# sha256 of nltk_data's tokenizers/punkt_tab.zip (4,319,076 bytes), as LexNLP's asset bootstrap pins it;
+# not re-derived here (the file cannot be downloaded on our machines)
+PUNKT_TAB_SHA256 = "e57f64187974277726a3417ca6f181ec5403676c717672eef6a748a7b20e0106"
+
+
+@functools.lru_cache(maxsize=1)
+def punkt_tab_verified() -> bool:
+    """True if nltk's punkt_tab is installed (unzipped, with its zip) and the zip's sha256 matches."""
+    import nltk
+
+    for root in map(Path, nltk.data.path):
+        zipped, unzipped = root / "tokenizers" / "punkt_tab.zip", root / "tokenizers" / "punkt_tab" / "english"
+        if zipped.is_file() and unzipped.is_dir():
+            return hashlib.sha256(zipped.read_bytes()).hexdigest() == PUNKT_TAB_SHA256
+    return False
+
+
+def nltk_tokenize(text: str) -> list[str]:
+    """The authors' Dist-n tokens (``nlgevaluation.py``): nltk ``word_tokenize``, case kept.
+
+    Exact when a verified punkt_tab is installed (sentences split first); otherwise
+    ``preserve_line=True``, which skips the sentence split and so leaves the period of an inner
+    sentence on its word ("sorry." stays one token); ``nltk_sentence_split_gap`` measures the effect.
+    """
+    from nltk.tokenize import word_tokenize as nltk_word_tokenize
+
+    return nltk_word_tokenize(text, preserve_line=not punkt_tab_verified())
+
+
+_INNER_PERIOD_RE = re.compile(r"(?<=\w)\.(?=\s+\S)")
+
+
+def nltk_sentence_split_gap(responses: Sequence[str], ns: Sequence[int] = (1, 2)) -> dict[str, float]:
+    """How far the ``preserve_line`` approximation can be from the exact nltk tokens on ``responses``.
+
+    The exact tokenizer differs only where punkt ends a sentence inside a response; splitting every
+    word-final period followed by more text bounds that (punkt also splits there, except after
+    abbreviations such as "Mr."). Returns the share of responses and tokens touched and Dist-n of both.
+    """
+    from nltk.tokenize import word_tokenize as nltk_word_tokenize
+
+    def approx(t):
+        return nltk_word_tokenize(t, preserve_line=True)
+
+    def all_split(t):
+        return nltk_word_tokenize(_INNER_PERIOD_RE.sub(" .", t), preserve_line=True)
+
+    n_tokens = sum(len(approx(r)) for r in responses)
+    touched = [len(_INNER_PERIOD_RE.findall(r)) for r in responses]
+    out = {"responses_touched_pct": 100.0 * sum(t > 0 for t in touched) / max(len(responses), 1),
+           "tokens_touched_pct": 100.0 * sum(touched) / max(n_tokens, 1)}
+    for n in ns:
+        out[f"dist{n}_approx"] = distinct_n(responses, n, approx)
+        out[f"dist{n}_all_split"] = distinct_n(responses, n, all_split)
+    return out
+
+
+TOKENIZERS: dict[str, Callable[[str], list[str]]] = {
+    "nltk": nltk_tokenize, "word": word_tokenize, "whitespace": whitespace_tokenize,
+}
+
+
+def tokenizer_label(name: str) -> str:
+    """How a table names its Dist-n tokenizer."""
+    if name == "nltk":
+        how = "exact, punkt_tab verified" if punkt_tab_verified() else "preserve_line=True: no punkt_tab sentence split"
+        return f"nltk word_tokenize, case kept ({how})"
+    labels = {"word": "lowercase word/punctuation split", "whitespace": "whitespace split, case kept"}
+    if name not in labels:
+        raise ValueError(f"unknown tokenizer {name!r}: choose one of {sorted(TOKENIZERS)}")
+    return labels[name]
 
 
 def _tokenizer(tokenizer: str | Callable[[str], list[str]]) -> Callable[[str], list[str]]:

@@ -83,13 +83,24 @@ def encode_contexts(tokenizer, contexts: list[str], max_source_len: int,
 # --------------------------------------------------------------------------- sampling
 
 
+def new_token_limits(cfg, min_tokens: int = 0) -> tuple[int, int]:
+    """(min_new_tokens, max_new_tokens) of the sampler for the limits ``min_tokens`` and ``cfg.max_new_tokens``.
+
+    With ``cfg.length_counts_start_token`` they are transformers' ``min_length``/``max_length`` of an
+    encoder-decoder (the authors' 5 and 30), which count the decoder start token: one new token fewer.
+    """
+    shift = 1 if getattr(cfg, "length_counts_start_token", False) else 0
+    return max(min_tokens - shift, 0), cfg.max_new_tokens - shift
+
+
 def generation_kwargs(cfg, tokenizer, min_new_tokens: int | None = None) -> dict:
     """The paper's decoding (Sec. IV-B): top-k/top-p sampling with temperature, at most 30 tokens."""
+    min_new, max_new = new_token_limits(cfg, min_new_tokens or 0)
     kw = dict(do_sample=True, top_k=cfg.top_k, top_p=cfg.top_p, temperature=cfg.temperature,
-              max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+              max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id,
               eos_token_id=tokenizer.eos_token_id)
     if min_new_tokens is not None:
-        kw["min_new_tokens"] = min_new_tokens
+        kw["min_new_tokens"] = min_new
     return kw
 
 

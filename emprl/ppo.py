@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from emprl import policy as P
-from emprl.reward import KL_ESTIMATORS, full_kl, kl_penalty, masked_mean, masked_whiten
+from emprl.reward import KL_ESTIMATORS, full_kl, kl_penalty, masked_mean, masked_whiten, warped_kl, whiten_rewards
 
 
 class NonFiniteError(FloatingPointError):
@@ -68,7 +68,8 @@ def rollout(model: P.ActorCritic, reference, tokenizer, contexts: Sequence[str],
             rescore: bool = False, static_cache: bool | None = None) -> Rollout:
     """Sample one response per context (``gen_cfg``'s top-k/top-p/temperature, at least
     ``cfg.min_new_tokens``) on the model's device, with the old log-probs, values, reference log-probs
-    and the per-token KL of ``cfg.kl_estimator`` ("sampled": log pi - log rho of y_t; "full": ``full_kl``).
+    and the per-token KL of ``cfg.kl_estimator`` ("sampled": log pi - log rho of y_t; "full": ``full_kl``;
+    "warped"/"warped_full": policy and reference both warped as the sampler, ``reward.warped_kl``).
 
     The old log-probs, values and entropy come from the generation pass itself: its raw logits and
     final decoder states are those of a teacher-forced forward over the sampled tokens (the same
@@ -98,10 +99,15 @@ def rollout(model: P.ActorCritic, reference, tokenizer, contexts: Sequence[str],
     mask = response_mask.to(logprobs.dtype)
     # the policy's log-probs came from generation, so rho needs the only forward of the rollout
     ref = P.reference_logprobs(policy, reference, query_ids, query_mask, response_ids, response_mask,
-                               full=estimator == "full")
+                               full=estimator != "sampled")
     if estimator == "full":
         ref_logprobs = ref.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
         kl = full_kl(logp_all, ref, response_mask)  # Eq. 6 in expectation over the vocabulary
+    elif estimator in ("warped", "warped_full"):  # a true KL of the two sampling distributions
+        ref_logprobs = ref.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        kl = warped_kl(logp_all, ref, response_ids, response_mask, top_k=gen_cfg.top_k,
+                       temperature=gen_cfg.temperature, top_p=gen_cfg.top_p, eos_token_id=tokenizer.eos_token_id,
+                       min_new_tokens=generation["min_new_tokens"], exact=estimator == "warped_full")
     else:
         ref_logprobs = ref
         kl = kl_penalty(logprobs, ref_logprobs) * mask  # Eq. 6
@@ -113,14 +119,18 @@ def rollout(model: P.ActorCritic, reference, tokenizer, contexts: Sequence[str],
 # --------------------------------------------------------------------------- 2. advantages and loss
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float,
+        mask_rewards: bool = True):
     """Generalised advantage estimation (Eq. 9-10) over right-padded [B, T] tensors.
 
     Values past the last real token count as 0 (the episode ends there); padding gets 0 advantage.
+    ``mask_rewards=False`` lets rewards at padding flow back into the real tokens' advantages, as trl
+    0.9.6 does after whitening (``reward.whiten_rewards(keep_padding=True)``).
     Returns (advantages, returns = advantages + values).
     """
     mask = mask.to(rewards.dtype)
-    rewards, values = rewards * mask, values * mask
+    values = values * mask
+    rewards = rewards * mask if mask_rewards else rewards
     T = rewards.shape[1]
     last = torch.zeros_like(rewards[:, 0])
     advantages = torch.zeros_like(rewards)
@@ -195,9 +205,11 @@ def ppo_update(
     model = policy if value_head is None else P.ActorCritic(policy, value_head)
     mask = response_mask.to(old_logprobs.dtype)
     old_values = old_values * mask
+    # trl keeps the whitened rewards on padding, where they reach GAE; ours zeroes them (the paper is silent)
+    trl_padding = cfg.whiten_rewards and getattr(cfg, "whiten_rewards_padding", "zero") == "trl"
     if cfg.whiten_rewards:
-        rewards = masked_whiten(rewards, mask, shift_mean=False)
-    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # Eq. 9-10
+        rewards = whiten_rewards(rewards, mask, keep_padding=trl_padding)
+    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam, mask_rewards=not trl_padding)  # Eq. 9-10
     if cfg.whiten_advantages:
         advantages = masked_whiten(advantages, mask) * mask
     B, mb, accum = query_ids.shape[0], cfg.mini_batch_size, cfg.grad_accum

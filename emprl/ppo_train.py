@@ -120,6 +120,8 @@ def train_ppo(
         idx = order[pos * global_batch: (pos + 1) * global_batch][
             run.rank * cfg.batch_size: (run.rank + 1) * cfg.batch_size]
         contexts, score_contexts = context_texts([examples[i] for i in idx], max_context_tokens)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
         try:
             out = ppo_step(run, tokenizer, scorer, contexts, score_contexts, gold[torch.as_tensor(idx)], cfg,
                            gen_cfg, variant, before_optimizer_step)
@@ -193,6 +195,10 @@ def _check_arguments(cfg, variant, examples, gold) -> torch.Tensor:
     if cfg.min_new_tokens < 1:
         raise ValueError("PPOConfig.min_new_tokens must be >= 1 (the empathy reward sits on the last token)")
     kl_estimator_of(cfg)
+    lr_at(cfg, 0)  # validates cfg.lr_schedule
+    if getattr(cfg, "whiten_rewards_padding", "zero") not in ("zero", "trl"):
+        raise ValueError(f"PPOConfig.whiten_rewards_padding must be 'zero' or 'trl', "
+                         f"got {cfg.whiten_rewards_padding!r}")
     gold = torch.as_tensor(gold).long()
     if gold.shape != (len(examples), 3):
         raise ValueError(f"gold labels must be [{len(examples)}, 3] (one row per example), "
@@ -243,12 +249,27 @@ def adamw(params, cfg, device: torch.device) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
+def lr_at(cfg, step: int) -> float:
+    """The learning rate of PPO step ``step`` (0-based): ``cfg.lr``, or with ``cfg.lr_schedule="linear"``
+    decayed linearly to 0 over ``cfg.steps`` (transformers' "linear" schedule without warm-up, stepped
+    once per PPO step as trl's ``PPOTrainer.step`` does)."""
+    schedule = getattr(cfg, "lr_schedule", "constant")
+    if schedule == "constant":
+        return cfg.lr
+    if schedule == "linear":
+        return cfg.lr * max(0.0, (cfg.steps - step) / cfg.steps)
+    raise ValueError(f"PPOConfig.lr_schedule must be 'constant' or 'linear', got {schedule!r}")
+
+
 def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world) -> dict:
     """What must match for a checkpoint to be resumed (``steps``/logging/checkpointing may change)."""
     c = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "checkpoint_every", "log_every")}
-    if c.get("kl_estimator") == "sampled":  # the default is not part of the key, as in states saved without it
-        del c["kl_estimator"]
+    for k, default in (("kl_estimator", "sampled"), ("whiten_rewards_padding", "zero"), ("lr_schedule", "constant")):
+        if c.get(k) == default:  # options at their default leave the key as states saved without them have it
+            del c[k]
     g = {k: getattr(gen_cfg, k) for k in ("top_k", "top_p", "temperature", "max_new_tokens", "max_source_len")}
+    if getattr(gen_cfg, "length_counts_start_token", False):
+        g["length_counts_start_token"] = True
     return {"ppo": c, "sampling": g, "variant": variant, "seed": seed, "n_examples": n_examples, "world": world}
 
 

@@ -42,6 +42,7 @@ class IdentifierConfig:
     class_weighting: str = "inverse_sqrt"  # "none" | "inverse" | "inverse_sqrt": CE weights (N / (K n_c))^p
     val_fraction: float = 0.2
     gold_preview: int = 500  # ED test examples whose gold levels notebook 02 computes and shows
+    head: str = "linear"  # paper: one linear layer; authors' code: "mlp" = Linear -> Tanh -> Dropout -> Linear
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class GeneratorConfig:
     top_p: float = 1.0
     temperature: float = 0.9
     max_new_tokens: int = 30
+    # authors (HF min_length/max_length of an encoder-decoder): the limits count the decoder start token,
+    # so max_new_tokens=30 and PPO's min_new_tokens=5 sample at most 29 and at least 4 new tokens
+    length_counts_start_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,11 @@ class PPOConfig:
     # Per-token KL of Eq. 6: "sampled" = log pi(y_t|s_t) - log rho(y_t|s_t) of the sampled token (paper,
     # trl kl_penalty="kl"; can go negative under top-k/temperature sampling); "full" = the exact KL over
     # the vocabulary of the untempered distributions (>= 0).
+    # "warped": log q_pi(y_t) - log q_rho(y_t) with both warped as the sampler (top-k, temperature, EOS
+    # ban), so E_q[sum_t R_kl] = KL(q_pi || q_rho) >= 0; "warped_full": that KL exactly per token.
     kl_estimator: str = "sampled"
+    whiten_rewards_padding: str = "zero"  # "trl": whitened rewards stay on padding and reach GAE (trl 0.9.6)
+    lr_schedule: str = "constant"  # "linear": decay to 0 over `steps`, once per step (authors: HF "linear")
     checkpoint_every: int = 500
     log_every: int = 1
 
@@ -122,7 +130,7 @@ class EvalConfig:
     batch_size: int = 32  # sampling / PPL batch (length-sorted)
     bootstrap: int = 1000  # bootstrap resamples for CIs and paired tests
     ci_level: float = 0.95
-    tokenizer: str = "word"  # Dist-n tokenizer (emprl.metrics.TOKENIZERS): lowercase word/punctuation split
+    tokenizer: str = "nltk"  # Dist-n tokenizer (metrics.TOKENIZERS): the authors' nltk word_tokenize; "word": ours
     ablation_ppo_steps: int | None = None  # None: the PPO section's steps
     ablation_no_kl_steps: int = 1600  # Table V footnote 4
     n_random_cases: int = 4  # random test contexts in the case study (besides Table VI's four)
@@ -263,7 +271,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "identifiers.pooling": ("max", "mean"),
     "identifiers.class_weighting": ("none", "inverse", "inverse_sqrt"),
     "generator.tuning": ("prefix", "full"),
-    "ppo.kl_estimator": ("sampled", "full"),
+    "identifiers.head": ("linear", "mlp"),
+    "ppo.kl_estimator": ("sampled", "full", "warped", "warped_full"),
+    "ppo.whiten_rewards_padding": ("zero", "trl"),
+    "ppo.lr_schedule": ("constant", "linear"),
 }
 
 
@@ -391,12 +402,39 @@ def parse_overrides(overrides: Any) -> dict[str, dict[str, Any]]:
     return nested
 
 
-def get_profile(name: str, overrides: Any = None, seed: int | None = None) -> Profile:
-    """Build and validate a profile; ``overrides`` ({section: {param: value}}, see parse_overrides) apply last."""
+# Method presets, applied on top of any profile (before overrides): the paper's settings (the
+# defaults) or the authors' released code (trl 0.9.6 PPOTrainer; see README, "the authors' preset").
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {},
+    "authors": {
+        "identifiers": {"head": "mlp"},
+        "generator": {"length_counts_start_token": True},  # max_length=30 with max_new_tokens 30
+        "ppo": {
+            "adaptive_kl": True, "beta": 0.2, "kl_target": 6.0, "kl_horizon": 10000,  # trl's defaults
+            "reward_scaling": True, "reward_norm": True,
+            "whiten_rewards": True, "whiten_rewards_padding": "trl",
+            "max_grad_norm": 1.0,
+            "weight_decay": 0.0, "lr_schedule": "linear",  # Adam = AdamW without weight decay
+            "batch_size": 32, "mini_batch_size": 8, "grad_accum": 4, "lr": 1e-5,
+            "min_new_tokens": 5,  # min_length=5
+        },
+    },
+}
+
+
+def get_profile(name: str, overrides: Any = None, seed: int | None = None, preset: str = "paper") -> Profile:
+    """Build and validate a profile; ``preset`` (a key of PRESETS) then ``overrides`` ({section: {param:
+    value}}, see parse_overrides) are applied on top of it."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}: choose one of {sorted(PROFILES)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
     sections: dict[str, Any] = {}
-    for layer_name, layer in (("profile " + name, PROFILES[name]), ("overrides", parse_overrides(overrides))):
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
+    layers = (("profile " + name, PROFILES[name]), ("preset " + preset, PRESETS[preset]),
+              ("overrides", parse_overrides(overrides)))
+    for layer_name, layer in layers:
         for section, params in layer.items():
             if section not in SECTIONS:
                 raise ValueError(f"{layer_name}: unknown section {section!r}; sections are {sorted(SECTIONS)}")

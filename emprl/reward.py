@@ -17,11 +17,14 @@ __all__ = [
     "empathy_reward",
     "kl_penalty",
     "full_kl",
+    "sampling_log_probs",
+    "warped_kl",
     "KL_ESTIMATORS",
     "reward_vector",
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "whiten_rewards",
     "RunningMoments",
     "scale_scores",
     "FixedKLController",
@@ -54,7 +57,8 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tens
     return logprobs - ref_logprobs
 
 
-KL_ESTIMATORS = ("sampled", "full")  # PPOConfig.kl_estimator: kl_penalty (paper, trl "kl") or full_kl
+# PPOConfig.kl_estimator: kl_penalty (paper, trl "kl"), full_kl, or warped_kl (sampled token / exact)
+KL_ESTIMATORS = ("sampled", "full", "warped", "warped_full")
 
 
 def full_kl(logprobs_all: torch.Tensor, ref_logprobs_all: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -77,6 +81,75 @@ def full_kl(logprobs_all: torch.Tensor, ref_logprobs_all: torch.Tensor, mask: to
     # sum_v pi(v|s_t) (log pi(v|s_t) - log rho(v|s_t)); terms with pi(v|s_t) = 0 contribute 0
     kl = torch.where(p > 0, p * (logp - ref), torch.zeros_like(p)).sum(-1).clamp_min(0.0)  # rounding below 0
     return torch.where(mask.bool(), kl, torch.zeros_like(kl))
+
+
+def sampling_log_probs(
+    logits: torch.Tensor, *, top_k: int, temperature: float, top_p: float = 1.0,
+    eos_token_id: int | None = None, min_new_tokens: int = 0, keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """log q(.|s_t) [B, T, V] of the sampler that drew the responses, -inf outside its support.
+
+    In transformers' order: EOS gets -inf at response positions t < ``min_new_tokens`` (the
+    min-new-tokens processor), then temperature, top-k (ties with the k-th value kept), top-p,
+    renormalised. ``keep`` (bool [B, T, V]) replaces the top-k/top-p set: ``warped_kl`` warps the
+    reference with the policy's set. ``logits`` may be log-probs: a constant shift changes nothing.
+    """
+    x = logits.float() / temperature
+    if min_new_tokens > 0:
+        if eos_token_id is None:
+            raise ValueError("sampling_log_probs: min_new_tokens > 0 needs eos_token_id")
+        banned = torch.arange(x.shape[1], device=x.device) < min_new_tokens  # [T]
+        x[:, banned, eos_token_id] = -math.inf
+    if keep is None:
+        keep = torch.ones_like(x, dtype=torch.bool)
+        if 0 < top_k < x.shape[-1]:
+            kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+            keep &= x >= kth
+        if top_p < 1.0:
+            sorted_x, order = torch.sort(x.masked_fill(~keep, -math.inf), dim=-1)  # ascending, as transformers
+            cum = sorted_x.softmax(-1).cumsum(-1)
+            drop_sorted = cum <= 1.0 - top_p
+            drop_sorted[..., -1] = False  # keep at least the most likely token
+            keep &= ~drop_sorted.scatter(-1, order, drop_sorted)
+        keep &= torch.isfinite(x)
+    return F.log_softmax(x.masked_fill(~keep, -math.inf), dim=-1)
+
+
+def warped_kl(
+    logprobs_all: torch.Tensor, ref_logprobs_all: torch.Tensor, response_ids: torch.Tensor, mask: torch.Tensor,
+    *, top_k: int, temperature: float, top_p: float = 1.0, eos_token_id: int | None = None,
+    min_new_tokens: int = 0, exact: bool = False,
+) -> torch.Tensor:
+    """Per-token R_kl between the sampling distributions q_pi and q_rho (Eq. 6 with both warped alike), [B, T].
+
+    Responses are drawn from q_pi (``sampling_log_probs`` of the policy), while Eq. 6 with the untempered
+    pi and rho is no KL of anything the sampler does: E_q[log pi - log rho] can be negative. Here rho is
+    warped the same way, restricted to q_pi's support (rho's own top-k may exclude the sampled token,
+    making the KL infinite), so E_q[sum_t R_kl_t] is KL(q_pi || q_rho) over whole responses, >= 0.
+    ``exact=False``: log q_pi(y_t) - log q_rho(y_t) of the sampled tokens ``response_ids`` (unbiased);
+    ``exact=True``: KL(q_pi(.|s_t) || q_rho(.|s_t)) over the vocabulary (lower variance). 0 where
+    ``mask`` is 0. ``logprobs_all`` / ``ref_logprobs_all``: [B, T, V] log-softmax (or logits).
+    """
+    if logprobs_all.shape != ref_logprobs_all.shape or logprobs_all.dim() != 3:
+        raise ValueError(
+            f"warped_kl: need two [batch, T, vocab] tensors of one shape, got {tuple(logprobs_all.shape)} "
+            f"and {tuple(ref_logprobs_all.shape)}"
+        )
+    if mask.shape != logprobs_all.shape[:2] or response_ids.shape != mask.shape:
+        raise ValueError(f"warped_kl: mask {tuple(mask.shape)} and response_ids {tuple(response_ids.shape)} "
+                         f"must be {tuple(logprobs_all.shape[:2])}")
+    warp = dict(top_k=top_k, temperature=temperature, top_p=top_p, eos_token_id=eos_token_id,
+                min_new_tokens=min_new_tokens)
+    q_pi = sampling_log_probs(logprobs_all, **warp)
+    support = torch.isfinite(q_pi)
+    q_rho = sampling_log_probs(ref_logprobs_all, keep=support, **warp)
+    if exact:
+        diff = torch.where(support, q_pi - q_rho, torch.zeros_like(q_pi))
+        kl = (q_pi.exp() * diff).sum(-1).clamp_min(0.0)  # rounding below 0
+    else:
+        ids = response_ids.unsqueeze(-1)
+        kl = (q_pi.gather(-1, ids) - q_rho.gather(-1, ids)).squeeze(-1)
+    return torch.where(mask.bool(), kl, torch.zeros_like(kl))  # padding tokens may lie outside the support
 
 
 def check_right_padded(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
@@ -123,6 +196,18 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     mean, var = masked_mean(x, mask), masked_var(x, mask)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     return out if shift_mean else out + mean
+
+
+def whiten_rewards(rewards: torch.Tensor, mask: torch.Tensor, keep_padding: bool = False) -> torch.Tensor:
+    """Whiten the reward vector over its real tokens, keeping its mean (trl's ``whiten_rewards``).
+
+    ``keep_padding=False`` (ours): 0 at padding. ``keep_padding=True`` (trl 0.9.6): padding keeps its
+    whitened value (-mean/std + mean of a zero reward) and, since trl's GAE runs over the padding too,
+    it reaches the real tokens' advantages; pass the result to ``gae(..., mask_rewards=False)`` for that.
+    """
+    mask = mask.to(rewards.dtype)
+    out = masked_whiten(rewards * mask, mask, shift_mean=False)
+    return out if keep_padding else out * mask
 
 
 # --------------------------------------------------------------------------- authors'-code options
