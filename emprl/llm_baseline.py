@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from emprl.progress import bar
+from emprl.progress import bar as progress_bar
 
 # Sec. IV-C, verbatim apart from the bracketed slots, which are filled with "Context: ...\nResponse: ...".
 PROMPT_TEMPLATE = (
@@ -400,8 +400,8 @@ def complete_all(prompts: Sequence[str], endpoint: LLMEndpoint, cache_path, samp
 
     print(f"LLM {endpoint.model} at {endpoint.public_url}: {len(keys)} prompts, {n_cached} in the cache, "
           f"{len(todo)} to request (concurrency {concurrency})", file=sys.stderr)
-    bar = tqdm(total=len(todo), desc=f"LLM {endpoint.model}", unit="req", disable=not progress or not todo,
-               mininterval=1.0, smoothing=0.1)
+    bar = progress_bar(total=len(todo), desc=f"LLM {endpoint.model}", unit="req",
+                       disable=not progress or not todo)
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llm")
     futures = [pool.submit(work, k, p) for k, p in todo.items()]
     try:

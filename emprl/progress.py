@@ -27,25 +27,26 @@ def mode() -> str:
 
 
 def bar(iterable=None, *, desc: str = "", total: int | None = None, initial: int = 0, disable: bool = False,
-        leave: bool = True):
+        leave: bool = True, unit: str = "it"):
     """A progress bar over ``iterable`` (or updated by hand with ``update``), shown as ``$EMPRL_PROGRESS`` says."""
     chosen = "off" if disable else mode()
     if chosen == "auto":
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, desc=desc, total=total, initial=initial, leave=leave)
-    return Summary(iterable, desc=desc, total=total, initial=initial, quiet=chosen == "off", quarters=leave)
+        return tqdm(iterable, desc=desc, total=total, initial=initial, leave=leave, unit=unit)
+    return Summary(iterable, desc=desc, total=total, initial=initial, quiet=chosen == "off", quarters=leave,
+                   unit=unit)
 
 
 class Summary:
     """The few-lines bar: the tqdm calls the loops make (iterate, update, set_postfix, close)."""
 
     def __init__(self, iterable=None, *, desc: str = "", total: int | None = None, initial: int = 0,
-                 quiet: bool = False, quarters: bool = True, file=None):
+                 quiet: bool = False, quarters: bool = True, file=None, unit: str = "it"):
         self.iterable, self.desc, self.n, self.start_n = iterable, desc, initial, initial
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = initial + len(iterable)
-        self.total, self.quiet, self.quarters = total, quiet, quarters
+        self.total, self.quiet, self.quarters, self.unit = total, quiet, quarters, unit
         self.file = file if file is not None else sys.stdout
         self.postfix, self.closed, self.start = "", False, time.perf_counter()
         self._next_quarter = self._quarter_after(initial)
@@ -62,7 +63,9 @@ class Summary:
     def _status(self) -> str:
         elapsed = time.perf_counter() - self.start
         done = self.n - self.start_n
-        rate = f", {done / elapsed:.2f} it/s" if elapsed > 0 and done else ""
+        rate = f", {done / elapsed:.2f} {self.unit}/s" if elapsed > 0 and done else ""
+        if rate and self.total and self.n < self.total:  # the remaining items at the rate so far
+            rate += f", ETA {(self.total - self.n) * elapsed / done:.0f} s"
         of = f"/{self.total}" if self.total else ""
         return f"{self.n}{of} in {elapsed:.1f} s{rate}" + (f" ({self.postfix})" if self.postfix else "")
 
