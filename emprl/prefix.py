@@ -154,6 +154,11 @@ class PrefixT5(nn.Module):
     def __init__(self, t5: T5ForConditionalGeneration, prefix: Prefix):
         super().__init__()
         t5.set_attn_implementation(ATTN_IMPLEMENTATION)
+        # transformers 5.17 gives the encoder and decoder stacks config copies of their own, which that call
+        # leaves as they were (5.24 shares one config); every attention reads its stack's copy
+        for stack in (t5.encoder, t5.decoder):
+            if stack.config._attn_implementation != ATTN_IMPLEMENTATION:
+                stack.config._attn_implementation = ATTN_IMPLEMENTATION
         t5.requires_grad_(False)
         self.t5, self.prefix = t5, prefix
         # (group, layer, attention module) for every attention that takes a prefix
