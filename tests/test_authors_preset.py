@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,28 +18,11 @@ from emprl.reward import masked_mean
 
 torch.set_num_threads(1)
 
-WORDS = "good bad i am so sorry to hear that what happened you feel great day it was nice".split()
+sys.path.insert(0, str(Path(__file__).parent))
+from test_ppo import tiny_t5, tiny_tokenizer  # noqa: E402  (shared tiny fixtures)
+
 CONTEXTS = ["i am so sorry", "what happened", "it was a nice day", "you feel great", "i feel bad",
             "that was so nice", "what day was it", "i hear you"] * 2
-
-
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
-def tiny_t5(seed=0):
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    torch.manual_seed(seed)
-    cfg = T5Config(vocab_size=len(WORDS) + 3, d_model=16, d_ff=32, d_kv=8, num_layers=1, num_decoder_layers=1,
-                   num_heads=2, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    return T5ForConditionalGeneration(cfg).eval()
 
 
 class WordScorer:
