@@ -373,7 +373,7 @@ def train_identifiers(cfg: IdentifierConfig, train_records, val_records, ckpt_ro
             model, tokenizer, saved = load_identifier(directory, device)
             history, resumed = saved["history"], True
             if progress:
-                print(f"{mechanism}: finished checkpoint found in {directory}, not retraining", flush=True)
+                print(f"{mechanism}: finished checkpoint found, not retraining", flush=True)
         else:
             model, tokenizer = build_identifier(cfg, seed)
             model.to(device)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,10 @@ class Run:
                 "resolved": {"device": str(self.device), "precision": self.precision, "threads": self.threads}}
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"{category.__name__}: {message}\n"
+
+
 def setup(profile: str | Profile = "smoke", seed: int = 0, data_dir: str | os.PathLike | None = None,
           output_dir: str | os.PathLike | None = None, device: str | None = None, overrides: Any = None) -> Run:
     """Set up a run: validate the profile (with ``overrides``), choose device, precision and threads,
@@ -220,6 +225,9 @@ def setup(profile: str | Profile = "smoke", seed: int = 0, data_dir: str | os.Pa
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     threads = set_threads(P)
+    # a warning names its category and message, not the source file: notebooks rendered from a run are
+    # documentation, and the file's absolute path is the machine's
+    warnings.formatwarning = _format_warning
     out = resolve_output_dir(name, output_dir)
     paths = Paths(out)
     for folder in (paths.figures, paths.tables, paths.metrics, paths.cache, paths.generations):

@@ -178,7 +178,7 @@ def gold_labels(scorer: EmpathyScorer, examples, cache_dir: str | Path,
                 and cached.get("mechanisms") == list(scorer.mechanisms)):
             return torch.tensor(cached["levels"], dtype=torch.long).reshape(len(responses), len(scorer.mechanisms))
         if progress:
-            print(f"gold labels in {path} are stale (other identifier weights or data): recomputing", flush=True)
+            print(f"gold labels in {path.name} are stale (other identifier weights or data): recomputing", flush=True)
     levels = _levels_with_progress(scorer, contexts, responses, progress)
     record = {"weights_fingerprint": scorer.fingerprint, "data_fingerprint": data_fp,
               "mechanisms": list(scorer.mechanisms), "n": len(responses), "levels": levels.tolist()}
