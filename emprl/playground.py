@@ -75,13 +75,15 @@ def missing_systems(out) -> list[str]:
     return [name for name in SYSTEMS if not saved(Paths(Path(out)).system(name))]
 
 
-def load_systems(out) -> dict[str, tuple]:
-    """{name: (model, tokenizer)} of every system ``find_systems`` finds; a clear error if there is none."""
+def load_systems(out, device: str | torch.device = "cpu") -> dict[str, tuple]:
+    """{name: (model on ``device``, tokenizer)} of every system ``find_systems`` finds; a clear error if
+    there is none."""
     found = find_systems(out)
     if not found:
         raise FileNotFoundError(f"no saved generator under {Path(out) / 'checkpoints'}: run notebooks 03 "
                                 "(generator) and 04 (PPO) into this output folder first")
-    return {name: _load_policy(directory) for name, directory in found.items()}
+    systems = {name: _load_policy(directory) for name, directory in found.items()}
+    return {name: (model.to(device), tokenizer) for name, (model, tokenizer) in systems.items()}
 
 
 # --------------------------------------------------------------------------- replies
@@ -211,13 +213,14 @@ def attention_map(identifier: ident.EmpathyIdentifier, tokenizer, context: str, 
     identifier.eval()
     c_ids = ident.tokenize(tokenizer, [context], max_context_len, "left")[0]
     r_ids = ident.tokenize(tokenizer, [response], max_response_len, "right")[0]
-    c = torch.tensor([c_ids])
-    r = torch.tensor([r_ids])
+    device = next(identifier.parameters()).device
+    c = torch.tensor([c_ids], device=device)
+    r = torch.tensor([r_ids], device=device)
     C = identifier.encode_context(c, torch.ones_like(c))
     R = identifier.encode_response(r, torch.ones_like(r))
     att = identifier.attention
     scores = att.q(R) @ att.k(C).transpose(1, 2) / math.sqrt(R.size(-1))  # [1, Lr, Lc]
-    weights = scores.float().softmax(dim=-1)[0].numpy()
+    weights = scores.float().softmax(dim=-1)[0].cpu().numpy()
     identifier.train(was_training)
     tokens = tokenizer.convert_ids_to_tokens
     return AttentionMap(mechanism, tokens(c_ids), tokens(r_ids), weights)

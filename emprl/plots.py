@@ -1,6 +1,7 @@
 """Every figure the notebooks save, in one style.
 
-Each function draws one figure, saves it as PNG to ``path`` (folders created) and returns it. The
+Each function draws one figure, saves it as PNG to ``path`` (folders created) and returns it (``finish``,
+also for figures drawn elsewhere, such as the playground's). The
 figure is closed for pyplot, so a notebook cell that ends with the call shows it exactly once (Jupyter's
 inline backend renders a returned Figure; nothing is left for it to draw again at the end of the cell).
 ``banner`` (the smoke banner, or a profile line) is the figure's title.
@@ -26,7 +27,8 @@ def _subplots(nrows: int, ncols: int, figsize: tuple[float, float]):
     return plt.subplots(nrows, ncols, figsize=figsize, squeeze=False)
 
 
-def _finish(fig, path, banner: str = ""):
+def finish(fig, path, banner: str = ""):
+    """Title ``fig`` with ``banner``, save it as PNG at ``path`` (folders created), close it, return it."""
     if banner:
         fig.suptitle(banner, color="red" if "SMOKE" in banner else "black", fontsize=10)
     fig.tight_layout()
@@ -54,7 +56,7 @@ def turns_per_dialogue(turns: pd.DataFrame, path, banner: str = ""):
     share = turns.groupby("split")["turns"].value_counts(normalize=True).rename("share").reset_index()
     sns.barplot(data=share, x="turns", y="share", hue="split", hue_order=list(SPLITS), ax=axes[0, 0])
     axes[0, 0].set(title="Utterances per dialogue", xlabel="utterances in the dialogue", ylabel="share of dialogues")
-    return _finish(fig, path, banner)
+    return finish(fig, path, banner)
 
 
 @_styled
@@ -65,7 +67,7 @@ def token_lengths(lengths: pd.DataFrame, path, banner: str = ""):
         sns.histplot(data=lengths, x=kind, hue="split", hue_order=list(SPLITS), stat="density",
                      common_norm=False, element="step", fill=False, bins=40, ax=ax)
         ax.set(title=f"{kind} length", xlabel="whitespace tokens")
-    return _finish(fig, path, banner)
+    return finish(fig, path, banner)
 
 
 @_styled
@@ -75,7 +77,7 @@ def emotions(emotions: pd.DataFrame, order: list[str], path, banner: str = ""):
     share = emotions.groupby("split")["emotion"].value_counts(normalize=True).rename("share").reset_index()
     sns.barplot(data=share, y="emotion", x="share", hue="split", hue_order=list(SPLITS), order=order, ax=axes[0, 0])
     axes[0, 0].set(title="Emotion labels", xlabel="share of dialogues", ylabel="")
-    return _finish(fig, path, banner)
+    return finish(fig, path, banner)
 
 
 @_styled
@@ -86,7 +88,7 @@ def epitome_levels(levels: pd.DataFrame, path, banner: str = ""):
     long["level"] = long["level"].map(dict(enumerate(LEVELS)))
     sns.countplot(data=long, x="mechanism", hue="level", hue_order=list(LEVELS), ax=axes[0, 0])
     axes[0, 0].set(title="EPITOME levels per communication mechanism", xlabel="", ylabel="responses")
-    return _finish(fig, path, banner)
+    return finish(fig, path, banner)
 
 
 @_styled
@@ -101,7 +103,7 @@ def epitome_cooccurrence(levels: pd.DataFrame, both_present: pd.DataFrame, path,
         sns.heatmap(joint, annot=True, fmt="d", cmap="Greens", ax=ax, cbar=False,
                     xticklabels=LEVELS, yticklabels=LEVELS)
         ax.set(title=f"{a} x {b}", xlabel=b, ylabel=a)
-    return _finish(fig, path, banner)
+    return finish(fig, path, banner)
 
 
 @_styled
@@ -111,7 +113,7 @@ def post_lengths(post_len: pd.DataFrame, path, banner: str = ""):
     sns.histplot(data=post_len.melt(var_name="text", value_name="tokens"), x="tokens", hue="text",
                  log_scale=True, element="step", fill=False, bins=40, ax=axes[0, 0])
     axes[0, 0].set(title="EPITOME post lengths", xlabel="whitespace tokens (log scale)")
-    return _finish(fig, path, banner)
+    return finish(fig, path, banner)
 
 
 # ---- 02: identifiers
@@ -123,7 +125,7 @@ def confusion_matrices(metrics: dict[str, dict], path, banner: str = ""):
         sns.heatmap(pd.DataFrame(r["confusion"], index=LEVELS, columns=LEVELS),
                     annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
         ax.set(title=f"{m}\nacc {r['accuracy']:.1f}, wF1 {r['weighted_f1']:.1f}", xlabel="predicted", ylabel="gold")
-    return _finish(fig, path, banner)
+    return finish(fig, path, banner)
 
 
 # ---- 03: generator
@@ -138,7 +140,7 @@ def loss_curves(histories: dict[str, list[dict]], path, banner: str = ""):
         ax.plot(val["step"], val["valid_loss"], "o-", label="validation")
         ax.set(title=f"{name} tuning", xlabel="optimizer step", ylabel="token cross-entropy (nats)")
         ax.legend()
-    return _finish(fig, path, banner)
+    return finish(fig, path, banner)
 
 
 # ---- 04, 06: PPO
@@ -164,7 +166,7 @@ def ppo_curves(log: pd.DataFrame, path, banner: str = ""):
         if col == "kl":
             ax.axhline(0.0, color="grey", lw=0.8)
         ax.set(title=title, xlabel="PPO step")
-    return _finish(fig, path, banner)
+    return finish(fig, path, banner)
 
 
 @_styled
@@ -178,7 +180,28 @@ def ppo_variants(logs: dict[str, pd.DataFrame], path, banner: str = ""):
     axes[0, 1].set(title=PPO_PANELS["kl"], xlabel="PPO step")
     axes[0, 1].axhline(0.0, color="grey", lw=0.8)
     axes[0, 0].legend(fontsize=8)
-    return _finish(fig, path, banner)
+    return finish(fig, path, banner)
+
+
+# ---- 08: the RL study
+STUDY_PANELS = {"emp_reward_mean": "empathy reward R_emp", "kl": "KL per response (the run's estimator)",
+                "response_len": "response length (tokens)", "entropy": "policy entropy per token"}
+
+
+@_styled
+def study_curves(logs: dict[str, pd.DataFrame], path, banner: str = ""):
+    """R_emp, KL, response length and entropy by step, one line per configuration (rolling mean over
+    a twentieth of the steps)."""
+    fig, axes = _subplots(1, len(STUDY_PANELS), (4.5 * len(STUDY_PANELS), 4))
+    for ax, (col, title) in zip(axes[0], STUDY_PANELS.items()):
+        for name, log in logs.items():
+            window = max(len(log) // 20, 1)
+            ax.plot(log["step"], log[col].rolling(window, min_periods=1).mean(), lw=1.5, label=name)
+        if col == "kl":
+            ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set(title=title, xlabel="PPO step")
+    axes[0, 0].legend(fontsize=7)
+    return finish(fig, path, banner)
 
 
 # ---- 05, 06: systems against the paper
@@ -206,4 +229,4 @@ def systems_vs_paper(rows: dict[str, dict], paper: dict, metrics: dict[str, str]
                       ha="right" if len(names) > 2 else "center", fontsize=8)
         ax.set_title(col)
     axes[0, 0].legend(fontsize=8)
-    return _finish(fig, path, banner)
+    return finish(fig, path, banner)

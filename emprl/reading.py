@@ -17,6 +17,7 @@ from emprl.paper_tables import TABLE_I
 SMOKE_CAVEAT = ("**Smoke profile:** a tiny model trained for seconds on an invented sample; the text below "
                 "describes these numbers and shows that the pipeline runs, not anything about EmpRL.")
 PAPER_PPO_STEPS = 24_000  # paper IV-B
+KL_ROUNDING = 1e-5  # a logged KL above -KL_ROUNDING is zero up to float rounding
 
 
 def _bullets(lines: list[str]) -> str:
@@ -246,4 +247,86 @@ def case_studies(agreement: pd.DataFrame, smoke: bool) -> str:
               if row[col] != top]
     lines.append("Limits: a handful of contexts and one sample each; the levels are our identifiers' judgement, "
                  "so this shows what the responses look like, not which system is better (notebook 05 tests that).")
+    return "\n".join(_head(smoke)) + _bullets(lines)
+
+
+def rl_study(table: pd.DataFrame, logs: dict[str, pd.DataFrame], estimators: dict[str, str], base_row: dict,
+             steps: int, smoke: bool) -> str:
+    """08: which configurations meet the criteria, how each moved R_emp and Emp-F1, where the KL went negative.
+
+    ``table``: ``study.study_table`` (validation split); ``logs``/``estimators``: each configuration's PPO
+    log and ``kl_estimator``; ``base_row``: the model without RL's ``evaluation.evaluate_system`` row."""
+    from emprl import study
+
+    lines = [study.finding(table, steps, split="validation")]
+    lines.append(f"The model without RL (validation, n={base_row['n_examples']}): Emp-F1 "
+                 f"{base_row['emp_f1']:.2f}, Dist-2 {base_row['dist2']:.2f}, PPL {base_row['ppl']:.2f}.")
+    for name, row in table.iterrows():
+        rise, noise = float(row["R_emp rise"]), 2 * float(row["rise SE"])
+        trend = ("rose" if row["(a) R_emp rises"] else "**fell**" if rise < -noise else
+                 f"no change beyond two standard errors ({noise:.4f})")
+        lines.append(f"{name}: training R_emp {row['R_emp first 10%']:.4f} -> {row['R_emp last 10%']:.4f}, "
+                     f"{trend}; validation Emp-F1 {row['Emp-F1']:.2f} ({_signed(float(row['Emp-F1 diff']))} "
+                     f"against w/o RL, 95% CI {row['Emp-F1 diff 95% CI']}, p = {float(row['Emp-F1 p']):.3f}); "
+                     f"mean length {float(row['mean length']):.1f} tokens, "
+                     f"PPL {float(row['PPL / w/o RL']):.2f}x w/o RL's.")
+    # below -KL_ROUNDING: float rounding leaves |KL| ~ 1e-7 where the policy still is the reference
+    negative = {n: (int((log["kl"] < -KL_ROUNDING).sum()), len(log), float(log["kl"].min()))
+                for n, log in logs.items()}
+    below = [f"{n} ({estimators[n]}: {k} of {total} steps, minimum {low:.4f})"
+             for n, (k, total, low) in negative.items() if k]
+    if below:
+        lines.append("The KL estimate went below zero under " + ", ".join(below) + ". Under `sampled` (Eq. 6) "
+                     "that is expected: responses are drawn with top-k and temperature, not from pi, so "
+                     "E[log pi - log rho] is no KL and -beta x KL becomes a bonus; `warped` is a one-sample "
+                     "estimate of KL(q_pi || q_rho), negative only through sampling noise"
+                     + ("; `full` sums an exact KL and can never be negative: **that is a bug**."
+                        if any(estimators[n] == "full" for n, (k, _, _) in negative.items() if k) else "."))
+    else:
+        lines.append(f"The KL estimate stayed above -{KL_ROUNDING:g} at every step of every configuration.")
+    lines.append(f"Limits: {steps} PPO steps per configuration against the paper's {PAPER_PPO_STEPS:,}; one "
+                 "training run (seed) per configuration, so the paired tests measure the validation sample's "
+                 "noise, not the spread between training runs; the identifiers that give R_emp also measure Emp-F1.")
+    return "\n".join(_head(smoke)) + _bullets(lines)
+
+
+def playground(scores, maps: dict, shown: str, smoke: bool) -> str:
+    """09: the static example: which reply the reward prefers, which levels match the human reply's,
+    and where each identifier's attention goes for the reply ``shown``.
+
+    ``scores``: ``playground.score`` with a gold reply (its last row the human reply); ``maps``:
+    ``playground.attention_maps`` of ``shown``'s reply, mechanism -> AttentionMap."""
+    from emprl.data import LEVELS
+    from emprl.playground import SHORT, by_words
+
+    names = scores.names[:-1]  # the last row is the human reply, scored against its own levels
+    r_emp = dict(zip(names, (float(v) for v in scores.r_emp[:-1])))
+    gold = " / ".join(f"{SHORT[m]} {LEVELS[int(v)]}" for m, v in zip(SHORT, scores.gold_levels))
+    human = float(scores.r_emp[-1])
+    above = [n for n in names if r_emp[n] > human]
+    lines = [f"The identifiers put the human reply at {gold}; it scores R_emp {human:.4f} against its own levels "
+             f"(the product of the identifiers' confidence in them). {len(above)} of {len(names)} systems' replies "
+             "score higher: R_emp rewards the identifiers' confidence in the gold levels, not closeness to the "
+             "human reply." if above else
+             f"The identifiers put the human reply at {gold}; it scores R_emp {human:.4f} against its own levels "
+             "(the product of the identifiers' confidence in them), and no system's reply scores higher."]
+    best, worst = max(r_emp, key=r_emp.get), min(r_emp, key=r_emp.get)
+    if len(r_emp) > 1:
+        lines.append(f"Of the {len(r_emp)} systems' replies, {best}'s has the highest R_emp "
+                     f"({r_emp[best]:.4f}) and {worst}'s the lowest ({r_emp[worst]:.4f}).")
+    elif r_emp:
+        lines.append(f"{best}'s reply scores R_emp {r_emp[best]:.4f}.")
+    same = [n for k, n in enumerate(names) if (scores.levels[k] == scores.gold_levels).all()]
+    lines.append(f"{len(same)} of {len(names)} replies get the human reply's level in all three mechanisms"
+                 + (f" ({'; '.join(same)})." if same else "."))
+    for m, amap in maps.items():
+        words = by_words(amap)
+        mean = words.weights.mean(axis=0)
+        top = int(mean.argmax())
+        lines.append(f"{SHORT.get(m, m)} identifier, {shown}'s reply: the most attended context word is "
+                     f"'{words.context_tokens[top]}' (mean weight {mean[top]:.3f}, against "
+                     f"{1 / len(mean):.3f} if the attention were uniform over the {len(mean)} words).")
+    lines.append("Limits: one context and one sample per system under one seed; the levels and the attention "
+                 "are our identifiers' (notebook 02), so they show how the reward sees a reply, not how empathic "
+                 "it is.")
     return "\n".join(_head(smoke)) + _bullets(lines)

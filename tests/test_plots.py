@@ -42,6 +42,17 @@ def test_ppo_curves_one_panel_per_logged_quantity(tmp_path):
     assert len(fig.axes[0].get_lines()) == 2
 
 
+def test_study_curves_one_line_per_configuration_rolling_mean(tmp_path):
+    n = 40
+    log = pd.DataFrame({"step": np.arange(1, n + 1), **{c: np.arange(n, dtype=float) for c in plots.STUDY_PANELS}})
+    fig = _saved(plots.study_curves({"paper": log, "exact KL": log * 2}, tmp_path / "s.png", "b"), tmp_path / "s.png")
+    assert [ax.get_title() for ax in fig.axes] == list(plots.STUDY_PANELS.values())
+    paper, exact = fig.axes[0].get_lines()
+    # window n // 20 = 2: the mean of 0..39 over pairs is 0, 0.5, 1.5, ...
+    assert list(paper.get_ydata()[:3]) == [0.0, 0.5, 1.5] and exact.get_ydata()[-1] == pytest.approx(77.0)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["paper", "exact KL"]
+
+
 def test_systems_vs_paper_bars_ours_and_the_papers(tmp_path):
     rows = {"EmpRL": {"dist1": 3.0, "dist1_low": 2.0, "dist1_high": 4.5, "ppl": 20.0},
             "w/o RL": {"dist1": 2.0, "dist1_low": 1.0, "dist1_high": 2.5, "ppl": 21.0}}

@@ -118,3 +118,56 @@ def test_case_studies_name_the_best_match():
     agreement.loc["ours: EmpRL", "same level as gold (%)"] = 75.0
     assert "ours: EmpRL and paper: EmpRL tie in matching" in reading.case_studies(agreement, smoke=False)
     assert np.isfinite(agreement.values).all()
+
+
+def _study_row(first, last, rise_se, meets, emp_f1_diff=1.0, p=0.01):
+    return {"R_emp first 10%": first, "R_emp last 10%": last, "R_emp rise": last - first, "rise SE": rise_se,
+            "Emp-F1": 50.0 + emp_f1_diff, "Emp-F1 diff": emp_f1_diff, "Emp-F1 diff 95% CI": "[0.50, 1.50]",
+            "Emp-F1 p": p, "mean length": 9.0, "PPL / w/o RL": 1.1, "(a) R_emp rises": last - first > 2 * rise_se,
+            "(b) Emp-F1 beats w/o RL": meets, "(c) sound": True, "meets (a)-(c)": meets}
+
+
+def test_rl_study_reads_trends_negative_kl_and_the_choice():
+    from emprl import study
+
+    table = study.study_table({"paper": _study_row(0.2, 0.1, 0.01, False, -1.0, 0.3),
+                               "exact KL": _study_row(0.2, 0.3, 0.01, True),
+                               "beta 0.05": _study_row(0.2, 0.205, 0.01, False, 0.0, 0.9)})
+    logs = {"paper": _log([0.2] * 4, [0.0, -0.3, 0.1, -0.1]), "exact KL": _log([0.2] * 4, [0.0, 0.1, 0.2, 0.3]),
+            "beta 0.05": _log([0.2] * 4, [0.0] * 4)}
+    estimators = {"paper": "sampled", "exact KL": "full", "beta 0.05": "sampled"}
+    base = {"n_examples": 25, "emp_f1": 50.0, "dist2": 20.0, "ppl": 100.0}
+    text = reading.rl_study(table, logs, estimators, base, 4, smoke=True)
+    assert text.startswith(reading.SMOKE_CAVEAT) and "exact KL meets (a)-(c)" in text
+    assert "paper: training R_emp 0.2000 -> 0.1000, **fell**" in text
+    assert "exact KL: training R_emp 0.2000 -> 0.3000, rose" in text
+    assert "beta 0.05: training R_emp 0.2000 -> 0.2050, no change beyond two standard errors (0.0200)" in text
+    assert "(-1.00 against w/o RL, 95% CI [0.50, 1.50], p = 0.300)" in text
+    assert "below zero under paper (sampled: 2 of 4 steps, minimum -0.3000)." in text and "a bug" not in text
+    logs["exact KL"]["kl"] = [0.0, -0.1, 0.2, 0.3]
+    assert "**that is a bug**" in reading.rl_study(table, logs, estimators, base, 4, smoke=False)
+    logs = {n: _log([0.2] * 4, [-1e-7, 0.0, 0.0, 0.0]) for n in logs}  # float rounding, not a negative KL
+    assert "stayed above -1e-05" in reading.rl_study(table, logs, estimators, base, 4, smoke=False)
+
+
+def test_playground_names_the_best_reply_matching_levels_and_attention_peak():
+    from emprl.playground import AttentionMap, Scores
+
+    # rows: EmpRL, w/o RL, the human reply; mechanisms ER, IP, EX; levels none/weak/strong
+    probs = np.array([[[0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.5, 0.4, 0.1]],
+                      [[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.5, 0.4, 0.1]],
+                      [[0.1, 0.1, 0.8], [0.9, 0.05, 0.05], [0.6, 0.3, 0.1]]])
+    gold = probs[-1].argmax(-1)  # strong, none, none
+    r_emp = probs[:, np.arange(3), gold].prod(-1)  # 0.7*0.6*0.5, 0.1*0.6*0.5, 0.8*0.9*0.6
+    scores = Scores(["EmpRL", "w/o RL", "Gold (human)"], ["a", "b", "c"], probs, gold, r_emp)
+    # context words "my" (pieces "my") and "dog" (pieces "do", "##g"); the response's two rows
+    amap = AttentionMap("emotional_reactions", ["my", "do", "##g"], ["so", "sad"],
+                        np.array([[0.5, 0.25, 0.25], [0.1, 0.45, 0.45]]))
+    text = reading.playground(scores, {"emotional_reactions": amap}, "EmpRL", smoke=False)
+    assert "at ER strong / IP none / EX none; it scores R_emp 0.4320" in text and "no system's reply scores" in text
+    assert "EmpRL's has the highest R_emp (0.2100) and w/o RL's the lowest (0.0300)" in text
+    assert "1 of 2 replies get the human reply's level in all three mechanisms (EmpRL)." in text
+    # "dog" gets 0.5 and 0.9 down the rows: mean 0.7; uniform over 2 words 0.5
+    assert "the most attended context word is 'dog' (mean weight 0.700, against 0.500 if" in text
+    scores.r_emp[0] = 0.5  # above the human reply's 0.432
+    assert "1 of 2 systems' replies score higher" in reading.playground(scores, {}, "EmpRL", smoke=False)
