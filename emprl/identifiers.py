@@ -306,8 +306,9 @@ def save_identifier(model: EmpathyIdentifier, tokenizer, directory: str | Path, 
         "max_context_len": cfg.max_context_len,
         "max_response_len": cfg.max_response_len,
         "identifier_config": asdict(cfg),
-        "context_encoder": model.context_encoder.config.to_dict(),
-        "response_encoder": model.response_encoder.config.to_dict(),
+        # without transformers' "_name_or_path": where the encoder was loaded from is this machine's path
+        **{f"{side}_encoder": {k: v for k, v in getattr(model, f"{side}_encoder").config.to_dict().items()
+                               if k != "_name_or_path"} for side in ("context", "response")},
         **(extra or {}),
     }
     ckpt.atomic_write_text(directory / CONFIG, json.dumps(config, indent=2, default=str))  # last: marks complete

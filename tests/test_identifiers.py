@@ -136,6 +136,7 @@ def test_save_load_round_trip_identical_logits(tokenizer, tmp_path):
     I.save_identifier(model, tokenizer, tmp_path / "m", CFG, extra={"mechanism": "explorations"})
     loaded, tok, config = I.load_identifier(tmp_path / "m")
     assert config["pooling"] == "mean" and config["mechanism"] == "explorations"
+    assert "_name_or_path" not in (tmp_path / "m" / "config.json").read_text()  # a path of the saving machine
     a = I.predict_logits(model, tokenizer, CONTEXTS, RESPONSES, 24, 12)
     b = I.predict_logits(loaded, tok, CONTEXTS, RESPONSES, 24, 12)
     assert torch.equal(a, b)
