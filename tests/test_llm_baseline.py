@@ -123,8 +123,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b'{"object": "text_completion", "choices": [{"text": "hi", "index": 0}]}')
         elif fault == "drop":
             self.close_connection = True  # no status line at all
-        elif fault == "slow":
-            time.sleep(1.6)
+        elif fault == "slow":  # well past the client's timeout even on a loaded machine
+            time.sleep(4.5)
             self._send(200, json.dumps({"choices": [{"message": {"content": "too late"}}]}).encode())
         else:
             finish = "length" if fault == "length" else "stop"
@@ -152,7 +152,8 @@ def server():
     httpd.server_close()
 
 
-FAST = {"timeout": 1.0, "backoff": 0.01, "max_wait": 2.0, "progress": False}
+# timeout 3 s: only the "slow" fault (4.5 s) times out, not a plain reply on a busy CI machine
+FAST = {"timeout": 3.0, "backoff": 0.01, "max_wait": 2.0, "progress": False}
 
 
 def free_port() -> int:
