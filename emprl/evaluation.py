@@ -46,14 +46,24 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
     ppl = generator.perplexity(model, tokenizer, gen_contexts, [ex.response for ex in examples],
                                batch_size=eval_cfg.batch_size, max_source_len=gen_cfg.max_source_len, progress=progress)
     timings["ppl_s"] = time.perf_counter() - t
+    result = score_responses(responses, score_contexts, gold, scorer, eval_cfg, seed, ppl=ppl)
+    result["row"].update(timings)
+    return result
+
+
+def score_responses(responses, score_contexts, gold, scorer, eval_cfg, seed: int = 0, ppl=None) -> dict:
+    """Levels of the responses by the identifiers, then Dist-n and Emp-F1 with CIs: the one metrics call
+    every system goes through (ours, and the LLM baseline, which has no PPL).
+
+    Returns {"row": metrics.evaluate_responses(...) + timings, "responses": [...], "levels": [N, 3] array}.
+    """
     t = time.perf_counter()
-    levels = scorer.levels(score_contexts, responses).numpy()
-    timings["scoring_s"] = time.perf_counter() - t
+    levels = scorer.levels(list(score_contexts), responses).numpy()
+    scoring_s = time.perf_counter() - t
     t = time.perf_counter()
     row = metrics.evaluate_responses(responses, levels, np.asarray(gold), ppl=ppl, tokenizer=eval_cfg.tokenizer,
                                      n_boot=eval_cfg.bootstrap, seed=seed, level=eval_cfg.ci_level)
-    timings["metrics_s"] = time.perf_counter() - t
-    row.update(timings)
+    row.update(scoring_s=scoring_s, metrics_s=time.perf_counter() - t)
     return {"row": row, "responses": responses, "levels": levels}
 
 

@@ -512,17 +512,13 @@ def save_generations(out, examples, run: Completions, endpoint: LLMEndpoint, sam
 
 
 def evaluate(run: Completions, score_contexts: Sequence[str], gold, scorer, eval_cfg, seed: int = 0) -> dict:
-    """The LLM's Table II row through the same metrics call as ``evaluation.evaluate_system`` (no PPL:
-    the paper has none for ChatGPT). Returns {"row", "responses", "levels"} like evaluate_system."""
-    import numpy as np
+    """The LLM's Table II row through the metrics call of our systems, ``evaluation.score_responses`` (no
+    PPL: the paper has none for ChatGPT). Returns {"row", "responses", "levels"} like evaluate_system."""
+    from emprl.evaluation import score_responses
 
-    from emprl import metrics
-
-    levels = scorer.levels(list(score_contexts), run.responses).numpy()
-    row = metrics.evaluate_responses(run.responses, levels, np.asarray(gold), tokenizer=eval_cfg.tokenizer,
-                                     n_boot=eval_cfg.bootstrap, seed=seed, level=eval_cfg.ci_level)
-    row["truncated"] = run.truncated
-    return {"row": row, "responses": run.responses, "levels": levels}
+    result = score_responses(run.responses, score_contexts, gold, scorer, eval_cfg, seed)
+    result["row"]["truncated"] = run.truncated
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

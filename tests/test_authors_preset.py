@@ -19,18 +19,11 @@ from emprl.reward import masked_mean
 torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_ppo import tiny_t5, tiny_tokenizer  # noqa: E402  (shared tiny fixtures)
+from test_ppo import WordScorer, tiny_t5, tiny_tokenizer  # noqa: E402  (shared tiny fixtures)
 
 CONTEXTS = ["i am so sorry", "what happened", "it was a nice day", "you feel great", "i feel bad",
             "that was so nice", "what day was it", "i hear you"] * 2
 
-
-class WordScorer:
-    def logits(self, contexts, responses):
-        frac = torch.tensor([r.split().count("good") / max(len(r.split()), 1) for r in responses])
-        out = torch.zeros(len(responses), 3, 3)
-        out[:, :, 2] = 4.0 * frac[:, None]
-        return out
 
 
 # --------------------------------------------------------------------------- the preset itself

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from test_ppo import WORDS  # noqa: E402  (shared tiny fixtures)
+from test_ppo import WordScorer as _WordScorer  # noqa: E402
 from test_ppo import tiny_tokenizer as _tiny_tokenizer  # noqa: E402
 
 
@@ -38,14 +39,6 @@ def _tiny_t5(seed=0):
     return T5ForConditionalGeneration(cfg).eval()
 
 
-class _WordScorer:
-    def logits(self, contexts, responses):
-        import torch
-
-        frac = torch.tensor([r.split().count("good") / max(len(r.split()), 1) for r in responses])
-        out = torch.zeros(len(responses), 3, 3)
-        out[:, :, 2] = 4.0 * frac[:, None]
-        return out
 
 
 def _flat_grad(model):
