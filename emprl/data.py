@@ -111,6 +111,11 @@ class DialogueExample:
     response: str
     turn: int  # zero-based index of the response in its dialogue: 1, 3, 5, ...
 
+    @property
+    def id(self) -> str:
+        """``conv_id/turn``: unique in a split (a dialogue gives one example per listener turn)."""
+        return f"{self.conv_id}/{self.turn}"
+
 
 def load_dialogues(split: str, data_dir: str | Path | None = None) -> list[Dialogue]:
     """The dialogues of one split, in file order, from ``{split}.jsonl.gz`` if it exists, else ``{split}.csv``.

@@ -194,7 +194,12 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
         timings[nb.name] = round(time.perf_counter() - start, 1)
         print(f"[emprl.pipeline] {nb.name} done in {timings[nb.name]:.1f} s", flush=True)
     (out_dir / "metrics").mkdir(exist_ok=True)
-    (out_dir / "metrics" / "pipeline_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    timings_file = out_dir / "metrics" / "pipeline_timings.json"
+    if only is not None and timings_file.is_file():  # a partial run updates the timings of its notebooks
+        timings_all = {**json.loads(timings_file.read_text()), **timings}
+    else:
+        timings_all = timings
+    timings_file.write_text(json.dumps(dict(sorted(timings_all.items())), indent=2) + "\n")
     if only is None:
         try:
             from emprl.report import write_report

@@ -127,6 +127,7 @@ class PPOConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     max_examples: int | None = None  # cap on test examples evaluated (None: the whole test split)
+    study_max_examples: int | None = None  # validation examples per configuration in the RL study (None: all)
     batch_size: int = 32  # sampling / PPL batch (length-sorted)
     bootstrap: int = 1000  # bootstrap resamples for CIs and paired tests
     ci_level: float = 0.95
@@ -198,7 +199,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "generator": {"epochs": 1, "lr": 5e-4, "batch_size": 32, "full_epochs": 3, "full_lr": 5e-4,
                       "eval_every": 200, "eval_examples": 1000, "patience": 3},
         "ppo": {"steps": 200, "checkpoint_every": 50},  # about 15-20 min on 2 CPU cores
-        "evaluation": {"ablation_ppo_steps": 100, "ablation_no_kl_steps": 100},
+        # the RL study (notebook 08) selects on 1,000 validation examples: 7 systems on the whole split would
+        # take about an hour here
+        "evaluation": {"ablation_ppo_steps": 100, "ablation_no_kl_steps": 100, "study_max_examples": 1000},
     },
     # Real data on one GPU (an H100) in at most 7 minutes for notebooks 01-07. The arithmetic, from the GPU
     # figures in NOTES.md section 5 (t5-base eager forward+backward 93 ms at batch 8, launch-bound, so a
@@ -262,7 +265,7 @@ RANGES: dict[str, tuple] = {
                                      "checkpoint_every", "log_every", "value_clip", "clip")},
     **{f"ppo.{k}": NON_NEGATIVE for k in ("weight_decay", "beta", "alpha")},
     "ppo.gamma": UNIT, "ppo.lam": UNIT,
-    **{f"evaluation.{k}": POSITIVE for k in ("max_examples", "batch_size", "bootstrap", "ablation_ppo_steps",
+    **{f"evaluation.{k}": POSITIVE for k in ("max_examples", "study_max_examples", "batch_size", "bootstrap", "ablation_ppo_steps",
                                             "ablation_no_kl_steps", "n_random_cases", "human_eval_contexts")},
     "evaluation.ci_level": OPEN_UNIT,
 }
