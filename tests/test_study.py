@@ -66,7 +66,7 @@ def test_config_settings_and_finding():
     assert gen.max_new_tokens == P.generator.max_new_tokens
     cfg, gen = study.config_settings(P, "same-warp KL", steps=3)
     assert cfg.kl_estimator == "warped" and cfg.lr == P.ppo.lr and not gen.length_counts_start_token
-    assert len(study.CONFIGS) >= 6
+    assert len(study.DEFAULT) >= 6 and set(study.DEFAULT) <= set(study.CONFIGS)
     with pytest.raises(ValueError, match="unknown study configuration"):
         study.config_settings(P, "best")
     table = pd.DataFrame({"R_emp rise": [0.02, -0.01], "Emp-F1 diff": [1.0, 2.0], "Emp-F1 p": [0.01, 0.2],
