@@ -2,12 +2,16 @@
 
     make browser-test
     # or: python -m pytest -q -m browser tests/browser   (EMPRL_PLAYGROUND_OUT=DIR reuses a smoke run of 02-04)
+    # another profile's checkpoints: EMPRL_PLAYGROUND_PROFILE=offline EMPRL_PLAYGROUND_OUT=outputs/offline ...
 
 Chromium comes from the operating system (Debian: ``apt-get install chromium``; or set ``EMPRL_CHROMIUM``
 to its executable) and ``playwright`` drives it through ``executable_path``: nothing is downloaded at
 run time. Without Chromium or playwright the test skips and says which is missing. It trains the smoke
 profile's identifiers, generators and EmpRL policy (notebooks 02-04) into a temporary folder unless
 ``EMPRL_PLAYGROUND_OUT`` names a folder that holds them, and saves ``outputs/playground/screenshot.png``.
+``EMPRL_PLAYGROUND_PROFILE`` (default smoke) sets the served notebook's ``profile`` parameter, for a run of
+another profile named by ``EMPRL_PLAYGROUND_OUT`` (never trained here); its screenshot is
+``screenshot_<profile>.png``.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nbformat
 import pytest
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "09_playground.ipynb"
-SCREENSHOT = ROOT / "outputs" / "playground" / "screenshot.png"
+PROFILE = os.environ.get("EMPRL_PLAYGROUND_PROFILE", "smoke")
+SCREENSHOT = ROOT / "outputs" / "playground" / ("screenshot.png" if PROFILE == "smoke" else f"screenshot_{PROFILE}.png")
 
 
 def _chromium() -> str | None:
@@ -60,6 +66,9 @@ def run_dir(tmp_path_factory) -> Path:
     reuse = os.environ.get("EMPRL_PLAYGROUND_OUT")
     if reuse and (Path(reuse) / "checkpoints" / "ppo" / "emprl" / "policy" / "generator.json").is_file():
         return Path(reuse)
+    if PROFILE != "smoke":
+        pytest.fail(f"EMPRL_PLAYGROUND_PROFILE={PROFILE}: EMPRL_PLAYGROUND_OUT must name a folder with that "
+                    f"profile's notebooks 02-04 run (no checkpoints/ppo/emprl/policy in {reuse})")
     out = Path(reuse) if reuse else tmp_path_factory.mktemp("smoke_run")
     subprocess.run([sys.executable, "-m", "emprl.pipeline", "--profile", "smoke", "--only", "02,03,04",
                     "--out", str(out)], cwd=ROOT, env=_env(out), check=True, timeout=1800)
@@ -74,9 +83,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def lab(run_dir, tmp_path_factory):
-    """JupyterLab on 127.0.0.1 with a random token, serving a copy of notebook 09 (the source stays as it is)."""
+    """JupyterLab on 127.0.0.1 with a random token, serving a copy of notebook 09 with ``PROFILE`` as its profile."""
     serve = tmp_path_factory.mktemp("lab")
-    shutil.copy(NOTEBOOK, serve / NOTEBOOK.name)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert 'profile = "smoke"' in cell.source, "notebook 09's parameters cell no longer sets profile = \"smoke\""
+    cell.source = cell.source.replace('profile = "smoke"', f'profile = "{PROFILE}"')
+    nbformat.write(nb, serve / NOTEBOOK.name)
     port, token = _free_port(), secrets.token_hex(16)
     jupyter_dirs = {k: str(serve / k.lower()) for k in ("JUPYTER_RUNTIME_DIR", "JUPYTER_CONFIG_DIR")}
     log = open(serve / "jupyterlab.log", "w")
