@@ -103,6 +103,16 @@ def test_one_example_per_listener_turn():
     assert [e.turn for e in examples] == [1, 3, 5]
     assert [e.context for e in examples] == [turns[:1], turns[:3], turns[:5]]
     assert [e.response for e in examples] == ["u1", "u3", "u5"]
+    assert [e.id for e in examples] == ["c/1", "c/3", "c/5"]
+
+
+def test_example_ids_are_unique_in_a_split(tmp_path):
+    """The committed generations are keyed by ``id``: one per example, though a dialogue gives several."""
+    from emprl import smoke_sample
+
+    test = data.load_empathetic_dialogues("test", smoke_sample.write(tmp_path))
+    assert len({e.conv_id for e in test}) < len(test)
+    assert len({e.id for e in test}) == len(test)
 
 
 def test_empty_utterances(tmp_path):

@@ -146,3 +146,16 @@ def test_data_label_names_the_data_without_its_path(tmp_path, monkeypatch):
     assert data_label(tmp_path / "ed_data") == "data folder ed_data"
     monkeypatch.setenv("EMPRL_DATA_DIR", str(tmp_path / "ed_data"))
     assert data_label() == data_label(str(tmp_path / "ed_data")) == "$EMPRL_DATA_DIR"
+
+
+def test_a_partial_run_updates_the_timings_of_its_notebooks(tmp_path):
+    nbdir, out = tmp_path / "nbs", tmp_path / "out"
+    nbdir.mkdir()
+    for name in ("01_a.ipynb", "02_b.ipynb"):
+        _notebook(nbdir / name, "x = 1")
+    pipeline.run("smoke", only="01", out=str(out), notebook_dir=nbdir)
+    pipeline.run("smoke", only="02", out=str(out), notebook_dir=nbdir)
+    timings = json.loads((out / "metrics" / "pipeline_timings.json").read_text())
+    assert sorted(timings) == ["01_a.ipynb", "02_b.ipynb"]
+    pipeline.run("smoke", out=str(out), notebook_dir=nbdir, only=None)  # a full run starts afresh
+    assert sorted(json.loads((out / "metrics" / "pipeline_timings.json").read_text())) == ["01_a.ipynb", "02_b.ipynb"]
