@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emprl.checkpoint import atomic_write_text
 from emprl.profiles import PROFILES, get_profile, parse_overrides
 from emprl.run import REPO_ROOT, setup
 
@@ -199,7 +200,8 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
         timings_all = {**json.loads(timings_file.read_text()), **timings}
     else:
         timings_all = timings
-    timings_file.write_text(json.dumps(dict(sorted(timings_all.items())), indent=2) + "\n")
+    # atomic: two partial runs into one folder (e.g. 04-07 beside 08) must not leave a torn file
+    atomic_write_text(timings_file, json.dumps(dict(sorted(timings_all.items())), indent=2) + "\n")
     if only is None:
         try:
             from emprl.report import write_report

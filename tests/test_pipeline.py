@@ -157,5 +157,7 @@ def test_a_partial_run_updates_the_timings_of_its_notebooks(tmp_path):
     pipeline.run("smoke", only="02", out=str(out), notebook_dir=nbdir)
     timings = json.loads((out / "metrics" / "pipeline_timings.json").read_text())
     assert sorted(timings) == ["01_a.ipynb", "02_b.ipynb"]
+    timings["00_removed.ipynb"] = 1.0  # a notebook that no longer exists
+    (out / "metrics" / "pipeline_timings.json").write_text(json.dumps(timings))
     pipeline.run("smoke", out=str(out), notebook_dir=nbdir, only=None)  # a full run starts afresh
     assert sorted(json.loads((out / "metrics" / "pipeline_timings.json").read_text())) == ["01_a.ipynb", "02_b.ipynb"]
