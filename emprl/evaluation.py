@@ -1,9 +1,11 @@
-"""Evaluate a generator on the test split: sample, PPL, identifier levels, metrics (notebooks 05-07).
+"""Evaluate a generator on the test split: sample, PPL, identifier levels, metrics (notebooks 05-08).
 
 ``evaluate_system`` runs the three costly parts once each, batched: ``policy.sample_responses``
-and ``generator.perplexity`` (length-sorted batches) and one ``scorer.levels`` call (the three
-mechanisms scored together, length-sorted). Gold levels come from the cache that
-``scoring.gold_labels`` keeps (computed once per identifier weights), not from here.
+(``eval_cfg.samples_per_context`` = m responses per context, in m blocks of N), ``generator.perplexity``
+(length-sorted batches) and one ``scorer.levels`` call over the m x N pairs (the three mechanisms scored
+together, length-sorted; each context encoded once, or read from the scorer's context cache). Gold
+levels come from the cache that ``scoring.gold_labels`` keeps (computed once per identifier weights).
+``floor_rows`` are the reference predictors of every table (``metrics.FLOORS``) on the same gold levels.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emprl import checkpoint as ckpt
 from emprl import metrics
 from emprl.paper_tables import TABLE_II, as_frame
 
 METRIC_COLUMNS = {"ppl": "PPL", "dist1": "Dist-1", "dist2": "Dist-2", "emp_f1": "Emp-F1 (%)"}
+# beyond the paper: chance-corrected agreement with the gold levels (Emp-F1's floor sits near every system)
+AGREEMENT_COLUMNS = {"kappa": "kappa (mean)", "all_match": "all 3 match (%)"}
+METRIC_LABELS = {"dist1": "Dist-1", "dist2": "Dist-2", "emp_f1": "Emp-F1 (%)", **AGREEMENT_COLUMNS}
 
 
 def is_saved_generator(directory) -> bool:
@@ -37,23 +43,26 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
     from emprl.data import context_texts
 
     gen_contexts, score_contexts = context_texts(examples, max_context_tokens)
+    m = getattr(eval_cfg, "samples_per_context", 1)
     timings = {}
     t = time.perf_counter()
-    responses = policy.sample_responses(model, tokenizer, gen_contexts, gen_cfg, seed=seed,
-                                           batch_size=eval_cfg.batch_size, progress=progress)
+    # m blocks of N: sample j of context i at j * N + i (metrics.evaluate_responses' layout)
+    responses = policy.sample_responses(model, tokenizer, gen_contexts * m, gen_cfg, seed=seed,
+                                        batch_size=eval_cfg.batch_size, progress=progress)
     timings["generation_s"] = time.perf_counter() - t
     t = time.perf_counter()
     ppl = generator.perplexity(model, tokenizer, gen_contexts, [ex.response for ex in examples],
                                batch_size=eval_cfg.batch_size, max_source_len=gen_cfg.max_source_len, progress=progress)
     timings["ppl_s"] = time.perf_counter() - t
-    result = score_responses(responses, score_contexts, gold, scorer, eval_cfg, seed, ppl=ppl)
+    result = score_responses(responses, score_contexts * m, gold, scorer, eval_cfg, seed, ppl=ppl)
     result["row"].update(timings)
     return result
 
 
 def score_responses(responses, score_contexts, gold, scorer, eval_cfg, seed: int = 0, ppl=None) -> dict:
-    """Levels of the responses by the identifiers, then Dist-n and Emp-F1 with CIs: the one metrics call
-    every system goes through (ours, and the LLM baseline, which has no PPL).
+    """Levels of the responses by the identifiers, then Dist-n, Emp-F1 and agreement with CIs: the one metrics
+    call every system goes through (ours, and the LLM baseline, which has no PPL). ``responses`` and
+    ``score_contexts`` hold m blocks of N (``gold`` has N rows).
 
     Returns {"row": metrics.evaluate_responses(...) + timings, "responses": [...], "levels": [N, 3] array}.
     """
@@ -68,47 +77,75 @@ def score_responses(responses, score_contexts, gold, scorer, eval_cfg, seed: int
 
 
 def _ci(row: dict, key: str) -> str:
+    if row.get(key) is None:
+        return "-"
     return f"[{row[key + '_low']:.2f}, {row[key + '_high']:.2f}]"
 
 
+def floor_rows(gold, eval_cfg, seed: int = 0) -> dict[str, dict]:
+    """The reference predictors (``metrics.FLOORS``) as table rows on the gold levels ``gold`` [N, 3]:
+    {"floor: <kind>": metrics row} (no responses: no PPL or Dist-n)."""
+    gold = np.asarray(gold)
+    return {f"floor: {kind}": metrics.evaluate_responses(None, metrics.floor_levels(gold, kind, seed), gold,
+                                                         n_boot=eval_cfg.bootstrap, seed=seed, level=eval_cfg.ci_level)
+            for kind in metrics.FLOORS}
+
+
 def comparison_table(paper: dict, ours: dict[str, dict], paper_label: str, ours_label: str,
-                     extra: dict[str, dict] | None = None) -> pd.DataFrame:
+                     extra: dict[str, dict] | None = None, floors: dict[str, dict] | None = None) -> pd.DataFrame:
     """The paper's rows as a reference block above our measured rows, in the paper's columns.
 
-    ``ours``: {system: metrics row}; our block adds 95% CIs and the number of examples.
-    ``extra``: {system: {column: value}} added to our rows (e.g. PPO steps).
+    ``ours``: {system: metrics row}; our block adds 95% CIs, mean kappa and all-three-match, the number of
+    contexts n and of samples per context m. ``floors`` (``floor_rows``): reference rows below ours, and a
+    column with every row's Emp-F1 above the constant-majority floor. ``extra``: {system: {column: value}}
+    added to our rows (e.g. PPO steps).
     """
     ref = as_frame(paper)
     ref.insert(0, "Block", paper_label)
+    floors = floors or {}
+    constant = floors.get("floor: constant majority", {}).get("emp_f1")
     rows = []
-    for name, r in ours.items():
-        rows.append({"Model": name, "Block": ours_label, **{METRIC_COLUMNS[k]: r[k] for k in METRIC_COLUMNS},
-                     "Dist-1 95% CI": _ci(r, "dist1"), "Dist-2 95% CI": _ci(r, "dist2"),
-                     "Emp-F1 95% CI": _ci(r, "emp_f1"), "n": r["n_examples"], **(extra or {}).get(name, {})})
+    for name, r in {**ours, **floors}.items():
+        row = {"Model": name, "Block": "reference (no response read)" if name in floors else ours_label,
+               **{METRIC_COLUMNS[k]: r.get(k) for k in METRIC_COLUMNS},
+               "Dist-1 95% CI": _ci(r, "dist1"), "Dist-2 95% CI": _ci(r, "dist2"), "Emp-F1 95% CI": _ci(r, "emp_f1")}
+        if constant is not None:
+            row["Emp-F1 above floor"] = r["emp_f1"] - constant
+        if "kappa" in r:
+            row.update({"kappa (mean)": r["kappa"], "kappa 95% CI": _ci(r, "kappa"),
+                        "all 3 match (%)": r["all_match"], "all 3 match 95% CI": _ci(r, "all_match")})
+        row.update({"n": r["n_examples"], "m": r.get("samples_per_context", 1), **(extra or {}).get(name, {})})
+        rows.append(row)
     measured = pd.DataFrame(rows).set_index("Model")
     table = pd.concat([ref, measured])
-    for col in ["n", *{k for v in (extra or {}).values() for k in v}]:  # counts: integers, "-" for the paper's rows
+    for col in ["n", "m", *{k for v in (extra or {}).values() for k in v}]:  # counts: "-" for the paper's rows
         table[col] = table[col].map(lambda v: "-" if pd.isna(v) else str(int(v)))
     return table
 
 
-def table_ii(ours: dict[str, dict], ours_label: str) -> pd.DataFrame:
-    """Table II layout: the paper's reported rows, then ours."""
-    return comparison_table(TABLE_II, ours, "paper (reported, Table II)", ours_label)
+def table_ii(ours: dict[str, dict], ours_label: str, floors: dict[str, dict] | None = None) -> pd.DataFrame:
+    """Table II layout: the paper's reported rows, then ours, then the floors."""
+    return comparison_table(TABLE_II, ours, "paper (reported, Table II)", ours_label, floors=floors)
 
 
-def paired_tests(systems: dict[str, dict], gold, pairs, tokenizer="word", n_boot=1000, seed=0) -> pd.DataFrame:
-    """Paired bootstrap tests (Dist-1, Dist-2, Emp-F1) for each (A, B) in ``pairs``.
+def paired_tests(systems: dict[str, dict], gold, pairs, tokenizer="word", n_boot=1000, seed=0,
+                 metric_names=tuple(METRIC_LABELS)) -> pd.DataFrame:
+    """Paired bootstrap tests (Dist-1, Dist-2, Emp-F1, mean kappa, all-three-match) for each (A, B) in
+    ``pairs``, contexts resampled with their samples; with the standard error of each difference.
 
-    ``systems``: {name: {"responses": [...], "levels": [N, 3]}}.
+    ``systems``: {name: {"responses": m x N strings or None, "levels": [m x N, 3]}}.
     """
     rows = []
     for a, b in pairs:
-        for metric, label in (("dist1", "Dist-1"), ("dist2", "Dist-2"), ("emp_f1", "Emp-F1 (%)")):
-            res = metrics.paired_test(metric, systems[a], systems[b], gold=gold, tokenizer=tokenizer, n_boot=n_boot, seed=seed)
-            rows.append({"Comparison": f"{a} - {b}", "Metric": label, "Difference": res.delta,
-                         "95% CI": f"[{res.low:.2f}, {res.high:.2f}]", "p (paired bootstrap)": res.p_value,
-                         "Dist-n tokenizer": metrics.tokenizer_label(tokenizer) if metric != "emp_f1" else "-"})
+        for metric in metric_names:
+            if metric.startswith("dist") and (systems[a].get("responses") is None
+                                              or systems[b].get("responses") is None):
+                continue  # a floor has no responses
+            res = metrics.paired_test(metric, systems[a], systems[b], gold=gold, tokenizer=tokenizer, n_boot=n_boot,
+                                      seed=seed)
+            rows.append({"Comparison": f"{a} - {b}", "Metric": METRIC_LABELS[metric], "Difference": res.delta,
+                         "95% CI": f"[{res.low:.2f}, {res.high:.2f}]", "SE": res.se, "p (paired bootstrap)": res.p_value,
+                         "Dist-n tokenizer": metrics.tokenizer_label(tokenizer) if metric.startswith("dist") else "-"})
     return pd.DataFrame(rows).set_index("Comparison")
 
 
@@ -137,22 +174,22 @@ def describe_run(P, data_dir=None) -> str:
 
 
 def write_generations(path, ids, responses: dict[str, list[str]]) -> Path:
-    """Every system's responses as gzip-compressed JSON lines {"id", "system", "response"}, atomically.
+    """Every system's responses as gzip-compressed JSON lines {"id", "system", "sample", "response"}, atomically.
 
-    ``ids``: one identifier per example; ``responses``: {system: responses in the order of ``ids``}.
-    The gzip header carries no time stamp, so equal generations give byte-identical files.
+    ``ids``: one identifier per context; ``responses``: {system: m blocks of responses in the order of
+    ``ids``} (m may differ between systems; "sample" is the block, 0 to m - 1). The gzip header carries
+    no time stamp, so equal generations give byte-identical files.
     """
     path = Path(path)
     for system, texts in responses.items():
-        if len(texts) != len(ids):
-            raise ValueError(f"write_generations: {system!r} has {len(texts)} responses for {len(ids)} ids")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:
+        if not ids or len(texts) % len(ids) or not texts:
+            raise ValueError(f"write_generations: {system!r} has {len(texts)} responses for {len(ids)} ids "
+                             "(need m blocks of one response per id)")
+    with ckpt.atomic_file(path) as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:
         for system, texts in responses.items():
-            for i, text in zip(ids, texts):
-                f.write((json.dumps({"id": i, "system": system, "response": text}, ensure_ascii=False) + "\n").encode())
-    tmp.replace(path)
+            for k, text in enumerate(texts):
+                row = {"id": ids[k % len(ids)], "system": system, "sample": k // len(ids), "response": text}
+                f.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
     return path
 
 

@@ -7,7 +7,17 @@ and already predicted empathy levels, so it is cheap next to generation and scor
   corpus-level definition, Li et al. 2016), on a named tokenizer (``TOKENIZERS``).
 * ``emp_f1``: for each mechanism the weighted F1 of predicted vs gold levels (weights = gold
   support, as sklearn's ``average="weighted"``), averaged over the three mechanisms, in percent.
-* ``bootstrap_ci`` / ``paired_bootstrap``: percentile bootstrap over test examples (beyond the paper).
+* ``cohen_kappa`` / ``all_match``: chance-corrected agreement with the gold levels per mechanism
+  (sklearn's ``cohen_kappa_score``) and the share of examples whose three levels all match (beyond the
+  paper: Emp-F1's floor, a constant "none", sits within a point of every system here).
+* ``floor_levels``: the reference predictors on the same gold levels (constant majority, marginal draws).
+* ``bootstrap_ci`` / ``paired_bootstrap``: percentile bootstrap over test contexts (beyond the paper).
+
+A system may answer each context with m sampled responses: ``responses`` and ``levels`` then hold m
+blocks of N rows (sample j of context i at row j * N + i). Emp-F1, kappa and all-match pool the m x N
+rows (each against its context's gold levels); Dist-n is the mean over the m blocks of the corpus Dist-n
+of N responses (comparable with one sample per context); the bootstrap resamples contexts together with
+their m samples.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -217,6 +228,45 @@ def emp_f1_per_mechanism(gold, pred) -> list[float]:
     return [100.0 * weighted_f1(gold[:, m], pred[:, m]) for m in range(3)]
 
 
+def cohen_kappa(gold, pred, weights: np.ndarray | None = None) -> list[float]:
+    """Cohen's kappa of ``pred`` against ``gold`` per mechanism ([N, 3] levels; ``weights`` as in
+    ``weighted_f1``): 0 is chance agreement, 1 perfect; a constant prediction scores 0."""
+    from sklearn.metrics import cohen_kappa_score
+
+    gold, pred = _check_levels(np.asarray(gold), np.asarray(pred))
+    out = []
+    for m in range(3):
+        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn warns where kappa is 0/0, handled below
+            k = cohen_kappa_score(gold[:, m], pred[:, m], labels=[0, 1, 2], sample_weight=weights)
+        out.append(float(k) if np.isfinite(k) else 0.0)  # one level everywhere on both sides: 0/0, say 0
+    return out
+
+
+def all_match(gold, pred, weights: np.ndarray | None = None) -> float:
+    """Percent of examples whose three predicted levels all equal the gold ones (``weights`` as above)."""
+    gold, pred = _check_levels(np.asarray(gold), np.asarray(pred))
+    hit = (gold == pred).all(axis=1).astype(np.float64)
+    w = np.ones(len(hit)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return 100.0 * float(w @ hit / w.sum()) if w.sum() else 0.0
+
+
+FLOORS = {"constant majority": "the most frequent gold level of each mechanism, for every example",
+          "marginal draws": "levels drawn independently per mechanism from the gold levels' frequencies (seeded)"}
+
+
+def floor_levels(gold, kind: str, seed: int = 0) -> np.ndarray:
+    """The levels [N, 3] of a reference predictor that never reads a response, on these gold levels."""
+    gold, _ = _check_levels(np.asarray(gold), np.asarray(gold))
+    counts = np.stack([np.bincount(gold[:, m], minlength=3) for m in range(3)])  # [3 mechanisms, 3 levels]
+    if kind == "constant majority":
+        return np.tile(counts.argmax(axis=1), (len(gold), 1))
+    if kind == "marginal draws":
+        rng = np.random.default_rng(seed)
+        return np.stack([rng.choice(3, size=len(gold), p=counts[m] / counts[m].sum()) for m in range(3)], axis=1)
+    raise ValueError(f"unknown floor {kind!r}; known: {list(FLOORS)}")
+
+
 # --------------------------------------------------------------------------- bootstrap
 
 
@@ -278,6 +328,55 @@ def emp_f1_ci(gold, pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95
     return bootstrap_ci(lambda w: emp_f1(gold, pred, weights=w), len(gold), n_boot, seed, level)
 
 
+METRICS = ("dist1", "dist2", "emp_f1", "kappa", "all_match")
+
+
+class _System:
+    """One system's metrics as functions of context weights w [N] (w[i]: how often context i is drawn),
+    whatever its number m of samples per context."""
+
+    def __init__(self, gold, responses: Sequence[str] | None, levels, tokenizer: str | Callable = "word"):
+        gold = np.asarray(gold)
+        levels = np.asarray(levels)
+        n = len(gold)
+        if n == 0 or len(levels) % n or len(levels) == 0:
+            raise ValueError(f"{len(levels)} level rows for {n} contexts: need m blocks of {n} rows (m >= 1)")
+        if responses is not None and len(responses) != len(levels):
+            raise ValueError(f"{len(responses)} responses but {len(levels)} predicted level rows")
+        self.n, self.m = n, len(levels) // n
+        self.gold, self.levels = _check_levels(np.tile(gold, (self.m, 1)), levels)
+        self.responses, self.tokenizer = responses, tokenizer
+        self._incidences: dict[int, list[_NgramIncidence]] = {}
+
+    def rows(self, w: np.ndarray) -> np.ndarray:
+        return np.tile(w, self.m)
+
+    def emp_f1(self, w: np.ndarray) -> float:
+        return emp_f1(self.gold, self.levels, self.rows(w))
+
+    def kappa(self, w: np.ndarray) -> float:
+        return float(np.mean(cohen_kappa(self.gold, self.levels, self.rows(w))))
+
+    def all_match(self, w: np.ndarray) -> float:
+        return all_match(self.gold, self.levels, self.rows(w))
+
+    def incidences(self, k: int) -> list[_NgramIncidence]:
+        if self.responses is None:
+            raise ValueError("Dist-n needs the responses")
+        if k not in self._incidences:
+            self._incidences[k] = [_NgramIncidence.build(self.responses[j * self.n: (j + 1) * self.n], k,
+                                                         self.tokenizer) for j in range(self.m)]
+        return self._incidences[k]
+
+    def statistic(self, metric: str) -> Callable[[np.ndarray], float]:
+        if metric in ("dist1", "dist2"):
+            blocks = self.incidences(int(metric[-1]))
+            return lambda w: float(np.mean([b.distinct(w) for b in blocks]))
+        if metric in ("emp_f1", "kappa", "all_match"):
+            return getattr(self, metric)
+        raise ValueError(f"unknown metric {metric!r}: choose one of {METRICS}")
+
+
 @dataclass(frozen=True)
 class PairedTest:
     """Paired bootstrap comparison of system A against system B on the same examples."""
@@ -286,6 +385,7 @@ class PairedTest:
     low: float  # percentile CI of the difference
     high: float
     p_value: float  # two-sided: 2 x the smaller share of resamples on either side of 0, +1-smoothed
+    se: float = float("nan")  # standard deviation of the resampled differences
 
 
 def paired_bootstrap(
@@ -314,7 +414,7 @@ def paired_bootstrap(
     p = min(1.0, 2.0 * (min(below, above) + 1) / (n_boot + 1))
     alpha = (1.0 - level) / 2
     low, high = np.quantile(deltas, [alpha, 1 - alpha])
-    return PairedTest(float(delta), float(low), float(high), float(p))
+    return PairedTest(float(delta), float(low), float(high), float(p), float(deltas.std(ddof=1)))
 
 
 def paired_test(
@@ -326,33 +426,32 @@ def paired_test(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> PairedTest:
-    """Paired bootstrap of ``metric`` in {"dist1", "dist2", "emp_f1"} between systems ``a`` and ``b``.
+    """Paired bootstrap of ``metric`` (one of ``METRICS``) between systems ``a`` and ``b`` on the same contexts.
 
-    Each system is a dict with "responses" (list[str]) and, for emp_f1, "levels" ([N, 3]); ``gold``
-    is the [N, 3] gold levels.
+    Each system is a dict with "responses" (m x N strings, or None for a floor) and "levels" ([m x N, 3]);
+    the two may have different m. ``gold`` is the [N, 3] gold levels (for Dist-n alone, a system's N is its
+    number of responses).
     """
-    n = len(a["responses"])
-    if len(b["responses"]) != n:
-        raise ValueError(f"paired test needs the same examples: {n} vs {len(b['responses'])} responses")
-    if metric in ("dist1", "dist2"):
-        k = int(metric[-1])
-        ia = _NgramIncidence.build(a["responses"], k, tokenizer)
-        ib = _NgramIncidence.build(b["responses"], k, tokenizer)
-        return paired_bootstrap(ia.distinct, ib.distinct, n, n_boot, seed, bias_correct=True)
-    if metric == "emp_f1":
-        if gold is None:
-            raise ValueError("paired_test('emp_f1', ...) needs gold levels")
-        g, pa = _check_levels(np.asarray(gold), np.asarray(a["levels"]))
-        _, pb = _check_levels(np.asarray(gold), np.asarray(b["levels"]))
-        return paired_bootstrap(lambda w: emp_f1(g, pa, w), lambda w: emp_f1(g, pb, w), n, n_boot, seed)
-    raise ValueError(f"unknown metric {metric!r}: choose dist1, dist2 or emp_f1")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: choose one of {METRICS}")
+    if gold is None:
+        if metric not in ("dist1", "dist2"):
+            raise ValueError(f"paired_test({metric!r}, ...) needs gold levels")
+        if len(a["responses"]) != len(b["responses"]):
+            raise ValueError(f"paired test needs the same examples: {len(a['responses'])} vs "
+                             f"{len(b['responses'])} responses")
+        gold = np.zeros((len(a["responses"]), 3), dtype=np.int64)
+    sa, sb = (_System(gold, s["responses"], s["levels"] if s.get("levels") is not None
+                      else np.zeros((len(s["responses"]), 3), dtype=np.int64), tokenizer) for s in (a, b))
+    return paired_bootstrap(sa.statistic(metric), sb.statistic(metric), len(np.asarray(gold)), n_boot, seed,
+                            bias_correct=metric in ("dist1", "dist2"))
 
 
 # --------------------------------------------------------------------------- one system's row
 
 
 def evaluate_responses(
-    responses: Sequence[str],
+    responses: Sequence[str] | None,
     pred_levels,
     gold_levels,
     ppl: float | None = None,
@@ -361,15 +460,20 @@ def evaluate_responses(
     seed: int = 0,
     level: float = 0.95,
 ) -> dict:
-    """PPL (given), Dist-1/2 and Emp-F1 with CIs for one system: a flat dict, ready for a table row or json."""
-    if len(responses) != len(np.asarray(pred_levels)):
-        raise ValueError(f"{len(responses)} responses but {len(np.asarray(pred_levels))} predicted level rows")
-    d1 = distinct_n_ci(responses, 1, tokenizer, n_boot, seed, level)
-    d2 = distinct_n_ci(responses, 2, tokenizer, n_boot, seed, level)
-    ef = emp_f1_ci(gold_levels, pred_levels, n_boot, seed, level)
-    per = emp_f1_per_mechanism(gold_levels, pred_levels)
-    row = {"n_examples": len(responses), "ppl": None if ppl is None else float(ppl)}
-    for name, ci in (("dist1", d1), ("dist2", d2), ("emp_f1", ef)):
+    """One system's row: PPL (given), Dist-1/2, Emp-F1, mean kappa and all-three-match with bootstrap CIs over
+    contexts, per-mechanism F1 and kappa, and m (samples per context). ``responses=None`` (a floor predictor):
+    no Dist-n. A flat dict, ready for a table row or json."""
+    system = _System(gold_levels, responses, pred_levels, tokenizer)
+    row = {"n_examples": system.n, "samples_per_context": system.m, "ppl": None if ppl is None else float(ppl)}
+    for name in METRICS:
+        if responses is None and name in ("dist1", "dist2"):
+            row.update({name: None, f"{name}_low": None, f"{name}_high": None})
+            continue
+        ci = bootstrap_ci(system.statistic(name), system.n, n_boot, seed, level,
+                          bias_correct=name in ("dist1", "dist2"))
         row.update({name: ci.value, f"{name}_low": ci.low, f"{name}_high": ci.high})
-    row.update({"emp_f1_er": per[0], "emp_f1_ip": per[1], "emp_f1_ex": per[2]})
+    f1 = [100.0 * weighted_f1(system.gold[:, m], system.levels[:, m]) for m in range(3)]
+    kappa = cohen_kappa(system.gold, system.levels)
+    for k, key in enumerate(("er", "ip", "ex")):
+        row.update({f"emp_f1_{key}": f1[k], f"kappa_{key}": kappa[k]})
     return row

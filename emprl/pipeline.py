@@ -1,6 +1,6 @@
 """Run the numbered notebooks in order with papermill.
 
-    python -m emprl.pipeline --profile smoke|offline|gpu|paper [--only 01,03] [--out DIR]
+    python -m emprl.pipeline --profile smoke|offline|gpu|paper [--only 01,03] [--out DIR] [--jobs N]
                              [--data-dir DIR] [--seed N] [--device cpu|cuda|auto]
                              [--set section.param=value ...]
 
@@ -32,6 +32,18 @@ from emprl.profiles import PROFILES, get_profile, parse_overrides
 from emprl.run import REPO_ROOT, setup
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+# What each notebook reads from the others' outputs (checkpoints, caches, generations); ``--jobs 2`` runs a
+# notebook as soon as these have finished. A notebook missing here waits for every notebook before it.
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "01": (), "02": (), "03": (),
+    "04": ("02", "03"),  # PPO: identifiers and the prefix-tuned generator
+    "05": ("04",),  # EmpRL's policy, w/o RL, w/o RL prefix-tuning
+    "06": ("02", "03"),  # its own PPO runs under ablation/
+    "07": ("04", "06"),  # systems of 05 and the ablation's EmpRL
+    "08": ("02", "03"),  # the RL study trains its own arms
+    "09": ("04", "06"),  # the playground's systems
+}
 
 
 def discover(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -194,14 +206,7 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
         record(target, run_config, code_commit)
         timings[nb.name] = round(time.perf_counter() - start, 1)
         print(f"[emprl.pipeline] {nb.name} done in {timings[nb.name]:.1f} s", flush=True)
-    (out_dir / "metrics").mkdir(exist_ok=True)
-    timings_file = out_dir / "metrics" / "pipeline_timings.json"
-    if only is not None and timings_file.is_file():  # a partial run updates the timings of its notebooks
-        timings_all = {**json.loads(timings_file.read_text()), **timings}
-    else:
-        timings_all = timings
-    # atomic: two partial runs into one folder (e.g. 04-07 beside 08) must not leave a torn file
-    atomic_write_text(timings_file, json.dumps(dict(sorted(timings_all.items())), indent=2) + "\n")
+    _write_timings(out_dir, timings, partial=only is not None)
     if only is None:
         try:
             from emprl.report import write_report
@@ -212,6 +217,71 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
             print(f"[emprl.pipeline] report: {report}")
     total = sum(timings.values())
     print(f"[emprl.pipeline] {len(timings)} notebook(s) in {total:.1f} s; outputs in {out_dir}")
+    return out_dir
+
+
+def _write_timings(out_dir: Path, timings: dict[str, float], partial: bool) -> None:
+    """Record notebook wall times in ``metrics/pipeline_timings.json``: a partial run updates its notebooks'
+    entries, a full run starts afresh. Runs side by side (``--jobs``) share the file: a lock serialises the
+    read-modify-write, and the atomic write never leaves a torn file."""
+    import fcntl
+
+    (out_dir / "metrics").mkdir(exist_ok=True)
+    timings_file = out_dir / "metrics" / "pipeline_timings.json"
+    with open(out_dir / "metrics" / ".pipeline_timings.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if partial and timings_file.is_file():
+            timings = {**json.loads(timings_file.read_text()), **timings}
+        atomic_write_text(timings_file, json.dumps(dict(sorted(timings.items())), indent=2) + "\n")
+
+
+def run_parallel(profile: str, jobs: int, only: str | None = None, out: str | None = None,
+                 data_dir: str | None = None, seed: int = 0, notebook_dir: Path = NOTEBOOK_DIR,
+                 device: str | None = None, overrides: Any = None) -> Path:
+    """``run`` with up to ``jobs`` notebooks at once, each in a process of its own with
+    ``cores // jobs`` torch threads (``$EMPRL_THREADS`` if set): a notebook starts once the notebooks it
+    reads (``DEPENDS``) have finished. On two cores two one-thread processes beat one two-thread process
+    (generation does not scale with threads). Stops launching at the first failure and names it."""
+    overrides = parse_overrides(overrides)
+    the_run = setup(profile, seed=seed, data_dir=data_dir, output_dir=out, device=device, overrides=overrides)
+    out_dir = the_run.out
+    notebooks = select(discover(notebook_dir), only)
+    numbers = [nb.name[:2] for nb in notebooks]
+    order = [nb.name[:2] for nb in discover(notebook_dir)]
+    needs = {n: {d for d in DEPENDS.get(n, tuple(order[: order.index(n)])) if d in numbers} for n in numbers}
+    env = {**os.environ, "EMPRL_THREADS": os.environ.get("EMPRL_THREADS") or str(max(1, (os.cpu_count() or 1)
+                                                                                      // jobs))}
+    pending, running, done, failed = list(numbers), {}, set(), []
+    start = time.perf_counter()
+    while pending or running:
+        ready = [n for n in pending if needs[n] <= done] if not failed else []
+        while ready and len(running) < jobs:
+            n = ready.pop(0)
+            pending.remove(n)
+            cmd = [sys.executable, "-m", "emprl.pipeline", "--profile", profile, "--only", n, "--out", str(out_dir),
+                   "--seed", str(seed), "--notebook-dir", str(notebook_dir)]
+            cmd += ["--data-dir", data_dir] if data_dir else []
+            cmd += ["--device", device] if device else []
+            for section, params in overrides.items():
+                cmd += [a for k, v in params.items() for a in ("--set", f"{section}.{k}={v}")]
+            print(f"[emprl.pipeline] {profile}: starting {n} ({len(running) + 1} running)", flush=True)
+            running[n] = subprocess.Popen(cmd, env=env)
+        if not running:
+            break
+        time.sleep(0.5)
+        for n, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[n]
+                (done.add(n) if proc.returncode == 0 else failed.append(n))
+    if failed or pending:
+        raise RuntimeError(f"notebook(s) {', '.join(failed)} failed (see the lines above); not run: "
+                           f"{', '.join(pending) or 'none'}")
+    if only is None:
+        from emprl.report import write_report
+
+        print(f"[emprl.pipeline] report: {write_report(out_dir, profile)}")
+    print(f"[emprl.pipeline] {len(numbers)} notebook(s) in {time.perf_counter() - start:.1f} s wall, {jobs} at a "
+          f"time; outputs in {out_dir}")
     return out_dir
 
 
@@ -226,11 +296,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto, cpu, cuda or cuda:N (default $EMPRL_DEVICE, else the profile's runtime.device)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.PARAM=VALUE",
                         help="override one profile parameter, e.g. --set ppo.steps=500 (repeatable)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="notebooks run side by side, each in its own process (default 1); see DEPENDS")
     parser.add_argument("--notebook-dir", default=str(NOTEBOOK_DIR), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     try:
-        run(args.profile, args.only, args.out, args.data_dir or os.environ.get("EMPRL_DATA_DIR"), args.seed,
-            notebook_dir=Path(args.notebook_dir), device=args.device, overrides=args.overrides)
+        data = args.data_dir or os.environ.get("EMPRL_DATA_DIR")
+        if args.jobs > 1:
+            run_parallel(args.profile, args.jobs, args.only, args.out, data, args.seed,
+                         notebook_dir=Path(args.notebook_dir), device=args.device, overrides=args.overrides)
+        else:
+            run(args.profile, args.only, args.out, data, args.seed,
+                notebook_dir=Path(args.notebook_dir), device=args.device, overrides=args.overrides)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"[emprl.pipeline] error: {err}", file=sys.stderr)
         return 1

@@ -207,7 +207,9 @@ def sequence_log_softmax(model, query_ids, query_mask, response_ids, response_ma
 def token_logprobs(logp_all: torch.Tensor, response_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log pi(y_t | s_t) [B, T], entropy H(pi(. | s_t)) [B, T]) from the full log-probs [B, T, V]."""
     logprobs = logp_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
-    return logprobs, -(logp_all.exp() * logp_all).sum(-1)
+    with torch.no_grad():  # logged, never differentiated: no graph for a [B, T, V] product
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprobs, entropy
 
 
 def sequence_logprobs(model, query_ids, query_mask, response_ids, response_mask, prefix=None, value_head=None):
@@ -254,7 +256,11 @@ def reference_logprobs(policy, reference, query_ids, query_mask, response_ids, r
     """log rho(y_t | y_<t, c): the policy's frozen T5 with the reference prefix, or the reference model.
 
     ``full=True``: the whole log rho(. | y_<t, c) [B, T, V] instead of the sampled tokens' [B, T]."""
-    fn = sequence_log_softmax if full else sequence_logprobs
     if is_prefix_model(policy) and not hasattr(reference, "generate"):
-        return fn(policy, query_ids, query_mask, response_ids, response_mask, prefix=reference)[0]
-    return fn(reference, query_ids, query_mask, response_ids, response_mask)[0]
+        logp_all = sequence_log_softmax(policy, query_ids, query_mask, response_ids, response_mask,
+                                        prefix=reference)[0]
+    else:
+        logp_all = sequence_log_softmax(reference, query_ids, query_mask, response_ids, response_mask)[0]
+    if full:
+        return logp_all
+    return logp_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)  # no entropy: nobody reads rho's

@@ -216,6 +216,8 @@ def ppo_update(
     if B % (mb * accum):
         raise ValueError(f"batch {B} is not a multiple of mini_batch_size*grad_accum = {mb}*{accum}")
     params = [p for p in model.parameters() if p.requires_grad]
+    query_len, response_len = query_mask.sum(1), response_mask.sum(1)
+    micro = getattr(cfg, "micro_batch_size", None) or mb
     all_stats: list[dict[str, torch.Tensor]] = []
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(B).to(query_ids.device)
@@ -223,17 +225,29 @@ def ppo_update(
             optimizer.zero_grad(set_to_none=True)
             for m in range(accum):
                 idx = perm[start + m * mb : start + (m + 1) * mb]
-                logprobs, values, entropy = model(query_ids[idx], query_mask[idx], response_ids[idx],
-                                                  response_mask[idx])
-                loss, stats = ppo_loss(  # Eq. 13-15
-                    logprobs, old_logprobs[idx], values, old_values[idx], advantages[idx], returns[idx],
-                    mask[idx], clip=cfg.clip, alpha=cfg.alpha, value_clip=cfg.value_clip, entropy=entropy,
-                )
-                if accelerator is not None:
-                    accelerator.backward(loss / accum)
-                else:
-                    (loss / accum).backward()
-                all_stats.append(stats)
+                # The mini-batch's loss is a mean over its real tokens. Computed on length-sorted micro-batches
+                # cut to their longest query and response, each weighted by its share of the tokens, the sum
+                # is the same loss and gradient without the padding's arithmetic (equal to float rounding).
+                n_tokens = mask[idx].sum()
+                idx = idx[torch.argsort(query_len[idx], stable=True)]
+                mb_stats: dict[str, torch.Tensor] = {}
+                for part in idx.split(micro):
+                    q, r = int(query_len[part].max()), int(response_len[part].max())
+                    logprobs, values, entropy = model(query_ids[part, :q], query_mask[part, :q],
+                                                      response_ids[part, :r], response_mask[part, :r])
+                    loss, stats = ppo_loss(  # Eq. 13-15
+                        logprobs, old_logprobs[part, :r], values, old_values[part, :r], advantages[part, :r],
+                        returns[part, :r], mask[part, :r], clip=cfg.clip, alpha=cfg.alpha,
+                        value_clip=cfg.value_clip, entropy=entropy,
+                    )
+                    share = mask[part, :r].sum() / n_tokens
+                    if accelerator is not None:
+                        accelerator.backward(loss * share / accum)
+                    else:
+                        (loss * share / accum).backward()
+                    for k, v in stats.items():
+                        mb_stats[k] = mb_stats.get(k, 0.0) + v * share
+                all_stats.append(mb_stats)
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             # one host sync per optimizer step: a non-finite loss makes the gradient norm non-finite too

@@ -263,7 +263,9 @@ def lr_at(cfg, step: int) -> float:
 
 def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world) -> dict:
     """What must match for a checkpoint to be resumed (``steps``/logging/checkpointing may change)."""
-    c = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "checkpoint_every", "log_every")}
+    # how the update is cut into pieces changes no number, so a run may resume with another cut
+    c = {k: v for k, v in dataclasses.asdict(cfg).items()
+         if k not in ("steps", "checkpoint_every", "log_every", "micro_batch_size")}
     for k, default in (("kl_estimator", "sampled"), ("whiten_rewards_padding", "zero"), ("lr_schedule", "constant")):
         if c.get(k) == default:  # options at their default leave the key as states saved without them have it
             del c[k]

@@ -55,19 +55,42 @@ ATTN_IMPLEMENTATION = "emprl_prefix"
 GROUPS = ("encoder", "decoder", "cross")
 
 
+def _memoized(memo: dict | None, name: str, source: torch.Tensor, make):
+    """``make()``, or what it returned for this very ``source`` tensor earlier in the same ``installed`` block.
+
+    In ``generate`` the cross-attention keys and values are the same cached tensors at every decoding step,
+    and one position bias and one mask serve every layer of a step, so the prefix is attached to them once
+    instead of at every layer and step. The memo holds ``source`` itself, so an identity match cannot be a
+    new tensor at a reused address. Without grad only: under autograd every forward builds new tensors."""
+    if memo is None or torch.is_grad_enabled():
+        return make()
+    hit = memo.get(name)
+    if hit is not None and hit[0] is source:
+        return hit[1]
+    out = make()
+    memo[name] = (source, out)
+    return out
+
+
 def prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **kwargs):
     """T5 eager attention with the installed prefix keys/values prepended (see module docstring)."""
     kv = getattr(module, "emprl_prefix_kv", None)
     if kv is not None:
         prefix_k, prefix_v = kv  # [heads, L, d_kv]
         batch, length = query.shape[0], prefix_k.shape[1]
-        key = torch.cat([prefix_k.unsqueeze(0).expand(batch, -1, -1, -1).to(key.dtype), key], dim=2)
-        value = torch.cat([prefix_v.unsqueeze(0).expand(batch, -1, -1, -1).to(value.dtype), value], dim=2)
+        memo = getattr(module, "emprl_prefix_memo", None)
+        shared = getattr(module, "emprl_shared_memo", None)  # bias and mask: one for all layers of a group
+        key = _memoized(memo, "key", key, lambda: torch.cat(
+            [prefix_k.unsqueeze(0).expand(batch, -1, -1, -1).to(key.dtype), key], dim=2))
+        value = _memoized(memo, "value", value, lambda: torch.cat(
+            [prefix_v.unsqueeze(0).expand(batch, -1, -1, -1).to(value.dtype), value], dim=2))
         if position_bias is not None:  # zero bias on prefix keys
-            position_bias = nn.functional.pad(position_bias, (length, 0), value=0.0)
+            position_bias = _memoized(shared, f"bias{length}", position_bias, lambda: nn.functional.pad(
+                position_bias, (length, 0), value=0.0))
         if attention_mask is not None:  # prefix keys are never masked
             keep = True if attention_mask.dtype == torch.bool else 0.0
-            attention_mask = nn.functional.pad(attention_mask, (length, 0), value=keep)
+            attention_mask = _memoized(shared, f"mask{length}", attention_mask, lambda: nn.functional.pad(
+                attention_mask, (length, 0), value=keep))
     return eager_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                    position_bias=position_bias, **kwargs)
 
@@ -169,7 +192,7 @@ class PrefixT5(nn.Module):
             self._slots.append(("decoder", i, block.layer[0].SelfAttention))
             self._slots.append(("cross", i, block.layer[1].EncDecAttention))
         for _, _, attn in self._slots:
-            attn.emprl_prefix_kv = None
+            attn.emprl_prefix_kv = attn.emprl_prefix_memo = attn.emprl_shared_memo = None
             if attn.config._attn_implementation != ATTN_IMPLEMENTATION:
                 raise RuntimeError("could not switch T5 attention to the prefix implementation")
 
@@ -178,16 +201,23 @@ class PrefixT5(nn.Module):
         return self.t5.config
 
     @contextlib.contextmanager
-    def installed(self, prefix: Prefix | None = None):
-        """Within the block, T5's attentions see the keys/values of ``prefix`` (default ``self.prefix``)."""
+    def installed(self, prefix: Prefix | None = None, memo: bool = True):
+        """Within the block, T5's attentions see the keys/values of ``prefix`` (default ``self.prefix``).
+
+        ``memo``: attach the prefix to tensors that recur within the block once (``_memoized``); False
+        attaches it at every call (the reference path of tests and benchmarks)."""
         kv = (self.prefix if prefix is None else prefix)()
+        shared = {g: {} for g in GROUPS}  # per group: one position bias and one mask serve all its layers
         try:
             for group, layer, attn in self._slots:
                 attn.emprl_prefix_kv = (kv[group][layer, 0], kv[group][layer, 1])
+                # cross-attention keys and values recur at every decoding step; self-attention's grow
+                attn.emprl_prefix_memo = {} if memo and group == "cross" else None
+                attn.emprl_shared_memo = shared[group] if memo else None
             yield
         finally:
             for _, _, attn in self._slots:
-                attn.emprl_prefix_kv = None
+                attn.emprl_prefix_kv = attn.emprl_prefix_memo = attn.emprl_shared_memo = None
 
     def forward(self, input_ids, attention_mask, decoder_input_ids=None, decoder_attention_mask=None, labels=None,
                 output_hidden_states=False, prefix: Prefix | None = None) -> Seq2SeqLMOutput:
@@ -198,8 +228,9 @@ class PrefixT5(nn.Module):
                            output_hidden_states=output_hidden_states, return_dict=True)
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, prefix: Prefix | None = None, **generation_kwargs):
-        with self.installed(prefix):
+    def generate(self, input_ids, attention_mask, prefix: Prefix | None = None, memo: bool = True,
+                 **generation_kwargs):
+        with self.installed(prefix, memo):
             return self.t5.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
 
     def trainable_parameters(self) -> int:

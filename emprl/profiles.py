@@ -96,6 +96,10 @@ class PPOConfig:
     mini_batch_size: int = 8
     ppo_epochs: int = 4
     grad_accum: int = 1
+    # Each mini-batch's forward and backward run on length-sorted pieces of this size, cut to their longest
+    # query and response (same loss and gradient; None: the whole mini-batch, cut). Smaller pieces waste
+    # less padding but cost more calls: 4 suits a CPU, the whole mini-batch a GPU.
+    micro_batch_size: int | None = None
     max_grad_norm: float | None = None
     beta: float = 0.2  # KL coefficient, Eq. 8 (initial value if adaptive_kl)
     gamma: float = 1.0  # Eq. 10
@@ -129,6 +133,9 @@ class EvalConfig:
     max_examples: int | None = None  # cap on test examples evaluated (None: the whole test split)
     study_max_examples: int | None = None  # validation examples per configuration in the RL study (None: all)
     batch_size: int = 32  # sampling / PPL batch (length-sorted)
+    # m responses sampled per context (the paper: one). Metrics pool them; the bootstrap resamples contexts with
+    # their m samples, so a paired difference's standard error shrinks with m (the study's power)
+    samples_per_context: int = 1
     bootstrap: int = 1000  # bootstrap resamples for CIs and paired tests
     ci_level: float = 0.95
     tokenizer: str = "nltk"  # Dist-n tokenizer (metrics.TOKENIZERS): the authors' nltk word_tokenize; "word": ours
@@ -260,12 +267,13 @@ RANGES: dict[str, tuple] = {
         "max_new_tokens")},
     "generator.top_p": (0, 1, False, True),
     "ppo.steps": NON_NEGATIVE,
-    **{f"ppo.{k}": POSITIVE for k in ("lr", "batch_size", "mini_batch_size", "ppo_epochs", "grad_accum",
+    **{f"ppo.{k}": POSITIVE for k in ("lr", "batch_size", "mini_batch_size", "micro_batch_size", "ppo_epochs", "grad_accum",
                                      "max_grad_norm", "min_new_tokens", "kl_target", "kl_horizon", "score_clip",
                                      "checkpoint_every", "log_every", "value_clip", "clip")},
     **{f"ppo.{k}": NON_NEGATIVE for k in ("weight_decay", "beta", "alpha")},
     "ppo.gamma": UNIT, "ppo.lam": UNIT,
-    **{f"evaluation.{k}": POSITIVE for k in ("max_examples", "study_max_examples", "batch_size", "bootstrap", "ablation_ppo_steps",
+    **{f"evaluation.{k}": POSITIVE for k in ("max_examples", "study_max_examples", "batch_size", "samples_per_context",
+                                            "bootstrap", "ablation_ppo_steps",
                                             "ablation_no_kl_steps", "n_random_cases", "human_eval_contexts")},
     "evaluation.ci_level": OPEN_UNIT,
 }

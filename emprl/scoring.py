@@ -6,13 +6,18 @@ tokenization (once per call) and the length sorting. Speed comes from padding li
 responses go through their encoders separately, each in its own length-sorted batches (the two encoders
 never see each other's padding), and only the cheap head (attention, pooling, linear) runs on re-padded
 pairs. A context that occurs several times in one call (e.g. with the human and a generated response,
-or several sampled responses) is tokenized and encoded once per mechanism."""
+or several sampled responses) is tokenized and encoded once per mechanism.
+
+Across calls, a bounded ``ContextCache`` keeps each mechanism's context-encoder states: the gold-label
+pass encodes every context a PPO run or an evaluation will visit, so their later scoring encodes only
+the responses (the context side was 60% of the scoring time of an offline PPO step)."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -39,35 +44,115 @@ def state_fingerprint(models: dict[str, torch.nn.Module], extra: dict | None = N
     return digest.hexdigest()
 
 
+DTYPES = ("float32", "bfloat16", "int8")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo's flags.
+
+    Where it does, bf16 identifier scoring measured 3.1x faster than float32 (AMD EPYC with avx512_bf16);
+    where it does not, 5-7x slower (AMD EPYC with AVX2 only). False where the flags cannot be read."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def _int8_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy with dynamically quantized int8 linear layers (weights int8, activations quantized per call)."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, not yet removed
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(model).cpu().eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+# The cache's default bound. Context states are [tokens, d] float32 per mechanism, so one context costs
+# 3 x tokens x d x 4 bytes: offline (MiniLM, d 384, <= 64 tokens) at most 295 kB, and 4 GiB hold >= 14,500
+# contexts (a 1,600-step PPO run of batch 8 visits 12,800); paper scale (t5-base encoders, d 768, <= 256
+# tokens) 2.4 MB, so 4 GiB hold about 1,800: enough for evaluation with m samples per context, not for
+# every context of a long PPO run (its 40k training contexts would take about 94 GB; misses are encoded).
+CONTEXT_CACHE_BYTES = 4 << 30
+
+
+class ContextCache:
+    """Context-encoder states by (mechanism, context text), least recently used first out, at most
+    ``max_bytes`` of tensors. It belongs to one scorer, whose weights never change, so the text and the
+    mechanism identify a state; ``EmpathyScorer.fingerprint`` names the checkpoint it was filled from."""
+
+    def __init__(self, max_bytes: int):
+        if max_bytes < 0:
+            raise ValueError(f"ContextCache: max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes, self.bytes, self.hits, self.misses = int(max_bytes), 0, 0, 0
+        self._states: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, key: tuple[str, str]) -> torch.Tensor | None:
+        state = self._states.get(key)
+        if state is None:
+            self.misses += 1
+            return None
+        self._states.move_to_end(key)
+        self.hits += 1
+        return state
+
+    def put(self, key: tuple[str, str], state: torch.Tensor) -> None:
+        size = state.numel() * state.element_size()
+        if size > self.max_bytes or key in self._states:
+            return
+        # a clone: a slice of the batch it was encoded in would keep the whole batch alive
+        self._states[key] = state.clone()
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._states.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+
 class EmpathyScorer:
     """The three identifiers behind one call: ``logits(contexts, responses) -> [N, 3 mechanisms, 3 levels]``."""
 
     def __init__(self, identifiers: dict[str, EmpathyIdentifier], tokenizer, max_context_len: int,
                  max_response_len: int, batch_size: int = 32, device: str | torch.device = "cpu",
-                 mechanism_order: Sequence[str] | None = None, dtype: str = "float32"):
-        """``dtype="bfloat16"`` scores with bf16 copies of the weights: faster on CPUs with bf16 units,
-        logits differ slightly from float32 (the default, used for gold labels and Emp-F1)."""
+                 mechanism_order: Sequence[str] | None = None, dtype: str = "float32",
+                 context_cache_bytes: int = CONTEXT_CACHE_BYTES):
+        """``dtype="bfloat16"`` scores with bf16 copies of the weights: about 3x faster on CPUs with native
+        bf16 (``native_bf16``), 5-7x slower on those without; ``"int8"``: dynamically quantized copies of the
+        linear layers (CPU). Both move logits a little from float32 (the default, used for gold labels and
+        Emp-F1), so a level can change: measure the share before using them (benchmarks/cpu_offline_step.py).
+        ``context_cache_bytes``: the bound of the context-state cache (0: no cache, every call encodes)."""
         self.mechanisms = tuple(mechanism_order or mechanisms())
         missing = [m for m in self.mechanisms if m not in identifiers]
         if missing:
             raise ValueError(f"EmpathyScorer: no identifier for mechanism(s) {missing}")
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"EmpathyScorer: dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"EmpathyScorer: dtype must be one of {DTYPES}, got {dtype!r}")
+        if dtype == "int8" and torch.device(device).type != "cpu":
+            raise ValueError(f"EmpathyScorer: dtype 'int8' (dynamic quantization) runs on the CPU, not {device}")
         self.dtype = dtype
         if dtype == "float32":
             self.identifiers = {m: identifiers[m].to(device).eval() for m in self.mechanisms}
-        else:  # copies: the caller's float32 models stay untouched
+        elif dtype == "bfloat16":  # copies: the caller's float32 models stay untouched
             self.identifiers = {m: copy.deepcopy(identifiers[m]).to(device, torch.bfloat16).eval()
                                 for m in self.mechanisms}
+        else:
+            self.identifiers = {m: _int8_copy(identifiers[m]) for m in self.mechanisms}
+        # int8 weights are a deterministic function of the float ones, which the fingerprint hashes instead
+        self._hashed = {m: identifiers[m] for m in self.mechanisms} if dtype == "int8" else self.identifiers
         self.tokenizer = tokenizer
         self.max_context_len, self.max_response_len = int(max_context_len), int(max_response_len)
         self.batch_size, self.device = int(batch_size), torch.device(device)
         self.chunk = 2048  # pairs per internal pass
         self._fingerprint: str | None = None
+        self.context_cache = ContextCache(context_cache_bytes) if context_cache_bytes > 0 else None
 
     @classmethod
     def load(cls, ckpt_root: str | Path, device: str | torch.device = "cpu", batch_size: int = 32,
-             dtype: str = "float32") -> "EmpathyScorer":
+             dtype: str = "float32", context_cache_bytes: int = CONTEXT_CACHE_BYTES) -> "EmpathyScorer":
         """Load ``ckpt_root/<mechanism>/`` for the three mechanisms (safetensors + json, never unpickles)."""
         ckpt_root = Path(ckpt_root)
         models, tokenizer, lens = {}, None, set()
@@ -79,16 +164,17 @@ class EmpathyScorer:
             raise ValueError(f"{ckpt_root}: the three identifiers disagree on (max_context_len, max_response_len, "
                              f"vocab): {sorted(lens)}; retrain them with one IdentifierConfig")
         max_context_len, max_response_len, _ = lens.pop()
-        return cls(models, tokenizer, max_context_len, max_response_len, batch_size, device, dtype=dtype)
+        return cls(models, tokenizer, max_context_len, max_response_len, batch_size, device, dtype=dtype,
+                   context_cache_bytes=context_cache_bytes)
 
     @property
     def fingerprint(self) -> str:
         """Identifies the weights and the scoring settings (used to detect stale cached gold labels)."""
         if self._fingerprint is None:
             self._fingerprint = state_fingerprint(
-                self.identifiers, {"max_context_len": self.max_context_len, "max_response_len": self.max_response_len,
+                self._hashed, {"max_context_len": self.max_context_len, "max_response_len": self.max_response_len,
                                    "dtype": self.dtype,
-                                   "pooling": {m: v.pooling for m, v in self.identifiers.items()}})
+                                   "pooling": {m: v.pooling for m, v in self._hashed.items()}})
         return self._fingerprint
 
     @torch.inference_mode()
@@ -113,7 +199,7 @@ class EmpathyScorer:
         for k, m in enumerate(self.mechanisms):
             model = self.identifiers[m]
             # contexts and responses are encoded separately, each in its own length-sorted batches
-            C = self._encode(model.encode_context, c_ids)
+            C = self._context_states(m, model, unique, c_ids)
             R = self._encode(model.encode_response, r_ids)
             for batch in pairs:  # the cheap part (attention, pooling, linear) on re-padded states
                 Cb, cm = _pad_states([C[c_of[i]] for i in batch])
@@ -121,6 +207,19 @@ class EmpathyScorer:
                 rows = torch.as_tensor(batch, device=self.device)
                 out[rows, k] = model.head(Cb, cm, Rb, rm).float()
         return out.cpu()  # one copy to the host per call
+
+    def _context_states(self, mechanism: str, model, texts: list[str], ids: list[list[int]]) -> list[torch.Tensor]:
+        """Context-encoder states of ``texts``: cached ones reused, the others encoded together and cached."""
+        cache = self.context_cache
+        if cache is None:
+            return self._encode(model.encode_context, ids)
+        states = [cache.get((mechanism, t)) for t in texts]
+        missing = [i for i, s in enumerate(states) if s is None]
+        if missing:
+            for i, state in zip(missing, self._encode(model.encode_context, [ids[i] for i in missing])):
+                states[i] = state
+                cache.put((mechanism, texts[i]), state)
+        return states
 
     def _encode(self, encode, seqs: list[list[int]]) -> list[torch.Tensor]:
         """Encoder states [len_i, d] of each sequence (padding stripped), computed in length-sorted batches."""

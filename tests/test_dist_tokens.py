@@ -55,19 +55,21 @@ def test_sentence_split_gap_by_hand(monkeypatch):
 
 
 def test_generations_file_round_trip_and_is_byte_identical(tmp_path):
-    gens = {"EmpRL": ["so sorry", "oh no é"], "w/o RL": ["ok", "what happened?"]}
+    gens = {"EmpRL": ["so sorry", "oh no é", "hm", "why?"], "w/o RL": ["ok", "what happened?"]}  # m = 2 and 1
     a = evaluation.write_generations(tmp_path / "a.jsonl.gz", ["t0", "t1"], gens)
     b = evaluation.write_generations(tmp_path / "b.jsonl.gz", ["t0", "t1"], gens)
     assert a.read_bytes() == b.read_bytes()
     rows = evaluation.read_generations(a)
-    assert rows == [{"id": "t0", "system": "EmpRL", "response": "so sorry"},
-                    {"id": "t1", "system": "EmpRL", "response": "oh no é"},
-                    {"id": "t0", "system": "w/o RL", "response": "ok"},
-                    {"id": "t1", "system": "w/o RL", "response": "what happened?"}]
+    assert rows == [{"id": "t0", "system": "EmpRL", "sample": 0, "response": "so sorry"},
+                    {"id": "t1", "system": "EmpRL", "sample": 0, "response": "oh no é"},
+                    {"id": "t0", "system": "EmpRL", "sample": 1, "response": "hm"},
+                    {"id": "t1", "system": "EmpRL", "sample": 1, "response": "why?"},
+                    {"id": "t0", "system": "w/o RL", "sample": 0, "response": "ok"},
+                    {"id": "t1", "system": "w/o RL", "sample": 0, "response": "what happened?"}]
     with gzip.open(a, "rt") as f:
-        assert len(f.read().splitlines()) == 4
-    with pytest.raises(ValueError, match="'EmpRL' has 1 responses for 2 ids"):
-        evaluation.write_generations(tmp_path / "c.jsonl.gz", ["t0", "t1"], {"EmpRL": ["x"]})
+        assert len(f.read().splitlines()) == 6
+    with pytest.raises(ValueError, match="'EmpRL' has 3 responses for 2 ids"):
+        evaluation.write_generations(tmp_path / "c.jsonl.gz", ["t0", "t1"], {"EmpRL": ["x", "y", "z"]})
 
 
 def test_tables_name_their_tokenizer(monkeypatch):
@@ -83,4 +85,4 @@ def test_tables_name_their_tokenizer(monkeypatch):
     systems = {"A": {"responses": ["so sorry.", "oh no", "why?"], "levels": gold},
                "B": {"responses": ["ok", "ok", "ok"], "levels": gold}}
     table = evaluation.paired_tests(systems, gold, [("A", "B")], tokenizer="word", n_boot=20)
-    assert list(table["Dist-n tokenizer"]) == [M.tokenizer_label("word")] * 2 + ["-"]
+    assert list(table["Dist-n tokenizer"]) == [M.tokenizer_label("word")] * 2 + ["-"] * 3  # Emp-F1, kappa, match

@@ -186,3 +186,75 @@ def test_paired_dist_n_interval_contains_the_observed_difference():
     t = paired_test("dist2", a, b, n_boot=300, seed=0)
     assert t.delta == pytest.approx(distinct_n(a["responses"], 2) - distinct_n(b["responses"], 2))
     assert t.low <= t.delta <= t.high
+
+
+def test_cohen_kappa_hand_computed_and_weights_repeat_examples():
+    # mechanism 0: gold 0,0,1,2 / pred 0,1,1,2: p_o = 3/4; p_e = sum_c p_gold(c) p_pred(c) = .5*.25 + .25*.5 + .25*.25
+    gold = np.array([[0, 0, 0], [0, 1, 1], [1, 1, 2], [2, 0, 0]])
+    pred = np.array([[0, 0, 0], [1, 1, 1], [1, 1, 2], [2, 0, 0]])
+    p_o, p_e = 0.75, 0.5 * 0.25 + 0.25 * 0.5 + 0.25 * 0.25
+    k = M.cohen_kappa(gold, pred)
+    assert k[0] == pytest.approx((p_o - p_e) / (1 - p_e))
+    assert k[1] == pytest.approx(1.0) and k[2] == pytest.approx(1.0)
+    w = np.array([2.0, 1.0, 3.0, 1.0])
+    assert M.cohen_kappa(gold, pred, w) == pytest.approx(M.cohen_kappa(np.repeat(gold, [2, 1, 3, 1], axis=0),
+                                                                       np.repeat(pred, [2, 1, 3, 1], axis=0)))
+    const = np.zeros_like(gold)
+    assert M.cohen_kappa(gold, const) == [0.0, 0.0, 0.0]  # a constant predictor agrees at chance only
+    assert M.cohen_kappa(const, const) == [0.0, 0.0, 0.0]  # 0/0 (one level on both sides) is reported as 0
+
+
+def test_all_match_and_floors():
+    gold = np.array([[0, 0, 0], [0, 1, 1], [1, 1, 2], [0, 0, 0], [2, 0, 0]])
+    pred = np.array([[0, 0, 0], [1, 1, 1], [1, 1, 2], [0, 0, 1], [2, 0, 0]])
+    assert M.all_match(gold, pred) == pytest.approx(60.0)
+    assert M.all_match(gold, pred, np.array([1, 0, 0, 3, 0.0])) == pytest.approx(25.0)
+    const = M.floor_levels(gold, "constant majority")
+    assert const.tolist() == [[0, 0, 0]] * 5
+    # mechanism 0: gold 0,0,1,0,2 vs all 0: F1 of class 0 = 2*3/(3+5) = 0.75, support 3 -> weighted 0.45
+    assert M.weighted_f1(gold[:, 0], const[:, 0]) == pytest.approx(0.45)
+    big = np.random.default_rng(0).choice(3, size=(20000, 3), p=[0.6, 0.3, 0.1])
+    drawn = M.floor_levels(big, "marginal draws", seed=1)
+    assert np.allclose([np.mean(drawn[:, m] == 0) for m in range(3)], 0.6, atol=0.02)
+    assert np.array_equal(drawn, M.floor_levels(big, "marginal draws", seed=1))
+    assert abs(np.mean(M.cohen_kappa(big, drawn))) < 0.03  # independent of the gold: kappa about 0
+    with pytest.raises(ValueError, match="unknown floor"):
+        M.floor_levels(gold, "oracle")
+
+
+def test_m_samples_pool_rows_and_average_dist_over_blocks():
+    rng = np.random.default_rng(3)
+    gold = rng.integers(0, 3, size=(40, 3))
+    levels = rng.integers(0, 3, size=(80, 3))  # m = 2 blocks of 40
+    responses = _zipf_responses(5, n=80)
+    row = M.evaluate_responses(responses, levels, gold, n_boot=30)
+    assert row["samples_per_context"] == 2 and row["n_examples"] == 40
+    assert row["emp_f1"] == pytest.approx(M.emp_f1(np.vstack([gold, gold]), levels))
+    assert row["kappa"] == pytest.approx(np.mean(M.cohen_kappa(np.vstack([gold, gold]), levels)))
+    assert row["dist2"] == pytest.approx((M.distinct_n(responses[:40], 2) + M.distinct_n(responses[40:], 2)) / 2)
+    assert row["all_match"] == pytest.approx(M.all_match(np.vstack([gold, gold]), levels))
+    floor = M.evaluate_responses(None, M.floor_levels(gold, "constant majority"), gold, n_boot=30)
+    assert floor["dist1"] is None and floor["kappa"] == 0.0
+    with pytest.raises(ValueError, match="m blocks"):
+        M.evaluate_responses(responses[:79], levels[:79], gold)
+
+
+def test_more_samples_per_context_shrink_the_paired_standard_error():
+    """Two systems whose levels are noisy copies of the gold: with m = 4 samples per context (resampled with
+    their context) the paired difference's standard error is smaller than with one sample."""
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, size=(400, 3))
+
+    def noisy(m, p):
+        rows = np.tile(gold, (m, 1))
+        flip = rng.random(rows.shape) < p
+        return np.where(flip, rng.integers(0, 3, size=rows.shape), rows)
+
+    se = {}
+    for m in (1, 4):
+        a, b = {"responses": None, "levels": noisy(m, 0.5)}, {"responses": None, "levels": noisy(m, 0.5)}
+        se[m] = M.paired_test("emp_f1", a, b, gold=gold, n_boot=300, seed=1).se
+    assert se[4] < 0.7 * se[1]
+    mixed = M.paired_test("kappa", {"responses": None, "levels": noisy(4, 0.2)},
+                          {"responses": None, "levels": noisy(1, 0.8)}, gold=gold, n_boot=200)
+    assert mixed.delta > 0 and mixed.p_value < 0.05  # systems with different m are compared on the same contexts

@@ -161,3 +161,29 @@ def test_a_partial_run_updates_the_timings_of_its_notebooks(tmp_path):
     (out / "metrics" / "pipeline_timings.json").write_text(json.dumps(timings))
     pipeline.run("smoke", out=str(out), notebook_dir=nbdir, only=None)  # a full run starts afresh
     assert sorted(json.loads((out / "metrics" / "pipeline_timings.json").read_text())) == ["01_a.ipynb", "02_b.ipynb"]
+
+
+def test_jobs_run_notebooks_side_by_side_after_what_they_read(tmp_path, monkeypatch):
+    """--jobs 2: each notebook in its own process with cores // 2 threads; 04 starts only after 02 and 03
+    (pipeline.DEPENDS) have written their outputs; every notebook's timing is kept; a failure is named."""
+    nbdir, out = tmp_path / "nbs", tmp_path / "out"
+    nbdir.mkdir()
+    write = ("import os; d = os.environ['EMPRL_OUTPUT_DIR']\n"
+             "open(d + '/done_NAME', 'w').write(os.environ['EMPRL_THREADS'])")
+    for name in ("01", "02", "03"):
+        _notebook(nbdir / f"{name}_x.ipynb", write.replace("NAME", name))
+    _notebook(nbdir / "04_y.ipynb", "import os; d = os.environ['EMPRL_OUTPUT_DIR']\n"
+              "assert os.path.exists(f'{d}/done_02') and os.path.exists(f'{d}/done_03')\n"
+              + write.replace("NAME", "04"))
+    monkeypatch.delenv("EMPRL_THREADS", raising=False)
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 4)  # the children get 4 // 2 threads
+    assert pipeline.main(["--profile", "offline", "--jobs", "2", "--out", str(out), "--notebook-dir", str(nbdir),
+                          "--set", "ppo.steps=3"]) == 0
+    assert {(out / f"done_{n}").read_text() for n in ("01", "02", "03", "04")} == {"2"}
+    timings = json.loads((out / "metrics" / "pipeline_timings.json").read_text())
+    assert sorted(timings) == ["01_x.ipynb", "02_x.ipynb", "03_x.ipynb", "04_y.ipynb"]
+    rendered = nbformat.read(out / "04_y.ipynb", as_version=4)
+    assert rendered.metadata["emprl"]["config"]["ppo"]["steps"] == 3  # the override reached the child
+    _notebook(nbdir / "03_x.ipynb", "raise ValueError('boom in 03')")
+    with pytest.raises(RuntimeError, match=r"03 failed .* not run: 04"):
+        pipeline.run_parallel("smoke", 2, out=str(tmp_path / "out2"), notebook_dir=nbdir)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from emprl import policy as P
-from emprl.ppo import gae, ppo_update, rollout
+from emprl.ppo import gae, ppo_loss, ppo_update, rollout
 from emprl.profiles import GeneratorConfig, PPOConfig
-from emprl.reward import reward_vector
+from emprl.reward import masked_whiten, reward_vector
 
 from test_ppo import WORDS, tiny_tokenizer  # noqa: E402  (shared tiny fixtures)
 
@@ -144,3 +144,103 @@ def test_static_cache_gives_the_same_rollout(kind):
     m = a.response_mask.bool()
     for name in ("logprobs", "values", "entropy", "ref_logprobs", "kl"):
         assert torch.allclose(getattr(a, name)[m], getattr(b, name)[m], **TOL), name
+
+
+def _padded_batch(kind):
+    """A rollout of 6 contexts of different lengths, with extra all-padding columns on queries and responses."""
+    model, reference = setup(kind)
+    tok = tiny_tokenizer()
+    contexts = CONTEXTS + ["sad", "you feel great it was a nice day i am so sorry to hear that"]
+    cfg, gen = PPOConfig(min_new_tokens=2), GeneratorConfig(max_new_tokens=8, max_source_len=16)
+    torch.manual_seed(5)
+    ro = rollout(model, reference, tok, contexts, gen, cfg)
+    pad_cols = lambda x, n: torch.cat([x, torch.zeros(x.shape[0], n, dtype=x.dtype)], dim=1)  # noqa: E731
+    return model, {"query_ids": pad_cols(ro.query_ids, 5), "query_mask": pad_cols(ro.query_mask, 5),
+                   "response_ids": pad_cols(ro.response_ids, 3), "response_mask": pad_cols(ro.response_mask, 3),
+                   "old_logprobs": pad_cols(ro.logprobs, 3), "old_values": pad_cols(ro.values, 3),
+                   "rewards": pad_cols(reward_vector(torch.linspace(-0.5, 1.0, 6), ro.kl, ro.response_mask.float(),
+                                                     0.2), 3)}
+
+
+@pytest.mark.parametrize("micro", [None, 1, 2, 4])
+@pytest.mark.parametrize("kind", ["full", "prefix"])
+def test_trimmed_micro_batches_give_the_untrimmed_update(kind, micro):
+    """ppo_update on length-sorted, trimmed micro-batches against the loss of the whole padded mini-batch,
+    written out here (GAE, then one Eq. 13-15 loss over all real tokens) and stepped with plain SGD, whose
+    step is proportional to the gradient (Adam's first step would hide a wrongly scaled gradient)."""
+    model, batch = _padded_batch(kind)
+    cfg = PPOConfig(batch_size=6, mini_batch_size=6, ppo_epochs=1, micro_batch_size=micro, whiten_advantages=True)
+    ours = copy.deepcopy(model)
+    params = [p for p in ours.parameters() if p.requires_grad]
+    stats = ppo_update(ours, None, torch.optim.SGD(params, lr=1.0), **batch, cfg=cfg)
+
+    ref = copy.deepcopy(model)
+    mask = batch["response_mask"].float()
+    adv, ret = gae(batch["rewards"], batch["old_values"] * mask, mask, cfg.gamma, cfg.lam)
+    adv = masked_whiten(adv, mask) * mask
+    logprobs, values, _ = ref(batch["query_ids"], batch["query_mask"], batch["response_ids"], batch["response_mask"])
+    loss, ref_stats = ppo_loss(logprobs, batch["old_logprobs"], values, batch["old_values"] * mask, adv, ret, mask,
+                               clip=cfg.clip, alpha=cfg.alpha)
+    ref_params = [p for p in ref.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(ref_params, lr=1.0)
+    loss.backward()
+    optimizer.step()
+    for k in ("loss", "policy_loss", "value_loss", "approx_kl", "ratio", "clip_frac"):
+        assert stats[k] == pytest.approx(float(ref_stats[k]), rel=1e-4, abs=1e-6), k
+    moved = 0.0
+    for (n, p), q, p0 in zip([(n, p) for n, p in ours.named_parameters() if p.requires_grad], ref_params,
+                             [p for p in model.parameters() if p.requires_grad]):
+        moved = max(moved, float((q - p0).detach().abs().max()))
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), n
+    assert moved > 1e-4  # the step moved the parameters
+
+
+def test_prefix_attached_once_per_generate_gives_the_same_samples():
+    """The prefix memo (cross-attention keys/values, position bias and mask padded once per generate) against
+    attaching it at every layer and step: same tokens, same logits, and the memo is actually hit."""
+    import emprl.prefix as prefix_module
+
+    model, _ = setup("prefix")
+    policy, tok = model.policy, tiny_tokenizer()
+    ids, mask = P.encode_contexts(tok, CONTEXTS, 16, "cpu")
+    kw = dict(do_sample=True, top_k=5, temperature=0.9, max_new_tokens=8, min_new_tokens=8,
+              decoder_start_token_id=0, return_dict_in_generate=True, output_logits=True)
+    hits = []
+    real = prefix_module._memoized
+
+    def counting(memo, name, source, make):
+        if memo is not None and not torch.is_grad_enabled() and name in memo and memo[name][0] is source:
+            hits.append(name)
+        return real(memo, name, source, make)
+
+    prefix_module._memoized = counting
+    try:
+        torch.manual_seed(3)
+        fast = policy.generate(ids, mask, **kw)
+    finally:
+        prefix_module._memoized = real
+    torch.manual_seed(3)
+    plain = policy.generate(ids, mask, memo=False, **kw)
+    assert torch.equal(fast.sequences, plain.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(fast.logits, plain.logits))
+    assert {"key", "value"} <= set(hits) and any(h.startswith("bias") for h in hits)
+    # nothing is left behind once generate returns
+    assert all(a.emprl_prefix_memo is None and a.emprl_shared_memo is None for _, _, a in policy._slots)
+
+
+def test_reference_and_entropy_need_no_graph():
+    """The reference log-probs are those of the sampled tokens (no entropy computed); the update's entropy is
+    logged outside autograd, and its log-probs keep their graph."""
+    model, reference = setup("prefix")
+    tok = tiny_tokenizer()
+    ids, mask = P.encode_contexts(tok, CONTEXTS, 16, "cpu")
+    responses = torch.tensor([[5, 6, 1, 0], [7, 1, 0, 0], [5, 5, 5, 1], [8, 1, 0, 0]])
+    rmask = P.response_mask_from_eos(responses, 1)
+    ref = P.reference_logprobs(model.policy, reference, ids, mask, responses, rmask)
+    full = P.reference_logprobs(model.policy, reference, ids, mask, responses, rmask, full=True)
+    assert torch.equal(ref, full.gather(-1, responses.unsqueeze(-1)).squeeze(-1))
+    logprobs, values, entropy = model(ids, mask, responses, rmask)
+    assert logprobs.requires_grad and values.requires_grad and not entropy.requires_grad
+    p = full.exp()  # entropy from the definition (of the reference here: the same function)
+    _, _, ent_ref = P.sequence_logprobs(model.policy, ids, mask, responses, rmask, prefix=reference)
+    assert torch.allclose(ent_ref, -(p * full).sum(-1), atol=1e-5)

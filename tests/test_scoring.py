@@ -54,6 +54,30 @@ def test_bfloat16_option_close_to_float32_and_leaves_models_alone(scorer, tokeni
         scoring.EmpathyScorer(scorer.identifiers, tokenizer, 24, 12, mechanism_order=MECHS, dtype="float16")
 
 
+def test_int8_option_close_to_float32_and_leaves_models_alone(scorer, tokenizer):
+    ref = scorer.logits(CONTEXTS, RESPONSES)
+    int8 = scoring.EmpathyScorer(scorer.identifiers, tokenizer, 24, 12, mechanism_order=MECHS, dtype="int8")
+    out = int8.logits(CONTEXTS, RESPONSES)
+    assert torch.allclose(out, ref, atol=0.1) and not torch.equal(out, ref)  # quantized: close, not equal
+    assert all(isinstance(l, torch.nn.Linear) for m in scorer.identifiers.values() for l in m.modules()
+               if "Linear" in type(l).__name__)  # the caller's models keep their float layers
+    assert int8.fingerprint not in (scorer.fingerprint,)
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        scoring.EmpathyScorer(scorer.identifiers, tokenizer, 24, 12, mechanism_order=MECHS, dtype="int8",
+                              device="meta")
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    from pathlib import Path
+
+    real = Path.read_text
+    for flags, expected in (("fpu avx2 fma", False), ("fpu avx512f avx512_bf16", True), ("amx_bf16 amx_tile", True),
+                            ("avx512_bf16x", False)):
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: f"flags\t: {flags}\n" if str(self) ==
+                            "/proc/cpuinfo" else real(self, *a, **k))
+        assert scoring.native_bf16() is expected, flags
+
+
 def test_empty_input_and_mismatch(scorer):
     assert scorer.logits([], []).shape == (0, 3, 3)
     with pytest.raises(ValueError, match="2 contexts but 1 responses"):
@@ -112,3 +136,41 @@ def test_load_rejects_mixed_settings(scorer, tokenizer, tmp_path, monkeypatch):
                           IdentifierConfig(max_context_len=24 + k, max_response_len=12))
     with pytest.raises(ValueError, match="disagree"):
         scoring.EmpathyScorer.load(tmp_path)
+
+
+def test_context_cache_gives_the_logits_of_the_uncached_path(scorer, tokenizer):
+    uncached = scoring.EmpathyScorer(scorer.identifiers, tokenizer, 24, 12, batch_size=3, mechanism_order=MECHS,
+                                     context_cache_bytes=0)
+    assert uncached.context_cache is None
+    # the gold-label pass: human responses; then sampled responses to the same contexts, in another order
+    # and batch composition, and a context the cache has not seen
+    scorer.logits(CONTEXTS, RESPONSES)
+    cache = scorer.context_cache
+    assert len(cache) == 3 * len(set(CONTEXTS)) and cache.misses == 3 * len(set(CONTEXTS)) and cache.hits == 0
+    contexts = CONTEXTS[::-1] + CONTEXTS + ["a context nobody has scored yet"]
+    responses = ["oh no", "that is great!", "why?", "tell me more", "i am sorry", "wow", "hm", "so?", "and"]
+    cached = scorer.logits(contexts, responses)
+    assert cache.hits == 3 * len(set(CONTEXTS)) and cache.misses == 3 * (len(set(CONTEXTS)) + 1)
+    plain = uncached.logits(contexts, responses)
+    # states encoded in another batch differ by float rounding only: same levels, logits to 1e-5
+    assert torch.allclose(cached, plain, atol=1e-5)
+    assert torch.equal(cached.argmax(-1), plain.argmax(-1))
+    # served from the cache, the states are the very tensors of the first pass: bit-identical logits
+    assert torch.equal(scorer.logits(contexts, responses), cached)
+
+
+def test_context_cache_is_bounded_and_evicts_the_least_recently_used():
+    cache = scoring.ContextCache(max_bytes=3 * 40)  # three [10] float32 states
+    for i in range(3):
+        cache.put(("er", f"c{i}"), torch.full((10,), float(i)))
+    assert cache.get(("er", "c0")) is not None  # c0 is now the most recently used
+    cache.put(("er", "c3"), torch.zeros(10))
+    assert cache.bytes == 120 and len(cache) == 3
+    assert cache.get(("er", "c1")) is None and cache.get(("er", "c0")) is not None
+    cache.put(("er", "big"), torch.zeros(31))  # larger than the bound: not kept, nothing evicted
+    assert len(cache) == 3 and cache.get(("er", "big")) is None
+    view = torch.zeros(4, 10)[0]  # a slice is stored as a copy of its own (the batch it came from is freed)
+    cache.put(("ip", "v"), view)
+    assert cache.get(("ip", "v")).untyped_storage().nbytes() == 40
+    with pytest.raises(ValueError, match="max_bytes"):
+        scoring.ContextCache(-1)
