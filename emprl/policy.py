@@ -187,9 +187,9 @@ def sample_responses(model, tokenizer, contexts: list[str], cfg, seed: int = 0, 
 
 
 def sequence_log_softmax(model, query_ids, query_mask, response_ids, response_mask, prefix=None,
-                         value_head=None):
+                         value_head=None, detach_value: bool = False):
     """The full log pi(. | y_<t, c) [B, T, V] (float32) at every response position, and V(s_t) if
-    ``value_head``."""
+    ``value_head`` (``detach_value``: on the detached state, so the value loss does not train the policy)."""
     config = model.config
     start = torch.full_like(response_ids[:, :1], config.decoder_start_token_id)
     decoder_input_ids = torch.cat([start, response_ids[:, :-1]], dim=1)  # s_t = (y_<t, c)
@@ -200,7 +200,10 @@ def sequence_log_softmax(model, query_ids, query_mask, response_ids, response_ma
         decoder_attention_mask=decoder_mask, output_hidden_states=value_head is not None, **kwargs,
     )
     logp_all = F.log_softmax(out.logits.float(), dim=-1)  # float32 under a bf16 autocast too
-    values = value_head(out.decoder_hidden_states[-1]) if value_head is not None else None
+    values = None
+    if value_head is not None:
+        hidden = out.decoder_hidden_states[-1]
+        values = value_head(hidden.detach() if detach_value else hidden)
     return logp_all, values
 
 
@@ -232,15 +235,21 @@ class ValueHead(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    """The policy pi_theta and the value head V sharing one network (one module, so DDP can wrap it)."""
+    """The policy pi_theta and the value head V sharing one network (one module, so DDP can wrap it).
 
-    def __init__(self, policy: nn.Module, value_head: ValueHead) -> None:
+    ``detach_value``: V reads the decoder state without passing its gradient back, so the value loss trains
+    the value head only (by default it also trains the shared network: the prefix, for a PrefixT5)."""
+
+    def __init__(self, policy: nn.Module, value_head: ValueHead, detach_value: bool = False) -> None:
         super().__init__()
-        self.policy, self.value_head = policy, value_head
+        self.policy, self.value_head, self.detach_value = policy, value_head, detach_value
 
-    def forward(self, query_ids, query_mask, response_ids, response_mask):
-        return sequence_logprobs(self.policy, query_ids, query_mask, response_ids, response_mask,
-                                 value_head=self.value_head)
+    def forward(self, query_ids, query_mask, response_ids, response_mask, full: bool = False):
+        """(log pi(y_t | s_t), V(s_t), entropy), and the full log pi(. | s_t) [B, T, V] last if ``full``."""
+        logp_all, values = sequence_log_softmax(self.policy, query_ids, query_mask, response_ids, response_mask,
+                                                value_head=self.value_head, detach_value=self.detach_value)
+        logprobs, entropy = token_logprobs(logp_all, response_ids)
+        return (logprobs, values, entropy, logp_all) if full else (logprobs, values, entropy)
 
 
 def make_reference(policy: nn.Module) -> nn.Module:

@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from emprl import policy as P
-from emprl.reward import KL_ESTIMATORS, full_kl, kl_penalty, masked_mean, masked_whiten, warped_kl, whiten_rewards
+from emprl.reward import (KL_ESTIMATORS, full_kl, kl_penalty, masked_mean, masked_var, masked_whiten,
+                          sampling_log_probs, warped_kl, whiten_rewards)
 
 
 class NonFiniteError(FloatingPointError):
@@ -61,6 +62,10 @@ class Rollout:
     entropy: torch.Tensor
     responses: list[str]
     kl: torch.Tensor  # [B, T] per-token R_kl (Eq. 6) of cfg.kl_estimator, 0 at padding
+    # cfg.ratio == "sampler": the sampler's support [B, T, V] (top-k set, EOS ban), and ``logprobs`` are then
+    # those of the sampling distribution q (tempered, truncated), not of the raw policy
+    keep: torch.Tensor | None = None
+    ref_logp_all: torch.Tensor | None = None  # [B, T, V] log rho(. | s_t), kept for cfg.kl_in_loss
 
 
 @torch.no_grad()
@@ -79,6 +84,8 @@ def rollout(model: P.ActorCritic, reference, tokenizer, contexts: Sequence[str],
     forward (the plain path, for tests and benchmarks). ``static_cache``: see ``policy.static_cache``.
     """
     estimator = kl_estimator_of(cfg)
+    sampler_ratio = getattr(cfg, "ratio", "raw") == "sampler"
+    kl_in_loss = getattr(cfg, "kl_in_loss", False)
     policy = model.policy
     query_ids, query_mask = P.encode_contexts(tokenizer, list(contexts), gen_cfg.max_source_len,
                                               P.device_of(model))
@@ -99,7 +106,7 @@ def rollout(model: P.ActorCritic, reference, tokenizer, contexts: Sequence[str],
     mask = response_mask.to(logprobs.dtype)
     # the policy's log-probs came from generation, so rho needs the only forward of the rollout
     ref = P.reference_logprobs(policy, reference, query_ids, query_mask, response_ids, response_mask,
-                               full=estimator != "sampled")
+                               full=estimator != "sampled" or kl_in_loss)
     if estimator == "full":
         ref_logprobs = ref.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
         kl = full_kl(logp_all, ref, response_mask)  # Eq. 6 in expectation over the vocabulary
@@ -109,11 +116,22 @@ def rollout(model: P.ActorCritic, reference, tokenizer, contexts: Sequence[str],
                        temperature=gen_cfg.temperature, top_p=gen_cfg.top_p, eos_token_id=tokenizer.eos_token_id,
                        min_new_tokens=generation["min_new_tokens"], exact=estimator == "warped_full")
     else:
-        ref_logprobs = ref
+        ref_logprobs = ref.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1) if kl_in_loss else ref
         kl = kl_penalty(logprobs, ref_logprobs) * mask  # Eq. 6
+    keep = None
+    if sampler_ratio:  # pi_old as the sampler drew from it: the ratio of Eq. 14 is then of one distribution
+        logq = sampling_log_probs(logp_all, **sampler_settings(gen_cfg, tokenizer, generation))
+        keep = torch.isfinite(logq)
+        logprobs = logq.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1).masked_fill(mask == 0, 0.0)
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
     return Rollout(query_ids, query_mask, response_ids, response_mask, logprobs, ref_logprobs, values * mask,
-                   entropy, texts, kl)
+                   entropy, texts, kl, keep, ref if kl_in_loss else None)
+
+
+def sampler_settings(gen_cfg, tokenizer, generation: dict) -> dict:
+    """The warping of ``reward.sampling_log_probs`` that the rollout's sampler applied."""
+    return {"top_k": gen_cfg.top_k, "temperature": gen_cfg.temperature, "top_p": gen_cfg.top_p,
+            "eos_token_id": tokenizer.eos_token_id, "min_new_tokens": generation.get("min_new_tokens", 0)}
 
 
 # --------------------------------------------------------------------------- 2. advantages and loss
@@ -146,13 +164,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 def ppo_loss(
     logprobs, old_logprobs, values, old_values, advantages, returns, mask,
     clip: float = 0.2, alpha: float = 0.1, value_clip: float | None = None,
-    whiten_advantages: bool = False, entropy: torch.Tensor | None = None,
+    whiten_advantages: bool = False, entropy: torch.Tensor | None = None, policy_coef: float = 1.0,
 ):
     """L = -L^CLIP + alpha L^VF (Eq. 13-15) as masked means over real tokens; returns (loss, stats),
     stats as detached 0-d tensors.
 
     ``returns`` = A + V_old (the target of Eq. 15). ``value_clip`` (trl's ``cliprange_value``) is off
-    by default as in the paper. Stats: policy_loss, value_loss, loss, clip_frac, approx_kl
+    by default as in the paper. ``policy_coef`` weighs -L^CLIP (1 in Eq. 13). Stats: policy_loss, value_loss, loss, clip_frac, approx_kl
     (0.5 * mean squared log-ratio, as trl), ratio, value_clip_frac and entropy when given.
     """
     mask = mask.to(logprobs.dtype)
@@ -171,7 +189,7 @@ def ppo_loss(
         value_clip_frac = masked_mean((v_err_clipped > v_err).to(mask.dtype), mask)
         v_err = torch.max(v_err, v_err_clipped)
     value_loss = masked_mean(v_err, mask)  # L^VF, Eq. 15
-    loss = policy_loss + alpha * value_loss  # Eq. 13
+    loss = policy_coef * policy_loss + alpha * value_loss  # Eq. 13 (policy_coef 0: a critic-only warm-up)
     with torch.no_grad():  # 0-d tensors: the caller syncs with the host once, where it logs
         stats = {
             "policy_loss": policy_loss.detach(),
@@ -194,15 +212,28 @@ def ppo_update(
     policy, value_head, optimizer, query_ids, query_mask, response_ids, response_mask,
     old_logprobs, old_values, rewards, cfg, accelerator=None,
     before_optimizer_step: Callable[[nn.Module], None] | None = None,
+    sampler: dict | None = None, ref_logp_all: torch.Tensor | None = None, kl_coef: float = 0.0,
+    train_policy: bool = True,
 ) -> dict[str, float]:
     """GAE on the reward vector, then ``cfg.ppo_epochs`` passes of clipped PPO over mini-batches.
 
     Rewards may be whitened (``cfg.whiten_rewards``, trl's ``shift_mean=False``) before GAE and the
     advantages are whitened once per batch when ``cfg.whiten_advantages`` (trl's behaviour).
     ``before_optimizer_step(model)`` is called after the backward passes and before each optimizer step
-    (e.g. to record gradients). Returns the mean stats of all mini-batches plus advantage/return means.
+    (e.g. to record gradients). Returns the mean stats of all mini-batches plus advantage/return means and
+    the share of the returns' variance the old values explain.
+
+    Repairs (issue 18), all off by default: ``sampler`` ({"keep": the rollout's [B, T, V] support, and
+    ``ppo.sampler_settings``}): the new log-probs are those of the sampling distribution restricted to the
+    old support, as ``old_logprobs`` are, so the ratio of Eq. 14 compares one distribution. ``kl_coef`` with
+    ``ref_logp_all`` [B, T, V]: adds kl_coef x the exact per-token KL(pi_theta || rho) at the visited states
+    to the loss, a term whose gradient pulls pi back toward rho (as GRPO's; a KL in the reward is a
+    constant to the policy gradient at a state). ``train_policy=False``: a critic-only step (the value loss
+    alone; the policy's parameters are not stepped).
     """
     model = policy if value_head is None else P.ActorCritic(policy, value_head)
+    core = getattr(model, "module", model)  # under DDP the ActorCritic is wrapped
+    value_params = {id(p) for p in core.value_head.parameters()}
     mask = response_mask.to(old_logprobs.dtype)
     old_values = old_values * mask
     # trl keeps the whitened rewards on padding, where they reach GAE; ours zeroes them (the paper is silent)
@@ -233,13 +264,25 @@ def ppo_update(
                 mb_stats: dict[str, torch.Tensor] = {}
                 for part in idx.split(micro):
                     q, r = int(query_len[part].max()), int(response_len[part].max())
-                    logprobs, values, entropy = model(query_ids[part, :q], query_mask[part, :q],
-                                                      response_ids[part, :r], response_mask[part, :r])
+                    logprobs, values, entropy, logp_all = model(query_ids[part, :q], query_mask[part, :q],
+                                                                response_ids[part, :r], response_mask[part, :r],
+                                                                full=True)
+                    if sampler is not None:  # log q_theta(y_t) on the old support (see the docstring)
+                        settings = {k: v for k, v in sampler.items() if k != "keep"}
+                        logq = sampling_log_probs(logp_all, keep=sampler["keep"][part, :r], **settings)
+                        logprobs = logq.gather(-1, response_ids[part, :r].unsqueeze(-1)).squeeze(-1)
+                        logprobs = logprobs.masked_fill(mask[part, :r] == 0, 0.0)
                     loss, stats = ppo_loss(  # Eq. 13-15
                         logprobs, old_logprobs[part, :r], values, old_values[part, :r], advantages[part, :r],
                         returns[part, :r], mask[part, :r], clip=cfg.clip, alpha=cfg.alpha,
-                        value_clip=cfg.value_clip, entropy=entropy,
+                        value_clip=cfg.value_clip, entropy=entropy, policy_coef=1.0 if train_policy else 0.0,
                     )
+                    stats["kl_loss"] = torch.zeros((), device=loss.device)
+                    if kl_coef and ref_logp_all is not None:  # exact KL(pi || rho) per visited state, in the loss
+                        kl_t = (logp_all.exp() * (logp_all - ref_logp_all[part, :r])).sum(-1)
+                        kl_loss = masked_mean(kl_t, mask[part, :r])
+                        loss = loss + kl_coef * kl_loss
+                        stats["kl_loss"] = kl_loss.detach()
                     share = mask[part, :r].sum() / n_tokens
                     if accelerator is not None:
                         accelerator.backward(loss * share / accum)
@@ -254,11 +297,18 @@ def ppo_update(
             if not torch.isfinite(grad_norm):
                 check_finite("PPO loss", torch.stack([s["loss"] for s in all_stats]))
                 check_finite("gradient norm", grad_norm)
+            if not train_policy:  # critic warm-up: only the value head steps
+                for p in params:
+                    if id(p) not in value_params:
+                        p.grad = None
             if before_optimizer_step is not None:
                 before_optimizer_step(model)
             optimizer.step()
     means = torch.stack([torch.stack([s[k] for s in all_stats]).double().mean() for k in all_stats[0]])
-    extra = torch.stack([masked_mean(x, mask) for x in (advantages, returns, old_values)])
-    out = dict(zip(list(all_stats[0]) + ["advantages_mean", "returns_mean", "values_mean"],
+    # how much of the returns' spread the old values explain: 1 is a perfect critic, 0 a constant one
+    spread = masked_var(returns, mask, unbiased=False)
+    explained = 1 - masked_var(returns - old_values, mask, unbiased=False) / spread if spread > 0 else spread * math.nan
+    extra = torch.stack([masked_mean(x, mask) for x in (advantages, returns, old_values)] + [explained])
+    out = dict(zip(list(all_stats[0]) + ["advantages_mean", "returns_mean", "values_mean", "explained_var"],
                    torch.cat([means, extra.double()]).tolist()))
     return out

@@ -27,7 +27,7 @@ import torch.nn as nn
 from emprl import checkpoint as ckpt
 from emprl import policy as P
 from emprl.data import context_texts
-from emprl.ppo import NonFiniteError, check_finite, kl_estimator_of, ppo_update, rollout
+from emprl.ppo import NonFiniteError, check_finite, kl_estimator_of, ppo_update, rollout, sampler_settings
 from emprl.reward import (
     AdaptiveKLController,
     FixedKLController,
@@ -41,7 +41,8 @@ VARIANTS = ("emprl", "no_kl", "no_emp")
 LOG_FIELDS = (
     "step", "reward_mean", "reward_std", "emp_reward_mean", "emp_reward_std", "score_mean", "kl", "kl_coef",
     "entropy", "policy_loss", "value_loss", "loss", "clip_frac", "approx_kl", "ratio", "value_clip_frac",
-    "advantages_mean", "returns_mean", "values_mean", "response_len", "steps_per_s", "elapsed_s",
+    "advantages_mean", "returns_mean", "values_mean", "explained_var", "kl_loss", "response_len", "steps_per_s",
+    "elapsed_s",
 )
 
 
@@ -120,11 +121,12 @@ def train_ppo(
         idx = order[pos * global_batch: (pos + 1) * global_batch][
             run.rank * cfg.batch_size: (run.rank + 1) * cfg.batch_size]
         contexts, score_contexts = context_texts([examples[i] for i in idx], max_context_tokens)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step)
+        for group in run.optimizer.param_groups:  # the policy's and the value head's, decayed alike
+            group["lr"] = group["base_lr"] * lr_at(cfg, step) / cfg.lr
         try:
             out = ppo_step(run, tokenizer, scorer, contexts, score_contexts, gold[torch.as_tensor(idx)], cfg,
-                           gen_cfg, variant, before_optimizer_step)
+                           gen_cfg, variant, before_optimizer_step,
+                           train_policy=step >= getattr(cfg, "critic_warmup_steps", 0))
         except NonFiniteError as e:
             last = run.state_path if run.state_path.exists() else "none"
             raise NonFiniteError(f"PPO step {step + 1} ({variant}): {e}; stopped. "
@@ -150,8 +152,9 @@ def train_ppo(
 
 
 def ppo_step(run: _Run, tokenizer, scorer, contexts, score_contexts, gold, cfg, gen_cfg, variant,
-             before_optimizer_step=None) -> dict[str, Any]:
-    """One PPO step on this process's contexts: rollout, rewards, update. Returns its tensors and stats."""
+             before_optimizer_step=None, train_policy: bool = True) -> dict[str, Any]:
+    """One PPO step on this process's contexts: rollout, rewards, update. Returns its tensors and stats.
+    ``train_policy=False``: a critic warm-up step (``cfg.critic_warmup_steps``)."""
     # 1. rollout: sample y ~ pi, old log-probs and values, reference log-probs, per-token KL (Eq. 6)
     ro = rollout(run.model, run.reference, tokenizer, contexts, gen_cfg, cfg)
     check_finite("policy log-probs", ro.logprobs)
@@ -169,12 +172,19 @@ def ppo_step(run: _Run, tokenizer, scorer, contexts, score_contexts, gold, cfg, 
     kl = ro.kl * mask
     check_finite("KL penalty", kl)
     beta = run.kl_ctl.value if variant != "no_kl" else 0.0
-    rewards = reward_vector(score, kl, mask, beta)
+    kl_in_loss = getattr(cfg, "kl_in_loss", False)
+    rewards = reward_vector(score, kl, mask, 0.0 if kl_in_loss else beta)  # with kl_in_loss beta weighs the loss
     check_finite("rewards", rewards)
     # 3. PPO update: GAE (Eq. 9-10), clipped loss (Eq. 13-15)
+    sampler = None
+    if ro.keep is not None:
+        generation = P.generation_kwargs(gen_cfg, tokenizer, min_new_tokens=cfg.min_new_tokens)
+        sampler = {"keep": ro.keep, **sampler_settings(gen_cfg, tokenizer, generation)}
     stats = ppo_update(run.wrapped, None, run.optimizer, ro.query_ids, ro.query_mask, ro.response_ids,
                        ro.response_mask, ro.logprobs, ro.values, rewards, cfg, accelerator=run.accelerator,
-                       before_optimizer_step=before_optimizer_step)
+                       before_optimizer_step=before_optimizer_step, sampler=sampler,
+                       ref_logp_all=ro.ref_logp_all, kl_coef=beta if kl_in_loss else 0.0,
+                       train_policy=train_policy)
     seq_kl = kl.sum(1)
     run.kl_ctl.update(_mean_all(seq_kl, run.accelerator), cfg.batch_size * run.world)
     return {"rewards": rewards, "r_emp": r_emp, "score": score, "seq_kl": seq_kl, "mask": mask, "beta": beta,
@@ -224,10 +234,10 @@ def _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, n_example
     torch.manual_seed(seed)
     value_head = value_head if value_head is not None else P.ValueHead(policy.config.d_model)
     device = accelerator.device if accelerator is not None else P.device_of(policy)
-    model = P.ActorCritic(policy, value_head).to(device)
+    model = P.ActorCritic(policy, value_head, detach_value=getattr(cfg, "value_detach", False)).to(device)
     reference.to(device)
     model.eval()  # dropout off in rollout and update
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], cfg, torch.device(device))
+    optimizer = adamw(model, cfg, torch.device(device))
     wrapped = model
     if accelerator is not None:
         wrapped, optimizer = accelerator.prepare(model, optimizer)
@@ -242,22 +252,34 @@ def _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, n_example
                 _resume_key(cfg, gen_cfg, variant, seed, n_examples, world))
 
 
-def adamw(params, cfg, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; fused into one kernel on CUDA, where the per-parameter launches of the default cost more than
-    the arithmetic of a prefix (equal to the default to float rounding: tests/test_ppo_fast_path.py)."""
+def adamw(model: P.ActorCritic, cfg, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over two groups, the policy's trainable parameters at ``cfg.lr`` and the value head's at
+    ``cfg.value_lr`` (``cfg.lr`` if None: then one group's arithmetic, AdamW being per parameter), each
+    remembering its ``base_lr`` for the schedule. Fused into one kernel on CUDA, where the per-parameter
+    launches of the default cost more than the arithmetic of a prefix (equal to the default to float
+    rounding: tests/test_ppo_fast_path.py)."""
     fused = True if device.type == "cuda" else None
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    value_ids = {id(p) for p in model.value_head.parameters()}
+    value_lr = cfg.lr if getattr(cfg, "value_lr", None) is None else cfg.value_lr
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in value_ids],
+               "lr": cfg.lr, "base_lr": cfg.lr},
+              {"params": [p for p in model.value_head.parameters() if p.requires_grad],
+               "lr": value_lr, "base_lr": value_lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             fused=fused)
 
 
 def lr_at(cfg, step: int) -> float:
     """The learning rate of PPO step ``step`` (0-based): ``cfg.lr``, or with ``cfg.lr_schedule="linear"``
-    decayed linearly to 0 over ``cfg.steps`` (transformers' "linear" schedule without warm-up, stepped
-    once per PPO step as trl's ``PPOTrainer.step`` does)."""
+    decayed linearly to 0 over ``cfg.lr_decay_steps`` (``cfg.steps`` if None; transformers' "linear"
+    schedule without warm-up, stepped once per PPO step as trl's ``PPOTrainer.step`` does). The horizon
+    is its own setting so that a short run of a long schedule decays as the long run would begin."""
     schedule = getattr(cfg, "lr_schedule", "constant")
     if schedule == "constant":
         return cfg.lr
     if schedule == "linear":
-        return cfg.lr * max(0.0, (cfg.steps - step) / cfg.steps)
+        horizon = getattr(cfg, "lr_decay_steps", None) or cfg.steps
+        return cfg.lr * max(0.0, (horizon - step) / horizon)
     raise ValueError(f"PPOConfig.lr_schedule must be 'constant' or 'linear', got {schedule!r}")
 
 
@@ -266,7 +288,9 @@ def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world) -> dict:
     # how the update is cut into pieces changes no number, so a run may resume with another cut
     c = {k: v for k, v in dataclasses.asdict(cfg).items()
          if k not in ("steps", "checkpoint_every", "log_every", "micro_batch_size")}
-    for k, default in (("kl_estimator", "sampled"), ("whiten_rewards_padding", "zero"), ("lr_schedule", "constant")):
+    for k, default in (("kl_estimator", "sampled"), ("whiten_rewards_padding", "zero"), ("lr_schedule", "constant"),
+                       ("lr_decay_steps", None), ("value_lr", None), ("value_detach", False),
+                       ("critic_warmup_steps", 0), ("ratio", "raw"), ("kl_in_loss", False)):
         if c.get(k) == default:  # options at their default leave the key as states saved without them have it
             del c[k]
     g = {k: getattr(gen_cfg, k) for k in ("top_k", "top_p", "temperature", "max_new_tokens", "max_source_len")}

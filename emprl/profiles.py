@@ -123,7 +123,14 @@ class PPOConfig:
     # ban), so E_q[sum_t R_kl] = KL(q_pi || q_rho) >= 0; "warped_full": that KL exactly per token.
     kl_estimator: str = "sampled"
     whiten_rewards_padding: str = "zero"  # "trl": whitened rewards stay on padding and reach GAE (trl 0.9.6)
-    lr_schedule: str = "constant"  # "linear": decay to 0 over `steps`, once per step (authors: HF "linear")
+    lr_schedule: str = "constant"  # "linear": decay to 0 over `lr_decay_steps`, once per step (authors: HF "linear")
+    lr_decay_steps: int | None = None  # the linear decay's horizon (None: `steps`); the authors' code: 24,000
+    # Repairs of the study (issue 18), each off by default (the paper's PPO):
+    value_lr: float | None = None  # the value head's own learning rate (None: `lr`, one group as the paper)
+    value_detach: bool = False  # V on the detached decoder state: the value loss does not move the policy
+    critic_warmup_steps: int = 0  # first steps train the value head only (the policy is not stepped)
+    ratio: str = "raw"  # "sampler": the ratio of Eq. 14 under the top-k/temperature distribution that sampled
+    kl_in_loss: bool = False  # the exact per-token KL(pi||rho), times beta, in the loss instead of the reward
     checkpoint_every: int = 500
     log_every: int = 1
 
@@ -269,8 +276,9 @@ RANGES: dict[str, tuple] = {
     "ppo.steps": NON_NEGATIVE,
     **{f"ppo.{k}": POSITIVE for k in ("lr", "batch_size", "mini_batch_size", "micro_batch_size", "ppo_epochs", "grad_accum",
                                      "max_grad_norm", "min_new_tokens", "kl_target", "kl_horizon", "score_clip",
-                                     "checkpoint_every", "log_every", "value_clip", "clip")},
-    **{f"ppo.{k}": NON_NEGATIVE for k in ("weight_decay", "beta", "alpha")},
+                                     "checkpoint_every", "log_every", "value_clip", "clip", "lr_decay_steps",
+                                     "value_lr")},
+    **{f"ppo.{k}": NON_NEGATIVE for k in ("weight_decay", "beta", "alpha", "critic_warmup_steps")},
     "ppo.gamma": UNIT, "ppo.lam": UNIT,
     **{f"evaluation.{k}": POSITIVE for k in ("max_examples", "study_max_examples", "batch_size", "samples_per_context",
                                             "bootstrap", "ablation_ppo_steps",
@@ -286,6 +294,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ppo.kl_estimator": ("sampled", "full", "warped", "warped_full"),
     "ppo.whiten_rewards_padding": ("zero", "trl"),
     "ppo.lr_schedule": ("constant", "linear"),
+    "ppo.ratio": ("raw", "sampler"),
 }
 
 
@@ -426,6 +435,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "whiten_rewards": True, "whiten_rewards_padding": "trl",
             "max_grad_norm": 1.0,
             "weight_decay": 0.0, "lr_schedule": "linear",  # Adam = AdamW without weight decay
+            "lr_decay_steps": 24000,  # their scheduler decays over 24,000 steps, however long the run
             "batch_size": 32, "mini_batch_size": 8, "grad_accum": 4, "lr": 1e-5,
             "min_new_tokens": 5,  # min_length=5
         },
