@@ -171,9 +171,11 @@ def shuffled_batches(lengths: list[int], batch_size: int, seed: int, pool: int =
 
 
 @torch.no_grad()
-def token_nll(model, tokenizer, contexts: list[str], responses: list[str], batch_size: int = 32,
-              max_source_len: int = 512, max_target_len: int = 512, progress: bool = False) -> tuple[float, int]:
-    """(sum of token cross-entropies of the gold responses incl. ``</s>``, number of tokens)."""
+def example_nll(model, tokenizer, contexts: list[str], responses: list[str], batch_size: int = 32,
+                max_source_len: int = 512, max_target_len: int = 512,
+                progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: (sum of token cross-entropies of the gold response incl. ``</s>`` [N] float64, its number
+    of tokens [N]); a corpus PPL over any resample of the examples follows from them (paired PPL tests)."""
     if len(contexts) != len(responses):
         raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
     was_training = model.training
@@ -181,17 +183,23 @@ def token_nll(model, tokenizer, contexts: list[str], responses: list[str], batch
     sources = encode(tokenizer, contexts, max_source_len, "left")
     targets = encode(tokenizer, responses, max_target_len, "right")
     device = device_of(model)
-    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device, read once at the end
-    count = 0
+    nll = torch.zeros(len(contexts), dtype=torch.float64, device=device)  # on the device, read once at the end
     batches = length_sorted_batches([len(s) + len(t) for s, t in zip(sources, targets)], batch_size)
     for idx in progress_bar(batches, desc="perplexity", disable=not progress, leave=False):
         batch = collate([sources[i] for i in idx], [targets[i] for i in idx], tokenizer.pad_token_id, device)
         logits = model(**batch).logits.float()  # float32 cross-entropy under a bf16 autocast too
-        total += nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
-                                             reduction="sum").double()
-        count += sum(len(targets[i]) for i in idx)
+        ce = nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"], ignore_index=-100, reduction="none")
+        nll[torch.as_tensor(idx, device=device)] = ce.double().sum(1)
     model.train(was_training)
-    return float(total), count
+    return nll.cpu(), torch.tensor([len(t) for t in targets], dtype=torch.float64)
+
+
+def token_nll(model, tokenizer, contexts: list[str], responses: list[str], batch_size: int = 32,
+              max_source_len: int = 512, max_target_len: int = 512, progress: bool = False) -> tuple[float, int]:
+    """(sum of token cross-entropies of the gold responses incl. ``</s>``, number of tokens)."""
+    nll, count = example_nll(model, tokenizer, contexts, responses, batch_size, max_source_len, max_target_len,
+                             progress)
+    return float(nll.sum()), int(count.sum())
 
 
 def perplexity(model, tokenizer, contexts: list[str], responses: list[str], batch_size: int = 32,

@@ -447,6 +447,21 @@ def paired_test(
                             bias_correct=metric in ("dist1", "dist2"))
 
 
+def paired_ppl(nll_a, tokens_a, nll_b, tokens_b, n_boot: int = 1000, seed: int = 0,
+               relative: bool = False) -> PairedTest:
+    """Paired bootstrap of the corpus PPL, exp(sum nll / sum tokens) over resampled examples, of A minus B
+    (``relative``: PPL_A / PPL_B - 1, in percent, comparable across vocabularies). Per-example nll and token
+    counts: ``generator.example_nll``."""
+    a, ta, b, tb = (np.asarray(x, dtype=np.float64) for x in (nll_a, tokens_a, nll_b, tokens_b))
+    if not len(a) == len(ta) == len(b) == len(tb):
+        raise ValueError(f"paired PPL needs the same examples: {len(a)}, {len(ta)}, {len(b)}, {len(tb)}")
+    ppl_a = lambda w: float(np.exp(w @ a / (w @ ta)))  # noqa: E731
+    ppl_b = lambda w: float(np.exp(w @ b / (w @ tb)))  # noqa: E731
+    if relative:
+        return paired_bootstrap(lambda w: 100.0 * (ppl_a(w) / ppl_b(w) - 1.0), lambda w: 0.0, len(a), n_boot, seed)
+    return paired_bootstrap(ppl_a, ppl_b, len(a), n_boot, seed)
+
+
 # --------------------------------------------------------------------------- one system's row
 
 

@@ -1,14 +1,17 @@
-"""The RL configuration study (notebook 08): equal-budget PPO runs from one generator, and their verdicts.
+"""The empathy-reward study (notebook 08, issue 18): can the reward raise Emp-F1 at all, and what is left of the
+paper's Table V signatures when tested with enough power.
 
-- ``CONFIGS``: the configurations, each a preset (``profiles.PRESETS``) plus PPO overrides; ``DEFAULT``
-  the ones notebook 08 runs unless given others.
-- ``config_settings(P, name, steps)``: the (PPOConfig, GeneratorConfig) of one configuration.
-- ``window_stats(log, frac)``: R_emp over the first and last ``frac`` of the steps, mean and standard error.
-- ``criteria(...)``: the three conditions of a default RL configuration (issue 11, item 5), evaluated.
-- ``study_table(...)`` / ``finding(...)``: the table and the written finding, generated from the numbers.
+- ``ARMS``: PPO configurations (the paper's, a swept prefix learning rate, the repairs); each runs beside its
+  **twin**, the same configuration with the empathy reward set to 0 (variant "no_emp", same seed and steps),
+  so that an arm's effect is its paired difference from its twin at equal steps: what the reward adds over
+  the drift that PPO, the KL term and sampling cause on their own.
+- ``arm_settings(P, name, steps)``: the PPOConfig of an arm.
+- ``window_stats`` / ``criteria``: training R_emp rise and the three conditions, against a reference (the twin).
+- ``select``: the arm to run long, chosen on validation.
+- ``signatures`` / ``verdict``: each Table V difference of the paper against ours, with a verdict.
 
-Every configuration starts from the same generator checkpoint and the same identifiers and runs the
-same number of PPO steps; selection is on the validation split, the test split is for the chosen one.
+Every arm starts from the same generator checkpoint and the same identifiers; selection is on the validation
+split, the test split is touched once, for the final tables.
 """
 
 from __future__ import annotations
@@ -20,45 +23,40 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from emprl.profiles import PRESETS, GeneratorConfig, PPOConfig
+from emprl.paper_tables import TABLE_V
+from emprl.profiles import PPOConfig
 
-# name: (preset, PPO overrides on top of it, what it tests)
-CONFIGS: dict[str, tuple[str, dict, str]] = {
-    "paper": ("paper", {}, "the paper: sampled-token KL (Eq. 6), beta 0.2, no reward scaling"),
-    "authors": ("authors", {}, "the authors' released code (trl 0.9.6): adaptive KL, score norm, whitening, ..."),
-    "authors, no reward norm": ("authors", {"reward_scaling": False, "reward_norm": False},
-                                "the authors' code without score scaling and normalisation"),
-    "exact KL": ("paper", {"kl_estimator": "full"}, "paper, exact KL of the untempered distributions"),
-    "same-warp KL": ("paper", {"kl_estimator": "warped"}, "paper, KL of the sampling distributions (both warped)"),
-    "beta 0.05": ("paper", {"beta": 0.05}, "paper with a 4x smaller KL coefficient"),
-    "reward norm": ("paper", {"reward_scaling": True, "reward_norm": True},
-                    "paper with the score scaled and normalised by its running moments"),
+# The repairs together (each an option of PPOConfig, tested one by one in tests/test_ppo_repairs.py): the value
+# head learns at its own, larger rate, first alone, and without moving the prefix; the ratio is taken under the
+# distribution that sampled; the exact KL restrains the policy through the loss.
+REPAIRS = {"value_lr": 1e-3, "critic_warmup_steps": 20, "value_detach": True, "ratio": "sampler",
+           "kl_in_loss": True, "kl_estimator": "full"}
+# name: (PPO overrides on the profile's PPO section, what it tests)
+ARMS: dict[str, tuple[dict, str]] = {
+    "paper": ({}, "the paper's PPO (lr 1.41e-5, sampled-token KL in the reward)"),
+    "paper, lr 1e-4": ({"lr": 1e-4}, "the paper's PPO with a 7x larger prefix learning rate"),
+    "paper, lr 1e-3": ({"lr": 1e-3}, "the paper's PPO with a 70x larger prefix learning rate"),
+    "repaired, lr 1e-4": ({**REPAIRS, "lr": 1e-4}, "all repairs (critic lr 1e-3, warm-up, detached value, "
+                          "sampler ratio, exact KL in the loss), prefix lr 1e-4"),
+    "repaired, lr 1e-3": ({**REPAIRS, "lr": 1e-3}, "all repairs, prefix lr 1e-3"),
 }
-# what notebook 08 runs unless told otherwise: the six the issue asks for (reward normalisation on/off is
-# "reward norm" against "paper"); "authors, no reward norm" rolls out 32 contexts a step like "authors", so
-# it is kept to its own run (notebook parameter ``configs``)
-DEFAULT = ("paper", "authors", "exact KL", "same-warp KL", "beta 0.05", "reward norm")
 MIN_MEAN_LENGTH = 8.0  # tokens, criterion (c)
-MAX_PPL_RATIO = 1.25  # criterion (c): PPL within +25% of the model without RL
+MAX_PPL_RATIO = 1.25  # criterion (c): PPL within +25% of the reference
 
 
-def config_settings(P, name: str, steps: int | None = None) -> tuple[PPOConfig, GeneratorConfig]:
-    """The PPO and sampling settings of configuration ``name`` on profile ``P`` for ``steps`` steps.
-
-    The preset's ``ppo`` and ``generator`` sections apply (its identifier head cannot: all configurations
-    share one reward, the identifiers of notebook 02). Budgets are equal in steps: "authors" rolls out
-    its 32 contexts a step (4 x 8 with accumulation) where the paper's settings roll out ``P.ppo.batch_size``.
-    """
-    if name not in CONFIGS:
-        raise ValueError(f"unknown study configuration {name!r}; known: {list(CONFIGS)}")
-    preset, overrides, _ = CONFIGS[name]
-    ppo = {**PRESETS[preset].get("ppo", {}), **overrides}
+def arm_settings(P, name: str, steps: int | None = None) -> PPOConfig:
+    """The PPO settings of arm ``name`` on profile ``P`` for ``steps`` steps (the profile's if None)."""
+    if name not in ARMS:
+        raise ValueError(f"unknown study arm {name!r}; known: {list(ARMS)}")
+    overrides = dict(ARMS[name][0])
     if steps is not None:
-        ppo["steps"] = int(steps)
-    ppo.setdefault("checkpoint_every", P.ppo.checkpoint_every)
-    cfg = dataclasses.replace(P.ppo, **ppo)
-    gen = dataclasses.replace(P.generator, **PRESETS[preset].get("generator", {}))
-    return cfg, gen
+        overrides["steps"] = int(steps)
+    return dataclasses.replace(P.ppo, **overrides)
+
+
+def arm_folder(name: str) -> str:
+    """The arm's output root under ``study/`` (no spaces or commas)."""
+    return name.replace(", ", "_").replace(" ", "_").replace(".", "p")
 
 
 # --------------------------------------------------------------------------- training-curve statistics
@@ -98,18 +96,18 @@ def window_stats(log: pd.DataFrame, frac: float = 0.1, batch_size: int | None = 
     return out[0], out[1]
 
 
-# --------------------------------------------------------------------------- the criteria of a default
+# --------------------------------------------------------------------------- criteria and selection
 
 
-def criteria(first: Window, last: Window, emp_f1_test, dist2_test, cand_ppl: float, base_ppl: float,
+def criteria(first: Window, last: Window, emp_f1_test, dist2_test, cand_ppl: float, ref_ppl: float,
              cand_mean_len: float) -> dict:
-    """Issue 11, item 5, for one configuration.
+    """The three conditions for one arm, against a reference (its twin).
 
     (a) training R_emp rises: last-window mean - first-window mean > 2 standard errors of that difference;
-    (b) Emp-F1 beats the model without RL: difference > 0 with paired-bootstrap p < 0.05;
-    (c) sound responses: mean length >= 8 tokens, Dist-2 not below the model without RL (difference >= 0),
-        PPL <= 1.25 x the model without RL's.
-    ``emp_f1_test`` / ``dist2_test``: ``metrics.PairedTest`` of this configuration minus the model without RL.
+    (b) Emp-F1 beats the reference: difference > 0 with paired-bootstrap p < 0.05;
+    (c) sound responses: mean length >= 8 tokens, Dist-2 not below the reference (difference >= 0),
+        PPL <= 1.25 x the reference's.
+    ``emp_f1_test`` / ``dist2_test``: ``metrics.PairedTest`` of the arm minus the reference.
     """
     rise = last.mean - first.mean
     se = math.sqrt(first.se**2 + last.se**2)
@@ -117,9 +115,9 @@ def criteria(first: Window, last: Window, emp_f1_test, dist2_test, cand_ppl: flo
     b = bool(emp_f1_test.delta > 0 and emp_f1_test.p_value < 0.05)
     c_len = bool(cand_mean_len >= MIN_MEAN_LENGTH)
     c_dist = bool(dist2_test.delta >= 0)
-    c_ppl = bool(cand_ppl <= MAX_PPL_RATIO * base_ppl)
-    return {"R_emp rise": rise, "rise SE": se, "(a) R_emp rises": a, "(b) Emp-F1 beats w/o RL": b,
-            "(c) length >= 8": c_len, "(c) Dist-2 >= w/o RL": c_dist, "(c) PPL <= 1.25x": c_ppl,
+    c_ppl = bool(cand_ppl <= MAX_PPL_RATIO * ref_ppl)
+    return {"R_emp rise": rise, "rise SE": se, "(a) R_emp rises": a, "(b) Emp-F1 beats the twin": b,
+            "(c) length >= 8": c_len, "(c) Dist-2 >= twin": c_dist, "(c) PPL <= 1.25x": c_ppl,
             "(c) sound": c_len and c_dist and c_ppl, "meets (a)-(c)": a and b and c_len and c_dist and c_ppl}
 
 
@@ -131,43 +129,78 @@ def mean_length(responses, tokenizer: str = "nltk") -> float:
     return float(np.mean([len(tok(r)) for r in responses])) if len(responses) else 0.0
 
 
-# --------------------------------------------------------------------------- table and finding
+def select(table: pd.DataFrame) -> tuple[str, str]:
+    """The arm to run long, and why: among the arms whose responses stay sound (c), the largest Emp-F1 effect
+    over the twin (significant or not: the long run is what gives it the power); if none is sound, the
+    largest effect overall. ``table``: one row per arm with "Emp-F1 effect", "Emp-F1 effect p", "(c) sound"."""
+    sound = table[table["(c) sound"]]
+    pool, why = (sound, "largest validation Emp-F1 effect over its twin among the arms with sound responses")
+    if sound.empty:
+        pool, why = table, "no arm kept its responses sound (c); largest validation Emp-F1 effect over its twin"
+    name = str(pool["Emp-F1 effect"].idxmax())
+    row = pool.loc[name]
+    return name, (f"{why}: {float(row['Emp-F1 effect']):+.2f} points (p = {float(row['Emp-F1 effect p']):.3f})")
 
 
-def study_table(rows: dict[str, dict]) -> pd.DataFrame:
-    """One row per configuration from the notebook's per-configuration dicts (see notebook 08)."""
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "configuration"
-    return table
+# --------------------------------------------------------------------------- the paper's signatures
+
+_V = {name: dict(zip(TABLE_V["columns"], values)) for name, values in TABLE_V["rows"].items()}
 
 
-def choose(table: pd.DataFrame) -> str | None:
-    """The configuration to make the default: among those meeting (a)-(c) on validation, the highest
-    Emp-F1 gain; None if none meets them."""
-    ok = table[table["meets (a)-(c)"]]
-    if ok.empty:
-        return None
-    return str(ok["Emp-F1 diff"].idxmax())
+def _ppl_change(a: str, b: str) -> float:
+    return 100.0 * (_V[a]["PPL"] / _V[b]["PPL"] - 1.0)
 
 
-def finding(table: pd.DataFrame, steps: int, split: str = "validation") -> str:
-    """A paragraph stating what the numbers say: which criteria each configuration meets, the best
-    Emp-F1 difference, and the verdict; generated, so it never disagrees with the table."""
-    n = len(table)
-    parts = [f"{n} configurations, {steps} PPO steps each from the same generator; criteria on the {split} split."]
-    for col, what in (("(a) R_emp rises", "raise training R_emp by more than two standard errors"),
-                      ("(b) Emp-F1 beats w/o RL", "beat the model without RL on Emp-F1 (p < 0.05)"),
-                      ("(c) sound", "keep responses sound (length, Dist-2, PPL)")):
-        names = [str(i) for i in table.index[table[col]]]
-        parts.append(f"{len(names)} of {n} {what}" + (f": {', '.join(names)}." if names else "."))
-    best = table["Emp-F1 diff"].idxmax()
-    parts.append(f"Largest Emp-F1 difference against the model without RL: {best} "
-                 f"({table.loc[best, 'Emp-F1 diff']:+.2f} points, p = {table.loc[best, 'Emp-F1 p']:.3f}).")
-    chosen = choose(table)
-    if chosen is None:
-        falling = [str(i) for i in table.index[table["R_emp rise"] <= 0]]
-        parts.append("No configuration meets (a)-(c), so none becomes the default on this evidence."
-                     + (f" Training R_emp does not rise at all under: {', '.join(falling)}." if falling else ""))
-    else:
-        parts.append(f"{chosen} meets (a)-(c) with the largest Emp-F1 gain and is the chosen default.")
-    return " ".join(parts)
+# (name, system A, system B, metric, the paper's A - B). PPL as a relative change (%): our PPL is of another
+# tokenizer and model, so only its relative change can be compared; Dist-n and Emp-F1 as points.
+SIGNATURES = [
+    ("EmpRL - w/o RL: Emp-F1", "EmpRL", "w/o RL", "emp_f1", _V["EmpRL"]["Emp-F1 (%)"] - _V["w/o RL"]["Emp-F1 (%)"]),
+    ("EmpRL - w/o RL: Dist-1", "EmpRL", "w/o RL", "dist1", _V["EmpRL"]["Dist-1"] - _V["w/o RL"]["Dist-1"]),
+    ("EmpRL - w/o RL: Dist-2", "EmpRL", "w/o RL", "dist2", _V["EmpRL"]["Dist-2"] - _V["w/o RL"]["Dist-2"]),
+    ("EmpRL / w/o RL: PPL change (%)", "EmpRL", "w/o RL", "ppl_change", _ppl_change("EmpRL", "w/o RL")),
+    ("EmpRL - w/o Empathy Reward: Emp-F1", "EmpRL", "w/o Empathy Reward", "emp_f1",
+     _V["EmpRL"]["Emp-F1 (%)"] - _V["w/o Empathy Reward"]["Emp-F1 (%)"]),
+    ("w/o KL Penalty / EmpRL: PPL change (%)", "w/o KL Penalty", "EmpRL", "ppl_change",
+     _ppl_change("w/o KL Penalty", "EmpRL")),
+    ("w/o KL Penalty - EmpRL: Dist-2", "w/o KL Penalty", "EmpRL", "dist2",
+     _V["w/o KL Penalty"]["Dist-2"] - _V["EmpRL"]["Dist-2"]),
+    ("w/o KL Penalty - EmpRL: Emp-F1", "w/o KL Penalty", "EmpRL", "emp_f1",
+     _V["w/o KL Penalty"]["Emp-F1 (%)"] - _V["EmpRL"]["Emp-F1 (%)"]),
+]
+
+
+def verdict(paper: float, delta: float, low: float, high: float) -> tuple[str, str]:
+    """*reproduced*: same sign as the paper's and the CI excludes 0; *consistent*: the CI contains both the
+    paper's value and 0; *refuted*: the CI excludes the paper's value (and the sign is not reproduced).
+    Returns (verdict, reason)."""
+    has_zero, has_paper = low <= 0 <= high, low <= paper <= high
+    if not has_zero and np.sign(delta) == np.sign(paper):
+        size = "" if has_paper else f"; the paper's {paper:+.2f} lies outside [{low:.2f}, {high:.2f}]"
+        return "reproduced", f"same sign as the paper's, CI excludes 0{size}"
+    if has_zero and has_paper:
+        return "consistent", f"the CI [{low:.2f}, {high:.2f}] holds both 0 and the paper's {paper:+.2f}: undecided"
+    if not has_paper:
+        side = "the opposite sign" if not has_zero else "0 but not the paper's value"
+        return "refuted", f"the CI [{low:.2f}, {high:.2f}] holds {side} ({paper:+.2f})"
+    return "undecided", f"the CI [{low:.2f}, {high:.2f}] excludes 0 with the opposite sign and holds the paper's"
+
+
+def signatures(systems: dict[str, dict], gold, tokenizer: str, n_boot: int, seed: int) -> list[dict]:
+    """Each Table V signature: the paper's value, ours with its 95% CI and standard error, and the verdict.
+
+    ``systems``: {Table V name: ``evaluation.evaluate_system`` result ("responses", "levels", "nll", "tokens")}.
+    """
+    from emprl import metrics
+
+    out = []
+    for name, a, b, metric, paper in SIGNATURES:
+        if metric == "ppl_change":
+            t = metrics.paired_ppl(systems[a]["nll"], systems[a]["tokens"], systems[b]["nll"], systems[b]["tokens"],
+                                   n_boot=n_boot, seed=seed, relative=True)
+        else:
+            t = metrics.paired_test(metric, systems[a], systems[b], gold=gold, tokenizer=tokenizer, n_boot=n_boot,
+                                    seed=seed)
+        v, reason = verdict(paper, t.delta, t.low, t.high)
+        out.append({"signature": name, "paper": paper, "ours": t.delta, "ci_low": t.low, "ci_high": t.high,
+                    "se": t.se, "p": t.p_value, "verdict": v, "reason": reason})
+    return out

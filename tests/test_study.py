@@ -43,41 +43,79 @@ def _paired(delta, p):
 
 def test_criteria_by_hand():
     first, last = study.Window(0.10, 0.01, 2), study.Window(0.13, 0.01, 2)  # rise 0.03, SE sqrt(2)*0.01
-    good = study.criteria(first, last, _paired(1.5, 0.01), _paired(0.2, 0.5), cand_ppl=110, base_ppl=100,
+    good = study.criteria(first, last, _paired(1.5, 0.01), _paired(0.2, 0.5), cand_ppl=110, ref_ppl=100,
                           cand_mean_len=9.0)
     assert good["R_emp rise"] == pytest.approx(0.03) and good["rise SE"] == pytest.approx(math.sqrt(2) * 0.01)
     assert good["meets (a)-(c)"]
     # (a) fails when the rise is under two standard errors: 0.028 < 2 * 0.01414 = 0.0283
     assert not study.criteria(first, study.Window(0.128, 0.01, 2), _paired(1.5, 0.01), _paired(0.2, 0.5),
                               110, 100, 9.0)["(a) R_emp rises"]
-    bad = study.criteria(first, last, _paired(1.5, 0.06), _paired(-0.1, 0.5), cand_ppl=126, base_ppl=100,
+    bad = study.criteria(first, last, _paired(1.5, 0.06), _paired(-0.1, 0.5), cand_ppl=126, ref_ppl=100,
                          cand_mean_len=7.9)
-    assert bad["(a) R_emp rises"] and not bad["(b) Emp-F1 beats w/o RL"]
-    assert not (bad["(c) length >= 8"] or bad["(c) Dist-2 >= w/o RL"] or bad["(c) PPL <= 1.25x"] or bad["(c) sound"])
+    assert bad["(a) R_emp rises"] and not bad["(b) Emp-F1 beats the twin"]
+    assert not (bad["(c) length >= 8"] or bad["(c) Dist-2 >= twin"] or bad["(c) PPL <= 1.25x"] or bad["(c) sound"])
     assert not study.criteria(first, last, _paired(-1.0, 0.01), _paired(0.0, 1.0), 125, 100, 8.0)[
-        "(b) Emp-F1 beats w/o RL"]
+        "(b) Emp-F1 beats the twin"]
     assert study.criteria(first, last, _paired(1.0, 0.01), _paired(0.0, 1.0), 125, 100, 8.0)["(c) sound"]
 
 
-def test_config_settings_and_finding():
+def test_arm_settings_and_selection():
     P = get_profile("smoke")
-    cfg, gen = study.config_settings(P, "authors", steps=3)
-    assert cfg.steps == 3 and cfg.adaptive_kl and cfg.batch_size == 32 and gen.length_counts_start_token
-    assert gen.max_new_tokens == P.generator.max_new_tokens
-    cfg, gen = study.config_settings(P, "same-warp KL", steps=3)
-    assert cfg.kl_estimator == "warped" and cfg.lr == P.ppo.lr and not gen.length_counts_start_token
-    assert len(study.DEFAULT) >= 6 and set(study.DEFAULT) <= set(study.CONFIGS)
-    with pytest.raises(ValueError, match="unknown study configuration"):
-        study.config_settings(P, "best")
-    table = pd.DataFrame({"R_emp rise": [0.02, -0.01], "Emp-F1 diff": [1.0, 2.0], "Emp-F1 p": [0.01, 0.2],
-                          "(a) R_emp rises": [True, False], "(b) Emp-F1 beats w/o RL": [True, False],
-                          "(c) sound": [True, True], "meets (a)-(c)": [True, False]}, index=["x", "y"])
-    assert study.choose(table) == "x"
-    text = study.finding(table, 5)
-    assert "1 of 2 raise training R_emp" in text and "y (+2.00 points, p = 0.200)" in text and "x meets (a)-(c)" in text
-    table["meets (a)-(c)"] = False
-    assert study.choose(table) is None and "No configuration meets (a)-(c)" in study.finding(table, 5)
-    assert "does not rise at all under: y" in study.finding(table, 5)
+    cfg = study.arm_settings(P, "repaired, lr 1e-3", steps=3)
+    assert cfg.steps == 3 and cfg.lr == 1e-3 and cfg.kl_in_loss and cfg.ratio == "sampler" and cfg.value_detach
+    assert cfg.batch_size == P.ppo.batch_size and cfg.beta == P.ppo.beta
+    assert study.arm_settings(P, "paper") == P.ppo
+    offline = get_profile("offline")
+    assert {study.arm_settings(offline, n).lr for n in study.ARMS} >= {1.41e-5, 1e-4, 1e-3}  # the swept prefix lr
+    assert len({study.arm_folder(n) for n in study.ARMS}) == len(study.ARMS)
+    assert all(" " not in study.arm_folder(n) and "," not in study.arm_folder(n) for n in study.ARMS)
+    with pytest.raises(ValueError, match="unknown study arm"):
+        study.arm_settings(P, "best")
+    table = pd.DataFrame({"Emp-F1 effect": [1.0, 2.0, 0.5], "Emp-F1 effect p": [0.01, 0.2, 0.5],
+                          "(c) sound": [True, False, True]}, index=["x", "y", "z"])
+    name, why = study.select(table)
+    assert name == "x" and "+1.00 points (p = 0.010)" in why  # y has the larger effect but unsound responses
+    table["(c) sound"] = False
+    assert study.select(table)[0] == "y"
+
+
+def test_paper_signatures_are_table_v_differences():
+    by_name = {s[0]: s[4] for s in study.SIGNATURES}
+    assert by_name["EmpRL - w/o RL: Emp-F1"] == pytest.approx(66.40 - 65.90)
+    assert by_name["EmpRL - w/o RL: Dist-2"] == pytest.approx(27.71 - 26.09)
+    assert by_name["EmpRL / w/o RL: PPL change (%)"] == pytest.approx(100 * (12.87 / 11.99 - 1))
+    assert by_name["EmpRL - w/o Empathy Reward: Emp-F1"] == pytest.approx(66.40 - 64.99)
+    assert by_name["w/o KL Penalty - EmpRL: Dist-2"] == pytest.approx(7.08 - 27.71)
+    assert by_name["w/o KL Penalty / EmpRL: PPL change (%)"] == pytest.approx(100 * (28.71 / 12.87 - 1))
+
+
+def test_verdicts():
+    assert study.verdict(0.5, 0.6, 0.2, 1.0)[0] == "reproduced"
+    v, why = study.verdict(0.5, 3.0, 2.0, 4.0)
+    assert v == "reproduced" and "outside" in why  # right sign, larger than the paper's
+    assert study.verdict(0.5, 0.1, -0.4, 0.7)[0] == "consistent"
+    assert study.verdict(0.5, 0.0, -0.2, 0.2)[0] == "refuted"  # holds 0, excludes the paper's 0.5
+    assert study.verdict(0.5, -1.0, -1.5, -0.5)[0] == "refuted"  # the opposite sign
+    assert study.verdict(-20.6, -18.0, -22.0, -15.0)[0] == "reproduced"
+
+
+def test_paired_ppl_by_hand_and_signatures_run():
+    from emprl import metrics
+
+    nll_a, nll_b, tok = np.array([2.0, 4.0, 6.0]), np.array([1.0, 3.0, 5.0]), np.array([2.0, 2.0, 4.0])
+    t = metrics.paired_ppl(nll_a, tok, nll_b, tok, n_boot=50)
+    assert t.delta == pytest.approx(math.exp(12 / 8) - math.exp(9 / 8))
+    rel = metrics.paired_ppl(nll_a, tok, nll_b, tok, n_boot=50, relative=True)
+    assert rel.delta == pytest.approx(100 * (math.exp(12 / 8) / math.exp(9 / 8) - 1))
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, size=(50, 3))
+    systems = {name: {"responses": [f"reply {i} {name} {rng.integers(9)}" for i in range(100)],
+                      "levels": rng.integers(0, 3, size=(100, 3)), "nll": rng.uniform(1, 3, 50),
+                      "tokens": np.full(50, 3.0)} for name in ("EmpRL", "w/o RL", "w/o Empathy Reward", "w/o KL Penalty")}
+    rows = study.signatures(systems, gold, "word", n_boot=30, seed=0)
+    assert [r["signature"] for r in rows] == [s[0] for s in study.SIGNATURES]
+    assert all(r["ci_low"] <= r["ours"] <= r["ci_high"] or r["verdict"] for r in rows)
+    assert {r["verdict"] for r in rows} <= {"reproduced", "consistent", "refuted", "undecided"}
 
 
 def test_mean_length_counts_tokens():
