@@ -52,10 +52,12 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
     cached = _cached_evaluation(cache_dir, model, scorer, gen_contexts, examples, m, seed, gen_cfg, eval_cfg)
     if cached is not None and cached.get("result") is not None:  # generation, PPL and scoring done before
         result = cached["result"]
+        t = time.perf_counter()
         row = metrics.evaluate_responses(result["responses"], result["levels"], np.asarray(gold), ppl=result["ppl"],
                                          tokenizer=eval_cfg.tokenizer, n_boot=eval_cfg.bootstrap, seed=seed,
                                          level=eval_cfg.ci_level)
-        return {"row": {**row, **result["timings"], "cached": True}, "responses": result["responses"],
+        timings = {**result["timings"], "metrics_s": time.perf_counter() - t}  # the rest: as first measured
+        return {"row": {**row, **timings, "cached": True}, "responses": result["responses"],
                 "levels": np.asarray(result["levels"]), "nll": np.asarray(result["nll"]),
                 "tokens": np.asarray(result["tokens"])}
     timings = {}
@@ -76,7 +78,7 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
     if cached is not None:
         ckpt.atomic_write_text(cached["path"], json.dumps({"key": cached["key"], "result": {
             "responses": responses, "levels": result["levels"].tolist(), "ppl": ppl, "nll": result["nll"].tolist(),
-            "tokens": result["tokens"].tolist(), "timings": timings}}))
+            "tokens": result["tokens"].tolist(), "timings": {**timings, "scoring_s": result["row"]["scoring_s"]}}}))
     return result
 
 
@@ -238,6 +240,17 @@ def write_generations(path, ids, responses: dict[str, list[str]]) -> Path:
                 row = {"id": ids[k % len(ids)], "system": system, "sample": k // len(ids), "response": text}
                 f.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
     return path
+
+
+def write_system_generations(folder, stem: str, ids, responses: dict[str, list[str]]) -> list[Path]:
+    """``write_generations`` one file per system, ``<folder>/<stem>_<system>_responses.jsonl.gz`` (the system's
+    name in lower case, other characters than letters and digits as "_"): with m samples per context one
+    file of every system would pass the size a repository should hold."""
+    import re
+
+    return [write_generations(Path(folder) / f"{stem}_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}"
+                                             "_responses.jsonl.gz", ids, {name: texts})
+            for name, texts in responses.items()]
 
 
 def read_generations(path) -> list[dict]:

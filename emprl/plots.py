@@ -184,8 +184,9 @@ def ppo_variants(logs: dict[str, pd.DataFrame], path, banner: str = ""):
 
 
 # ---- 08: the RL study
-STUDY_PANELS = {"emp_reward_mean": "empathy reward R_emp", "kl": "KL per response (the run's estimator)",
-                "response_len": "response length (tokens)", "entropy": "policy entropy per token"}
+STUDY_PANELS = {"emp_reward_mean": "R_emp (training batches)", "kl": "KL estimate per response",
+                "explained_var": "critic: returns' variance explained", "response_len": "response length (tokens)",
+                "entropy": "entropy (nats / token)"}
 
 
 @_styled
@@ -201,6 +202,23 @@ def study_curves(logs: dict[str, pd.DataFrame], path, banner: str = ""):
             ax.axhline(0.0, color="grey", lw=0.8)
         ax.set(title=title, xlabel="PPO step")
     axes[0, 0].legend(fontsize=7)
+    return finish(fig, path, banner)
+
+
+@_styled
+def best_of_n(table: pd.DataFrame, path, banner: str = ""):
+    """The best-of-n curve: one panel per metric, one line per selection rule, against n (log2 axis).
+    ``table``: ``best_of_n.curve``'s, indexed by (n, rule)."""
+    panels = {"Emp-F1": "Emp-F1 (%)", "kappa": "kappa (mean of 3)", "all 3 match": "all 3 levels match (%)",
+              "Dist-2": "Dist-2", "mean length": "mean length (tokens)"}
+    fig, axes = _subplots(1, len(panels), (4 * len(panels), 3.6))
+    flat = table.reset_index()
+    for ax, (col, title) in zip(axes[0], panels.items()):
+        for rule, part in flat.groupby("rule", sort=False):
+            ax.plot(part["n"], part[col], marker="o", lw=1.5, label=rule)
+        ax.set_xscale("log", base=2)
+        ax.set(title=title, xlabel="n (samples per context)")
+    axes[0, 0].legend(fontsize=8)
     return finish(fig, path, banner)
 
 

@@ -148,8 +148,20 @@ class EvalConfig:
     tokenizer: str = "nltk"  # Dist-n tokenizer (metrics.TOKENIZERS): the authors' nltk word_tokenize; "word": ours
     ablation_ppo_steps: int | None = None  # None: the PPO section's steps
     ablation_no_kl_steps: int = 1600  # Table V footnote 4
+    no_kl_ppl_every: int | None = 200  # validation PPL of w/o KL every this many steps (footnote 4: PPL grows)
     n_random_cases: int = 4  # random test contexts in the case study (besides Table VI's four)
     human_eval_contexts: int = 100  # contexts sampled for the human-evaluation sheets (paper: 100)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    # Notebook 08, the empathy-reward study (issue 18). Validation examples: evaluation.study_max_examples.
+    arm_steps: int = 300  # PPO steps of every arm and of its twin (empathy reward 0)
+    long_steps: int = 1600  # the selected arm and its twin, run on to this many steps (paper footnote 4: 1,600)
+    bon_samples: int = 16  # best-of-n pool: responses per validation context (n = 1, 2, 4, ... up to this)
+    rs_contexts: int = 4000  # rejection sampling: training contexts per round
+    rs_samples: int = 8  # rejection sampling: responses sampled per context (k)
+    rs_rounds: int = 1  # rejection sampling: rounds (each samples from the previous round's generator)
 
 
 @dataclass(frozen=True)
@@ -170,6 +182,7 @@ class Profile:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     @property
     def is_smoke(self) -> bool:
@@ -186,6 +199,7 @@ SECTIONS = {
     "generator": GeneratorConfig,
     "ppo": PPOConfig,
     "evaluation": EvalConfig,
+    "study": StudyConfig,
 }
 
 # --------------------------------------------------------------------------- the profiles
@@ -202,7 +216,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "full_epochs": 2, "full_lr": 1e-3,
         },
         "ppo": {"steps": 4, "batch_size": 4, "mini_batch_size": 4, "checkpoint_every": 2, "lr": 1e-3},
-        "evaluation": {"max_examples": 24, "bootstrap": 100, "ablation_no_kl_steps": 2, "n_random_cases": 2, "human_eval_contexts": 8},
+        "evaluation": {"max_examples": 24, "bootstrap": 100, "ablation_no_kl_steps": 2, "n_random_cases": 2,
+                       "human_eval_contexts": 8, "samples_per_context": 2, "no_kl_ppl_every": 1},
+        "study": {"arm_steps": 2, "long_steps": 3, "bon_samples": 4, "rs_contexts": 16, "rs_samples": 2},
     },
     # Real data, offline MiniLM identifiers, T5 trained from scratch: CPU or GPU, minutes to hours.
     "offline": {
@@ -212,10 +228,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # two cores), then one epoch of prefix-tuning; RL needs a start that has learned the task
         "generator": {"epochs": 1, "lr": 5e-4, "batch_size": 32, "full_epochs": 3, "full_lr": 5e-4,
                       "eval_every": 200, "eval_examples": 1000, "patience": 3},
-        "ppo": {"steps": 200, "checkpoint_every": 50},  # about 15-20 min on 2 CPU cores
-        # the RL study (notebook 08) selects on 1,000 validation examples: 7 systems on the whole split would
-        # take about an hour here
-        "evaluation": {"ablation_ppo_steps": 100, "ablation_no_kl_steps": 100, "study_max_examples": 1000},
+        # 1,600 PPO steps of 8 (the paper's footnote 4), as EmpRL, w/o KL and w/o empathy reward alike; the
+        # update on length-sorted halves of the mini-batch (the fastest cut measured on a CPU)
+        "ppo": {"steps": 1600, "checkpoint_every": 100, "micro_batch_size": 4},
+        # four samples per test context: the paired standard error of EmpRL - w/o RL falls toward 0.2 points;
+        # the study (notebook 08) selects on 1,000 validation examples
+        "evaluation": {"samples_per_context": 4, "study_max_examples": 1000},
     },
     # Real data on one GPU (an H100) in at most 7 minutes for notebooks 01-07. The arithmetic, from the GPU
     # figures in NOTES.md section 5 (t5-base eager forward+backward 93 ms at batch 8, launch-bound, so a
@@ -283,7 +301,9 @@ RANGES: dict[str, tuple] = {
     **{f"evaluation.{k}": POSITIVE for k in ("max_examples", "study_max_examples", "batch_size", "samples_per_context",
                                             "bootstrap", "ablation_ppo_steps",
                                             "ablation_no_kl_steps", "n_random_cases", "human_eval_contexts")},
-    "evaluation.ci_level": OPEN_UNIT,
+    "evaluation.ci_level": OPEN_UNIT, "evaluation.no_kl_ppl_every": POSITIVE,
+    **{f"study.{k}": POSITIVE for k in ("arm_steps", "long_steps", "bon_samples", "rs_contexts", "rs_samples",
+                                       "rs_rounds")},
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "runtime.precision": ("auto", "bf16", "fp32"),

@@ -196,26 +196,56 @@ def _paired_line(paired: pd.DataFrame, comparison: str, label: str) -> tuple[flo
     return delta, False, f"not distinguishable ({_signed(delta)}, 95% CI {row['95% CI']}, p = {p:.2f})"
 
 
-def evaluation(rows: dict[str, dict], paired: pd.DataFrame, paper: dict, smoke: bool) -> str:
-    """05: EmpRL against the generator without RL (paired bootstrap), and both against the paper."""
+def _floor_lines(rows: dict[str, dict], floors: dict[str, dict] | None) -> list[str]:
+    """How far each system sits above the constant floor, and its chance-corrected agreement."""
+    if not floors or "floor: constant majority" not in floors:
+        return []
+    const = floors["floor: constant majority"]
+    above = ", ".join(f"{n} {_signed(r['emp_f1'] - const['emp_f1'])}" for n, r in rows.items())
+    lines = [f"The floor: predicting the most frequent gold level of every mechanism for every response scores "
+             f"Emp-F1 {const['emp_f1']:.2f} (kappa 0, all three levels right on {const['all_match']:.1f}% of "
+             f"contexts). Emp-F1 above it: {above} points."]
+    if all("kappa" in r for r in rows.values()):
+        kappas = ", ".join(f"{n} {r['kappa']:.3f} [{r['kappa_low']:.3f}, {r['kappa_high']:.3f}]"
+                           for n, r in rows.items())
+        lines.append(f"Chance-corrected agreement with the gold levels (Cohen's kappa, mean of the three "
+                     f"mechanisms; 0 is chance, 1 perfect): {kappas}.")
+    return lines
+
+
+def _se_line(paired: pd.DataFrame, comparison: str) -> str:
+    if "SE" not in paired.columns:
+        return ""
+    row = paired.loc[[comparison]]
+    row = row[row["Metric"] == "Emp-F1 (%)"]
+    return f" (standard error of the Emp-F1 difference: {float(row['SE'].iloc[0]):.2f} points)" if len(row) else ""
+
+
+def evaluation(rows: dict[str, dict], paired: pd.DataFrame, paper: dict, smoke: bool,
+               floors: dict[str, dict] | None = None) -> str:
+    """05: EmpRL against the generator without RL (paired bootstrap), both against the floor and the paper."""
     lines = []
     for key, label in _METRICS:
         _, _, text = _paired_line(paired, "EmpRL - w/o RL", label)
         lines.append(f"{label}: EmpRL {rows['EmpRL'][key]:.2f} vs w/o RL {rows['w/o RL'][key]:.2f}; "
-                     f"EmpRL is {text}.")
+                     f"EmpRL is {text}" + (_se_line(paired, "EmpRL - w/o RL") if key == "emp_f1" else "") + ".")
+    lines += _floor_lines(rows, floors)
     reported = dict(zip(paper["columns"], paper["rows"]["EmpRL"]))
     gaps = ", ".join(f"{label} {_signed(rows['EmpRL'][key] - reported[label])}" for key, label in _METRICS)
     lines.append(f"Distance of our EmpRL from the paper's (Table II): {gaps}.")
-    n = rows["EmpRL"]["n_examples"]
-    lines.append(f"Limits: {n:,} test examples and one sample per context; Dist-n depends on the tokenizer (ours "
-                 "is named in the table; the paper does not say) and on how many responses are pooled, so "
+    n, m = rows["EmpRL"]["n_examples"], rows["EmpRL"].get("samples_per_context", 1)
+    lines.append(f"Limits: {n:,} test contexts with {m} sampled response(s) each; Dist-n depends on the tokenizer "
+                 "(ours is named in the table; the paper does not say) and on how many responses are pooled, so "
                  "it compares systems on the same examples only; Emp-F1 is measured by our identifiers; PPL "
                  "uses our tokenizer and is not comparable with the paper's.")
     return "\n".join(_head(smoke)) + _bullets(lines)
 
 
-def ablations(rows: dict[str, dict], paired: pd.DataFrame, paper: dict, smoke: bool) -> str:
-    """06: each ablation against EmpRL, and whether the paper's direction is reproduced."""
+def ablations(rows: dict[str, dict], paired: pd.DataFrame, paper: dict, smoke: bool,
+              floors: dict[str, dict] | None = None, signatures: list[dict] | None = None,
+              no_kl_ppl: pd.DataFrame | None = None) -> str:
+    """06: each ablation against EmpRL, whether the paper's direction is reproduced, the floor, the verdict on
+    each of the paper's signatures, and how w/o KL's PPL moved with its steps."""
     reported = {n: dict(zip(paper["columns"], v)) for n, v in paper["rows"].items()}
     lines, agree, total = [], 0, 0
     for name in rows:
@@ -230,9 +260,23 @@ def ablations(rows: dict[str, dict], paired: pd.DataFrame, paper: dict, smoke: b
             parts.append(f"{label} {text}; paper {_signed(paper_delta)}")
         lines.append(f"EmpRL minus {name}: " + "; ".join(parts) + ".")
     lines.append(f"{agree} of {total} paired differences have a 95% CI that excludes 0 and the paper's sign.")
-    lines.append("Limits: the PPO variants are trained for the profile's steps, not the paper's 24,000 "
-                 "(1,600 for w/o KL penalty); with few steps the variants stay close to the generator they "
-                 "start from, so differences are small by construction.")
+    lines += _floor_lines(rows, floors)
+    if signatures:
+        counts = pd.Series([s["verdict"] for s in signatures]).value_counts()
+        lines.append("The paper's signatures (metrics/paper_signatures.json): " + ", ".join(
+            f"{k} {v}" for k, v in counts.items()) + " of " + str(len(signatures)) + ". " + "; ".join(
+            f"{s['signature']}: paper {_signed(s['paper'])}, ours {_signed(s['ours'])} [{s['ci_low']:.2f}, "
+            f"{s['ci_high']:.2f}], **{s['verdict']}**" for s in signatures) + ".")
+    if no_kl_ppl is not None and len(no_kl_ppl) > 1:
+        first, last = no_kl_ppl.iloc[0], no_kl_ppl.iloc[-1]
+        slope = np.polyfit(no_kl_ppl["step"], no_kl_ppl["valid PPL"], 1)[0]
+        lines.append(f"w/o KL penalty, validation PPL by PPO step: {first['valid PPL']:.2f} at step "
+                     f"{int(first['step'])}, {last['valid PPL']:.2f} at step {int(last['step'])} (least-squares "
+                     f"slope {_signed(1000 * slope)} per 1,000 steps); the paper's footnote 4 says PPL grows with "
+                     "the steps without the KL term.")
+    lines.append("Limits: one training run (seed) per variant, so the paired tests measure the test sample's "
+                 "noise, not the spread between training runs; the identifiers that give R_emp also measure "
+                 "Emp-F1.")
     return "\n".join(_head(smoke)) + _bullets(lines)
 
 
@@ -250,43 +294,75 @@ def case_studies(agreement: pd.DataFrame, smoke: bool) -> str:
     return "\n".join(_head(smoke)) + _bullets(lines)
 
 
-def rl_study(table: pd.DataFrame, logs: dict[str, pd.DataFrame], estimators: dict[str, str], base_row: dict,
-             steps: int, smoke: bool) -> str:
-    """08: which configurations meet the criteria, how each moved R_emp and Emp-F1, where the KL went negative.
+def _test_line(paired: pd.DataFrame, comparison: str, metric: str = "Emp-F1 (%)") -> str:
+    row = paired.loc[[comparison]]
+    row = row[row["Metric"] == metric].iloc[0]
+    se = f", SE {float(row['SE']):.2f}" if "SE" in row else ""
+    return f"{_signed(float(row['Difference']))} (95% CI {row['95% CI']}{se}, p = {float(row['p (paired bootstrap)']):.3f})"
 
-    ``table``: ``study.study_table`` (validation split); ``logs``/``estimators``: each configuration's PPO
-    log and ``kl_estimator``; ``base_row``: the model without RL's ``evaluation.evaluate_system`` row."""
-    from emprl import study
 
-    lines = [study.finding(table, steps, split="validation")]
-    lines.append(f"The model without RL (validation, n={base_row['n_examples']}): Emp-F1 "
-                 f"{base_row['emp_f1']:.2f}, Dist-2 {base_row['dist2']:.2f}, PPL {base_row['ppl']:.2f}.")
-    for name, row in table.iterrows():
-        rise, noise = float(row["R_emp rise"]), 2 * float(row["rise SE"])
-        trend = ("rose" if row["(a) R_emp rises"] else "**fell**" if rise < -noise else
-                 f"no change beyond two standard errors ({noise:.4f})")
-        lines.append(f"{name}: training R_emp {row['R_emp first 10%']:.4f} -> {row['R_emp last 10%']:.4f}, "
-                     f"{trend}; validation Emp-F1 {row['Emp-F1']:.2f} ({_signed(float(row['Emp-F1 diff']))} "
-                     f"against w/o RL, 95% CI {row['Emp-F1 diff 95% CI']}, p = {float(row['Emp-F1 p']):.3f}); "
-                     f"mean length {float(row['mean length']):.1f} tokens, "
-                     f"PPL {float(row['PPL / w/o RL']):.2f}x w/o RL's.")
-    # below -KL_ROUNDING: float rounding leaves |KL| ~ 1e-7 where the policy still is the reference
-    negative = {n: (int((log["kl"] < -KL_ROUNDING).sum()), len(log), float(log["kl"].min()))
-                for n, log in logs.items()}
-    below = [f"{n} ({estimators[n]}: {k} of {total} steps, minimum {low:.4f})"
-             for n, (k, total, low) in negative.items() if k]
-    if below:
-        lines.append("The KL estimate went below zero under " + ", ".join(below) + ". Under `sampled` (Eq. 6) "
-                     "that is expected: responses are drawn with top-k and temperature, not from pi, so "
-                     "E[log pi - log rho] is no KL and -beta x KL becomes a bonus; `warped` is a one-sample "
-                     "estimate of KL(q_pi || q_rho), negative only through sampling noise"
-                     + ("; `full` sums an exact KL and can never be negative: **that is a bug**."
-                        if any(estimators[n] == "full" for n, (k, _, _) in negative.items() if k) else "."))
+def rl_study(part1: pd.DataFrame, floors: dict, bon: pd.DataFrame, rs_rounds: pd.DataFrame, val: dict, arms: pd.DataFrame,
+             selected: str, why: str, test: dict, paired_test: pd.DataFrame, long_labels: tuple[str, str],
+             signatures: list[dict], S, smoke: bool) -> str:
+    """08: the floors, what best-of-n says the reward can buy, rejection sampling, the arms against their twins,
+    the selected arm's long run and the test split, and the signatures' verdicts. Every number comes from the
+    notebook's tables: ``part1`` (validation rows), ``floors`` (validation floor rows), ``bon``
+    (``best_of_n.curve``), ``rs_rounds``, ``val`` (validation evaluations), ``arms`` (the arms table),
+    ``test``/``paired_test`` (the test split), ``long_labels`` (the long arm's and its twin's names)."""
+    const = floors["floor: constant majority"]
+    base = part1.loc["w/o RL"]
+    lines = [f"Floors (validation): the constant majority level scores Emp-F1 {const['emp_f1']:.2f}, the model without RL "
+             f"{base['emp_f1']:.2f} ({_signed(base['emp_f1'] - const['emp_f1'])} points above it); its kappa is "
+             f"{base['kappa']:.3f} and all three levels match on {base['all_match']:.1f}% of contexts "
+             f"(constant: {const['all_match']:.1f}%)."]
+    top = int(bon.index.get_level_values("n").max())
+    oracle, expected = bon.loc[(top, "oracle")], bon.loc[(top, "expected")]
+    lines.append(f"Best-of-{top} (validation): choosing by R_emp against the gold levels (the oracle) changes Emp-F1 by "
+                 f"{_signed(oracle['Emp-F1 diff'])} (95% CI {oracle['Emp-F1 diff CI']}, p = {oracle['Emp-F1 p']:.3f}) "
+                 f"and kappa by {_signed(oracle['kappa diff'], 3)}; choosing by the reward expected under the training "
+                 f"split's level frequencies (what a policy that never sees the gold can aim for) changes Emp-F1 by "
+                 f"{_signed(expected['Emp-F1 diff'])} (95% CI {expected['Emp-F1 diff CI']}, p = {expected['Emp-F1 p']:.3f}).")
+    oracle_up = oracle["Emp-F1 diff"] > 0 and oracle["Emp-F1 p"] < 0.05
+    expected_up = expected["Emp-F1 diff"] > 0 and expected["Emp-F1 p"] < 0.05
+    if oracle_up and not expected_up:
+        lines.append("**What the ceiling implies:** the reward carries the information to raise Emp-F1 only where the "
+                     "gold levels are known; the best a policy can do without them, picking what the training "
+                     "split's level frequencies favour, does not raise Emp-F1. PPO on this reward should therefore "
+                     "not be expected to raise Emp-F1 beyond noise, whatever its budget: it can only learn the "
+                     "context-to-level mapping that the gold levels encode, which the oracle reads and the policy "
+                     "must infer.")
+    elif expected_up:
+        lines.append("**What the ceiling implies:** even without the gold levels, choosing by the expected reward raises "
+                     "Emp-F1, so a policy trained on this reward has a reachable gain of that size to find.")
     else:
-        lines.append(f"The KL estimate stayed above -{KL_ROUNDING:g} at every step of every configuration.")
-    lines.append(f"Limits: {steps} PPO steps per configuration against the paper's {PAPER_PPO_STEPS:,}; one "
-                 "training run (seed) per configuration, so the paired tests measure the validation sample's "
-                 "noise, not the spread between training runs; the identifiers that give R_emp also measure Emp-F1.")
+        lines.append("**What the ceiling implies:** not even the oracle raises Emp-F1 beyond noise at this n: the "
+                     "identifiers' levels of sampled responses rarely change the weighted F1, so no policy trained "
+                     "on this reward can show a gain on this metric at this sample size.")
+    if len(rs_rounds):
+        best, rand = val["RS, keep best"]["row"], val["RS, keep random"]["row"]
+        last = rs_rounds.groupby("keep").tail(1).set_index("keep")
+        lines.append(f"Rejection sampling ({S.rs_rounds} round(s), {S.rs_samples} samples of {S.rs_contexts:,} training "
+                     f"contexts): the kept samples' mean R_emp {last.loc['best', 'kept R_emp']:.3f} (best) against "
+                     f"{last.loc['random', 'kept R_emp']:.3f} (random); validation Emp-F1 {best['emp_f1']:.2f} (best), "
+                     f"{rand['emp_f1']:.2f} (random), {base['emp_f1']:.2f} (w/o RL).")
+    for name, row in arms.iterrows():
+        lines.append(f"{name}: R_emp {row['R_emp first 10%']:.3f} -> {row['R_emp last 10%']:.3f} "
+                     f"({'rose' if row['(a) R_emp rises'] else 'no rise beyond two standard errors'}); Emp-F1 effect "
+                     f"over its twin {_signed(row['Emp-F1 effect'])} (95% CI {row['Emp-F1 effect CI']}, p = "
+                     f"{row['Emp-F1 effect p']:.3f}); PPL {row['PPL / twin']:.2f}x the twin's; critic explains "
+                     f"{row['explained var (last 10%)']:.2f} of the returns' variance at the end; "
+                     f"{'meets (a)-(c)' if row['meets (a)-(c)'] else 'does not meet (a)-(c)'}.")
+    lines.append(f"Selected for the long run ({S.long_steps:,} steps): **{selected}** ({why}).")
+    arm, twin = long_labels
+    lines.append(f"Test split (n={test['w/o RL']['n_examples']:,}, m={test['w/o RL']['samples_per_context']}): {arm} minus "
+                 f"its twin {_test_line(paired_test, f'{arm} - {twin}')}; minus w/o RL "
+                 f"{_test_line(paired_test, f'{arm} - w/o RL')}; RS keep best minus w/o RL "
+                 f"{_test_line(paired_test, 'RS, keep best - w/o RL')}; RS keep best minus keep random "
+                 f"{_test_line(paired_test, 'RS, keep best - RS, keep random')}.")
+    if signatures:
+        counts = pd.Series([sg["verdict"] for sg in signatures]).value_counts()
+        lines.append("The paper's signatures (notebook 06): " + ", ".join(f"{v} {k}" for k, v in counts.items())
+                     + f" of {len(signatures)}.")
     return "\n".join(_head(smoke)) + _bullets(lines)
 
 

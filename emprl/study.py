@@ -33,7 +33,7 @@ REPAIRS = {"value_lr": 1e-3, "critic_warmup_steps": 20, "value_detach": True, "r
            "kl_in_loss": True, "kl_estimator": "full"}
 # name: (PPO overrides on the profile's PPO section, what it tests)
 ARMS: dict[str, tuple[dict, str]] = {
-    "paper": ({}, "the paper's PPO (lr 1.41e-5, sampled-token KL in the reward)"),
+    "paper": ({}, "the profile's PPO section: the paper's settings (lr 1.41e-5, sampled-token KL in the reward)"),
     "paper, lr 1e-4": ({"lr": 1e-4}, "the paper's PPO with a 7x larger prefix learning rate"),
     "paper, lr 1e-3": ({"lr": 1e-3}, "the paper's PPO with a 70x larger prefix learning rate"),
     "repaired, lr 1e-4": ({**REPAIRS, "lr": 1e-4}, "all repairs (critic lr 1e-3, warm-up, detached value, "

@@ -80,10 +80,10 @@ def test_ppo_and_evaluation_run_on_the_given_device(tmp_path, id_tokenizer):
     models = {m: tiny_identifier(k) for k, m in enumerate(scoring.mechanisms())}
     scorer = scoring.EmpathyScorer(models, id_tokenizer, 24, 12, device="cpu")
     exs = examples(PPO_CONTEXTS[:4], ["i am so sorry", "what happened", "nice day", "you feel great"])
-    out = evaluation.evaluate_system(t5, tok, exs, torch.zeros(4, 3, dtype=torch.long).numpy(), scorer, gen,
-                                     dataclasses.replace(get_profile("smoke").evaluation, batch_size=2, bootstrap=10),
+    E = dataclasses.replace(get_profile("smoke").evaluation, batch_size=2, bootstrap=10)
+    out = evaluation.evaluate_system(t5, tok, exs, torch.zeros(4, 3, dtype=torch.long).numpy(), scorer, gen, E,
                                      seed=0, progress=False)
-    assert len(out["responses"]) == 4 and out["row"]["ppl"] > 1
+    assert len(out["responses"]) == 4 * E.samples_per_context and out["row"]["ppl"] > 1
 
 
 # --------------------------------------------------------------------------- bf16 checkpoints load anywhere in fp32

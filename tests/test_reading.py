@@ -120,34 +120,41 @@ def test_case_studies_name_the_best_match():
     assert np.isfinite(agreement.values).all()
 
 
-def _study_row(first, last, rise_se, meets, emp_f1_diff=1.0, p=0.01):
-    return {"R_emp first 10%": first, "R_emp last 10%": last, "R_emp rise": last - first, "rise SE": rise_se,
-            "Emp-F1": 50.0 + emp_f1_diff, "Emp-F1 diff": emp_f1_diff, "Emp-F1 diff 95% CI": "[0.50, 1.50]",
-            "Emp-F1 p": p, "mean length": 9.0, "PPL / w/o RL": 1.1, "(a) R_emp rises": last - first > 2 * rise_se,
-            "(b) Emp-F1 beats w/o RL": meets, "(c) sound": True, "meets (a)-(c)": meets}
+def test_rl_study_reads_the_floor_the_ceiling_the_arms_and_the_test_split():
+    from types import SimpleNamespace
 
-
-def test_rl_study_reads_trends_negative_kl_and_the_choice():
-    from emprl import study
-
-    table = study.study_table({"paper": _study_row(0.2, 0.1, 0.01, False, -1.0, 0.3),
-                               "exact KL": _study_row(0.2, 0.3, 0.01, True),
-                               "beta 0.05": _study_row(0.2, 0.205, 0.01, False, 0.0, 0.9)})
-    logs = {"paper": _log([0.2] * 4, [0.0, -0.3, 0.1, -0.1]), "exact KL": _log([0.2] * 4, [0.0, 0.1, 0.2, 0.3]),
-            "beta 0.05": _log([0.2] * 4, [0.0] * 4)}
-    estimators = {"paper": "sampled", "exact KL": "full", "beta 0.05": "sampled"}
-    base = {"n_examples": 25, "emp_f1": 50.0, "dist2": 20.0, "ppl": 100.0}
-    text = reading.rl_study(table, logs, estimators, base, 4, smoke=True)
-    assert text.startswith(reading.SMOKE_CAVEAT) and "exact KL meets (a)-(c)" in text
-    assert "paper: training R_emp 0.2000 -> 0.1000, **fell**" in text
-    assert "exact KL: training R_emp 0.2000 -> 0.3000, rose" in text
-    assert "beta 0.05: training R_emp 0.2000 -> 0.2050, no change beyond two standard errors (0.0200)" in text
-    assert "(-1.00 against w/o RL, 95% CI [0.50, 1.50], p = 0.300)" in text
-    assert "below zero under paper (sampled: 2 of 4 steps, minimum -0.3000)." in text and "a bug" not in text
-    logs["exact KL"]["kl"] = [0.0, -0.1, 0.2, 0.3]
-    assert "**that is a bug**" in reading.rl_study(table, logs, estimators, base, 4, smoke=False)
-    logs = {n: _log([0.2] * 4, [-1e-7, 0.0, 0.0, 0.0]) for n in logs}  # float rounding, not a negative KL
-    assert "stayed above -1e-05" in reading.rl_study(table, logs, estimators, base, 4, smoke=False)
+    part1 = pd.DataFrame({"emp_f1": [55.0], "kappa": [0.04], "all_match": [18.0]}, index=["w/o RL"])
+    floors = {"floor: constant majority": {"emp_f1": 55.5, "kappa": 0.0, "all_match": 21.0}}
+    bon = pd.DataFrame([
+        {"n": 16, "rule": "oracle", "Emp-F1 diff": 6.0, "Emp-F1 diff CI": "[5.00, 7.00]", "Emp-F1 p": 0.002,
+         "kappa diff": 0.2},
+        {"n": 16, "rule": "expected", "Emp-F1 diff": -1.5, "Emp-F1 diff CI": "[-2.50, -0.50]", "Emp-F1 p": 0.004,
+         "kappa diff": -0.01},
+        {"n": 16, "rule": "first", "Emp-F1 diff": 0.0, "Emp-F1 diff CI": "-", "Emp-F1 p": 1.0, "kappa diff": 0.0},
+    ]).set_index(["n", "rule"])
+    rs = pd.DataFrame([{"keep": "best", "round": 1, "kept R_emp": 0.3}, {"keep": "random", "round": 1, "kept R_emp": 0.15}])
+    val = {"RS, keep best": {"row": {"emp_f1": 54.0}}, "RS, keep random": {"row": {"emp_f1": 55.1}}}
+    arms = pd.DataFrame([{"R_emp first 10%": 0.13, "R_emp last 10%": 0.2, "(a) R_emp rises": True,
+                          "Emp-F1 effect": -0.8, "Emp-F1 effect CI": "[-1.50, -0.10]", "Emp-F1 effect p": 0.03,
+                          "PPL / twin": 1.1, "explained var (last 10%)": 0.35, "meets (a)-(c)": False}],
+                        index=pd.Index(["paper, lr 1e-3"], name="arm"))
+    test = {"w/o RL": {"n_examples": 5257, "samples_per_context": 4}}
+    comps = ["A - A twin", "A - w/o RL", "RS, keep best - w/o RL", "RS, keep best - RS, keep random"]
+    paired = pd.DataFrame([{"Comparison": c, "Metric": "Emp-F1 (%)", "Difference": -0.3, "95% CI": "[-0.60, 0.00]",
+                            "SE": 0.15, "p (paired bootstrap)": 0.06} for c in comps]).set_index("Comparison")
+    S = SimpleNamespace(rs_rounds=1, rs_samples=8, rs_contexts=4000, long_steps=1600)
+    text = reading.rl_study(part1, floors, bon, rs, val, arms, "paper, lr 1e-3", "largest effect", test, paired,
+                            ("A", "A twin"), [{"verdict": "refuted"}, {"verdict": "consistent"}], S, smoke=False)
+    assert "the model without RL 55.00 (-0.50 points above it)" in text
+    assert "(the oracle) changes Emp-F1 by +6.00 (95% CI [5.00, 7.00], p = 0.002)" in text
+    assert "only where the gold levels are known" in text  # oracle up, expected not: the implication named
+    assert "paper, lr 1e-3: R_emp 0.130 -> 0.200 (rose); Emp-F1 effect over its twin -0.80" in text
+    assert "critic explains 0.35" in text and "**paper, lr 1e-3** (largest effect)" in text
+    assert "A minus its twin -0.30 (95% CI [-0.60, 0.00], SE 0.15, p = 0.060)" in text
+    assert "1 refuted, 1 consistent of 2" in text
+    bon.loc[(16, "expected"), ["Emp-F1 diff", "Emp-F1 p"]] = [1.0, 0.01]
+    assert "even without the gold levels" in reading.rl_study(part1, floors, bon, rs, val, arms, "x", "y", test, paired,
+                                                               ("A", "A twin"), [], S, smoke=False)
 
 
 def test_playground_names_the_best_reply_matching_levels_and_attention_peak():
@@ -171,3 +178,23 @@ def test_playground_names_the_best_reply_matching_levels_and_attention_peak():
     assert "the most attended context word is 'dog' (mean weight 0.700, against 0.500 if" in text
     scores.r_emp[0] = 0.5  # above the human reply's 0.432
     assert "1 of 2 systems' replies score higher" in reading.playground(scores, {}, "EmpRL", smoke=False)
+
+
+def test_evaluation_and_ablations_read_the_floor_signatures_and_the_no_kl_ppl():
+    rows = {"EmpRL": {"dist1": 5.0, "dist2": 20.0, "emp_f1": 57.2, "n_examples": 100, "samples_per_context": 4,
+                      "kappa": 0.04, "kappa_low": 0.03, "kappa_high": 0.05},
+            "w/o RL": {"dist1": 4.0, "dist2": 21.0, "emp_f1": 57.1, "n_examples": 100, "samples_per_context": 4,
+                       "kappa": 0.035, "kappa_low": 0.02, "kappa_high": 0.05}}
+    floors = {"floor: constant majority": {"emp_f1": 56.45, "all_match": 21.0}}
+    paired = _paired(["EmpRL - w/o RL"], {"EmpRL - w/o RL": (1.0, -1.0, 0.1)}, {"EmpRL - w/o RL": (0.01, 0.01, 0.7)})
+    paired["SE"] = 0.18
+    text = reading.evaluation(rows, paired, TABLE_II, smoke=False, floors=floors)
+    assert "scores Emp-F1 56.45" in text and "Emp-F1 above it: EmpRL +0.75, w/o RL +0.65 points" in text
+    assert "EmpRL 0.040 [0.030, 0.050]" in text and "standard error of the Emp-F1 difference: 0.18" in text
+    assert "100 test contexts with 4 sampled response(s)" in text
+    sig = [{"signature": "EmpRL - w/o RL: Emp-F1", "paper": 0.5, "ours": 0.1, "ci_low": -0.3, "ci_high": 0.5,
+            "verdict": "consistent"}]
+    no_kl = pd.DataFrame({"step": [0, 200, 400], "valid PPL": [46.0, 48.0, 50.0]})
+    text = reading.ablations({"EmpRL": {}, "w/o RL": {}}, paired, TABLE_V, smoke=False, signatures=sig, no_kl_ppl=no_kl)
+    assert "consistent 1 of 1" in text and "ours +0.10 [-0.30, 0.50], **consistent**" in text
+    assert "46.00 at step 0, 50.00 at step 400 (least-squares slope +10.00 per 1,000 steps)" in text
