@@ -217,7 +217,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         },
         "ppo": {"steps": 4, "batch_size": 4, "mini_batch_size": 4, "checkpoint_every": 2, "lr": 1e-3},
         "evaluation": {"max_examples": 24, "bootstrap": 100, "ablation_no_kl_steps": 2, "n_random_cases": 2,
-                       "human_eval_contexts": 8, "samples_per_context": 2, "no_kl_ppl_every": 1},
+                       "human_eval_contexts": 8, "no_kl_ppl_every": 1},
         "study": {"arm_steps": 2, "long_steps": 3, "bon_samples": 4, "rs_contexts": 16, "rs_samples": 2},
     },
     # Real data, offline MiniLM identifiers, T5 trained from scratch: CPU or GPU, minutes to hours.
