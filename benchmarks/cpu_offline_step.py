@@ -19,6 +19,11 @@ response with m samples per context (today: one evaluation per sample; fast: one
 cache); the identifiers' speed and level agreement in bfloat16 and int8 against float32. The JSON goes to
 ``benchmarks/results/cpu_offline_step.json`` with the CPU model, its flags and the torch version.
 
+"Fast" is the current tree with the offline profile's settings on this machine: micro-batches of 4 in the
+update and the reward scored in ``runtime.reward_dtype="auto"`` (bfloat16 on a CPU with native bf16);
+where the CPU has native bf16 a third side runs the whole step under bf16 autocast
+(``runtime.precision="bf16"``, an option, not a default).
+
 Targets (issue 19): fast step / today's <= 0.6 at one thread and batch 8; evaluation scoring per response
 at m = 4 <= 0.4 of today's.
 """
@@ -149,29 +154,44 @@ def main() -> None:
         work.mkdir()
         write_inputs(work, args)
         results["data"] = json.loads((work / "data.json").read_text())["source"]
+        from emprl.run import resolve_reward_dtype
+        from emprl.scoring import native_bf16
+
+        reward_dtype = resolve_reward_dtype("auto", torch.device("cpu"))
+        results["fast_settings"] = {"micro_batch_size": args.micro, "reward_dtype": reward_dtype,
+                                    "native_bf16": native_bf16()}
+        # (side, worker, step options): today; the fast path with the profile's defaults on this machine; where
+        # the CPU has native bf16, also the whole step under bf16 autocast (runtime.precision="bf16", an option)
         cursor = 0  # each step and evaluation reads contexts no earlier command used
         for threads in [int(t) for t in args.threads.split(",")]:
-            sides = {"today": Worker(work, threads, base_tree), "fast": Worker(work, threads, REPO)}
-            assert not sides["today"].hello["has_cache"] and sides["fast"].hello["has_cache"]
+            workers = {"today": Worker(work, threads, base_tree), "fast": Worker(work, threads, REPO)}
+            assert not workers["today"].hello["has_cache"] and workers["fast"].hello["has_cache"]
+            sides = {"today": ("today", {}), "fast": ("fast", {"micro": args.micro, "reward_dtype": reward_dtype})}
+            if native_bf16():
+                sides["fast + bf16 autocast"] = ("fast", {"micro": args.micro, "reward_dtype": "bfloat16",
+                                                          "autocast": True})
             for batch in [int(b) for b in args.batches.split(",")]:
-                rows = {"today": [], "fast": []}
+                rows = {name: [] for name in sides}
                 for step in range(args.steps + 1):
                     lo = cursor
                     cursor += batch
-                    for name, worker in sides.items():
-                        worker.ask(cmd="gold", range=[lo, lo + batch])
-                        micro = args.micro if name == "fast" else None
-                        r = worker.ask(cmd="step", batch=batch, start=lo, seed=step, micro=micro)
+                    for name, (worker, options) in sides.items():
+                        workers[worker].ask(cmd="gold", range=[lo, lo + batch])
+                        r = workers[worker].ask(cmd="step", batch=batch, start=lo, seed=step, **options)
                         if step > 0:  # the first step warms caches and allocators
                             rows[name].append(r)
-                    print(f"threads {threads} batch {batch} step {step}: today {rows['today'][-1]['wall']['step']:.2f}"
-                          f" s, fast {rows['fast'][-1]['wall']['step']:.2f} s" if step else "warm-up", flush=True)
+                    print(f"threads {threads} batch {batch} step {step}: " + ", ".join(
+                        f"{n} {rows[n][-1]['wall']['step']:.2f} s" for n in sides) if step else "warm-up", flush=True)
                 run = {name: medians(r) for name, r in rows.items()}
-                run["ratio_wall"] = run["fast"]["wall"]["step"] / run["today"]["wall"]["step"]
-                run["ratio_cpu"] = run["fast"]["cpu"]["step"] / run["today"]["cpu"]["step"]
+                for name in sides:
+                    if name != "today":
+                        run[f"ratio_wall {name}"] = run[name]["wall"]["step"] / run["today"]["wall"]["step"]
+                        run[f"ratio_cpu {name}"] = run[name]["cpu"]["step"] / run["today"]["cpu"]["step"]
+                run["ratio_wall"], run["ratio_cpu"] = run["ratio_wall fast"], run["ratio_cpu fast"]
                 run["response_tokens"] = statistics.mean(r["response_tokens"] for r in rows["fast"])
                 results["runs"][f"threads{threads}_batch{batch}"] = run
-                print(json.dumps({k: run[k] for k in ("ratio_wall", "ratio_cpu")}), flush=True)
+                print(json.dumps({k: v for k, v in run.items() if k.startswith("ratio")}), flush=True)
+            sides = workers
             # evaluation scoring with m samples per context
             rows = {"today": [], "fast": []}
             for rep in range(3):

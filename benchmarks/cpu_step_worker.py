@@ -59,13 +59,18 @@ def main(work: Path, threads: int) -> None:
     data = json.loads((work / "data.json").read_text())
     policy, tokenizer = generator.load_generator(work / "generator")
     scorer = scoring.EmpathyScorer.load(work / "identifiers", batch_size=2 * prof.identifiers.batch_size)
+    # the PPO reward's scorers by dtype (the current tree: run.reward_dtype), copied before any wrapping
+    scorers = {"float32": scorer}
+    if hasattr(scorer, "with_dtype"):
+        scorers["bfloat16"] = scorer.with_dtype("bfloat16")
     # phases: generation, reference forward, identifier context/response encoders, update forward/backward/step
     P.sample = clock.wrap("generation", P.sample)
     P.reference_logprobs = clock.wrap("reference", P.reference_logprobs)
-    for model in scorer.identifiers.values():
-        model.encode_context = clock.wrap("score_context", model.encode_context)
-        model.encode_response = clock.wrap("score_response", model.encode_response)
-    scorer.logits = clock.wrap("scoring", scorer.logits)
+    for s in scorers.values():
+        for model in s.identifiers.values():
+            model.encode_context = clock.wrap("score_context", model.encode_context)
+            model.encode_response = clock.wrap("score_response", model.encode_response)
+        s.logits = clock.wrap("scoring", s.logits)
     P.ActorCritic.forward = clock.wrap("update_forward", P.ActorCritic.forward)
     torch.Tensor.backward = clock.wrap("update_backward", torch.Tensor.backward)
     ppo_train.ppo_update = clock.wrap("update", ppo_train.ppo_update)
@@ -97,11 +102,14 @@ def main(work: Path, threads: int) -> None:
             lo = cmd["start"]
             idx = list(range(lo, lo + cfg.batch_size))
             gold = torch.tensor(data["gold"])[idx]
+            reward = scorers[cmd.get("reward_dtype", "float32")]
             torch.manual_seed(cmd["seed"])
             clock.take()
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(cmd.get("autocast")))
             w, c = time.perf_counter(), time.process_time()
-            out = ppo_train.ppo_step(run, tokenizer, scorer, [data["contexts"][i] for i in idx],
-                                     [data["score_contexts"][i] for i in idx], gold, cfg, prof.generator, "emprl")
+            with autocast:
+                out = ppo_train.ppo_step(run, tokenizer, reward, [data["contexts"][i] for i in idx],
+                                         [data["score_contexts"][i] for i in idx], gold, cfg, prof.generator, "emprl")
             total = {"step": time.perf_counter() - w}, {"step": time.process_time() - c}
             phases = clock.take()
             phases["wall"].update(total[0]), phases["cpu"].update(total[1])

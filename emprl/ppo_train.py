@@ -103,7 +103,7 @@ def train_ppo(
     """
     gold = _check_arguments(cfg, variant, examples, gold)
     run = _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, len(examples), out_dir,
-                 accelerator)
+                 accelerator, reward_dtype=getattr(scorer, "dtype", "float32"))
     gold = gold.to(run.device)
     start_step, rows = _resume(run, cfg, seed, resume)
     is_main = run.rank == 0
@@ -217,7 +217,7 @@ def _check_arguments(cfg, variant, examples, gold) -> torch.Tensor:
 
 
 def _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, n_examples, out_dir,
-           accelerator) -> _Run:
+           accelerator, reward_dtype: str = "float32") -> _Run:
     """Policy + value head sharing the network, the frozen reference, AdamW, KL controller, file paths."""
     from emprl.run import checkpoint_dir
 
@@ -249,7 +249,7 @@ def _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, n_example
     log_path = Path(out_dir) / "runs" / f"ppo_{variant}" / "log.csv"
     return _Run(model, wrapped, reference, optimizer, kl_ctl, RunningMoments(), torch.device(device), accelerator,
                 rank, world, ck_dir / "train_state.safetensors", log_path,
-                _resume_key(cfg, gen_cfg, variant, seed, n_examples, world))
+                _resume_key(cfg, gen_cfg, variant, seed, n_examples, world, reward_dtype))
 
 
 def adamw(model: P.ActorCritic, cfg, device: torch.device) -> torch.optim.AdamW:
@@ -283,8 +283,9 @@ def lr_at(cfg, step: int) -> float:
     raise ValueError(f"PPOConfig.lr_schedule must be 'constant' or 'linear', got {schedule!r}")
 
 
-def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world) -> dict:
-    """What must match for a checkpoint to be resumed (``steps``/logging/checkpointing may change)."""
+def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world, reward_dtype: str = "float32") -> dict:
+    """What must match for a checkpoint to be resumed (``steps``/logging/checkpointing may change); the
+    reward's dtype when it is not float32 (a run must not mix rewards of two precisions)."""
     # how the update is cut into pieces changes no number, so a run may resume with another cut
     c = {k: v for k, v in dataclasses.asdict(cfg).items()
          if k not in ("steps", "checkpoint_every", "log_every", "micro_batch_size")}
@@ -296,7 +297,10 @@ def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world) -> dict:
     g = {k: getattr(gen_cfg, k) for k in ("top_k", "top_p", "temperature", "max_new_tokens", "max_source_len")}
     if getattr(gen_cfg, "length_counts_start_token", False):
         g["length_counts_start_token"] = True
-    return {"ppo": c, "sampling": g, "variant": variant, "seed": seed, "n_examples": n_examples, "world": world}
+    key = {"ppo": c, "sampling": g, "variant": variant, "seed": seed, "n_examples": n_examples, "world": world}
+    if reward_dtype != "float32":
+        key["reward_dtype"] = reward_dtype
+    return key
 
 
 def _resume(run: _Run, cfg, seed: int, resume: bool) -> tuple[int, list[dict]]:

@@ -175,6 +175,17 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return "fp32"
 
 
+def resolve_reward_dtype(requested: str, device: torch.device) -> str:
+    """"auto" -> "bfloat16" on a CPU that computes it natively (``scoring.native_bf16``: there the trained
+    offline identifiers scored 2.8x faster and changed none of 1,536 levels), else "float32". Only PPO's
+    reward is scored so: gold labels and every metric are float32 on every machine."""
+    if requested != "auto":
+        return requested
+    from emprl.scoring import native_bf16
+
+    return "bfloat16" if device.type == "cpu" and native_bf16() else "float32"
+
+
 @dataclass(frozen=True)
 class Run:
     profile: Profile
@@ -185,6 +196,7 @@ class Run:
     threads: int
     banner: str
     paths: Paths
+    reward_dtype: str = "float32"
 
     def autocast(self):
         """bf16 compute with fp32 master weights when precision is bf16; otherwise a null context."""
@@ -195,7 +207,8 @@ class Run:
     def config(self) -> dict[str, Any]:
         """The full resolved configuration: the validated profile and what "auto" resolved to (no paths)."""
         return {"profile": self.profile.name, "config": self.profile.to_dict(),
-                "resolved": {"device": str(self.device), "precision": self.precision, "threads": self.threads}}
+                "resolved": {"device": str(self.device), "precision": self.precision, "threads": self.threads,
+                             "reward_dtype": self.reward_dtype}}
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
@@ -237,7 +250,8 @@ def setup(profile: str | Profile = "smoke", seed: int = 0, data_dir: str | os.Pa
     except FileNotFoundError:
         data_root = None  # the notebooks that read data raise the clear error when they do
     run = Run(profile=P, out=out, data_root=data_root, device=resolved, precision=precision, threads=threads,
-              banner=SMOKE_BANNER if P.is_smoke else "", paths=paths)
+              banner=SMOKE_BANNER if P.is_smoke else "", paths=paths,
+              reward_dtype=resolve_reward_dtype(P.runtime.reward_dtype, resolved))
     paths.config.write_text(json.dumps(run.config(), indent=2) + "\n")
     return run
 

@@ -167,6 +167,17 @@ class EmpathyScorer:
         return cls(models, tokenizer, max_context_len, max_response_len, batch_size, device, dtype=dtype,
                    context_cache_bytes=context_cache_bytes)
 
+    def with_dtype(self, dtype: str) -> "EmpathyScorer":
+        """This scorer if it already scores in ``dtype``, else one with copies of its float32 weights in
+        ``dtype`` (and a context cache of its own); e.g. PPO's reward scorer, ``run.reward_dtype``."""
+        if dtype == self.dtype:
+            return self
+        if self.dtype != "float32":
+            raise ValueError(f"EmpathyScorer.with_dtype: start from the float32 scorer, not a {self.dtype} one")
+        cache = self.context_cache.max_bytes if self.context_cache is not None else 0
+        return EmpathyScorer(self.identifiers, self.tokenizer, self.max_context_len, self.max_response_len,
+                             self.batch_size, self.device, self.mechanisms, dtype=dtype, context_cache_bytes=cache)
+
     @property
     def fingerprint(self) -> str:
         """Identifies the weights and the scoring settings (used to detect stale cached gold labels)."""

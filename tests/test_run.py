@@ -43,7 +43,7 @@ def test_auto_is_cuda_and_bf16_when_cuda_is_there(monkeypatch, tmp_path, keep_th
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     assert r.device == torch.device("cuda") and r.precision == "bf16"
     assert json.loads(r.paths.config.read_text())["resolved"] == {"device": "cuda", "precision": "bf16",
-                                                                   "threads": r.threads}
+                                                                   "threads": r.threads, "reward_dtype": "float32"}
     # an explicit cpu wins over a CUDA machine
     assert emprl.setup("smoke", output_dir=tmp_path, device="cpu").device == torch.device("cpu")
 
@@ -182,3 +182,17 @@ def test_setup_takes_a_built_profile_and_layers_overrides_on_it(tmp_path, no_cud
     built = get_profile("smoke", {"ppo.steps": 3})
     r = emprl.setup(built, output_dir=tmp_path, overrides={"ppo.lr": 0.1})
     assert (r.profile.ppo.steps, r.profile.ppo.lr, r.profile.ppo.batch_size) == (3, 0.1, 4)
+
+
+def test_reward_dtype_follows_the_cpus_native_bf16(tmp_path, no_cuda, monkeypatch, keep_threads):
+    from emprl import scoring
+
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(scoring, "native_bf16", lambda native=native: native)
+        r = emprl.setup("smoke", output_dir=tmp_path)
+        assert r.reward_dtype == expected and r.config()["resolved"]["reward_dtype"] == expected
+    monkeypatch.setattr(scoring, "native_bf16", lambda: True)
+    assert emprl.setup("smoke", output_dir=tmp_path, overrides={"runtime.reward_dtype": "float32"}).reward_dtype == "float32"
+    assert run_module.resolve_reward_dtype("auto", torch.device("cuda")) == "float32"  # CUDA: the autocast's bf16
+    with pytest.raises(ValueError, match="runtime.reward_dtype"):
+        emprl.setup("smoke", output_dir=tmp_path, overrides={"runtime.reward_dtype": "float16"})

@@ -174,3 +174,13 @@ def test_context_cache_is_bounded_and_evicts_the_least_recently_used():
     assert cache.get(("ip", "v")).untyped_storage().nbytes() == 40
     with pytest.raises(ValueError, match="max_bytes"):
         scoring.ContextCache(-1)
+
+
+def test_with_dtype_copies_the_float32_weights_once(scorer, tokenizer):
+    assert scorer.with_dtype("float32") is scorer
+    bf16 = scorer.with_dtype("bfloat16")
+    assert bf16.dtype == "bfloat16" and bf16.context_cache is not scorer.context_cache
+    assert all(p.dtype == torch.float32 for m in scorer.identifiers.values() for p in m.parameters())
+    assert torch.allclose(bf16.logits(CONTEXTS, RESPONSES), scorer.logits(CONTEXTS, RESPONSES), atol=0.1)
+    with pytest.raises(ValueError, match="start from the float32 scorer"):
+        bf16.with_dtype("int8")
