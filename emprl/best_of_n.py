@@ -72,8 +72,8 @@ def sample_pool(model, tokenizer, gen_contexts: list[str], score_contexts: list[
             saved = json.loads((cache / "pool.json").read_text())
             if saved["key"] == key:
                 return saved["responses"], ckpt.load_tensors(cache / "logits.safetensors")["logits"]
-    responses = sample_responses(model, tokenizer, list(gen_contexts) * n, gen_cfg, seed=seed, batch_size=batch_size,
-                                 progress=progress)
+    responses = sample_responses(model, tokenizer, list(gen_contexts), gen_cfg, seed=seed, batch_size=batch_size,
+                                 progress=progress, n=n)
     logits = scorer.logits(list(score_contexts) * n, responses)
     logits = logits.reshape(n, N, *logits.shape[1:])
     if cache is not None:

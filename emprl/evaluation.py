@@ -63,8 +63,8 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
     timings = {}
     t = time.perf_counter()
     # m blocks of N: sample j of context i at j * N + i (metrics.evaluate_responses' layout)
-    responses = policy.sample_responses(model, tokenizer, gen_contexts * m, gen_cfg, seed=seed,
-                                        batch_size=eval_cfg.batch_size, progress=progress)
+    responses = policy.sample_responses(model, tokenizer, gen_contexts, gen_cfg, seed=seed,
+                                        batch_size=eval_cfg.batch_size, progress=progress, n=m)
     timings["generation_s"] = time.perf_counter() - t
     t = time.perf_counter()
     nll, tokens = generator.example_nll(model, tokenizer, gen_contexts, [ex.response for ex in examples],

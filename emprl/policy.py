@@ -156,10 +156,13 @@ def sample(policy: nn.Module, query_ids, query_mask, generation: dict, scores: b
 
 @torch.no_grad()
 def sample_responses(model, tokenizer, contexts: list[str], cfg, seed: int = 0, batch_size: int = 32,
-                     progress: bool = True) -> list[str]:
-    """Sample one response per context on the model's device; length-sorted batches, input order kept.
+                     progress: bool = True, n: int = 1) -> list[str]:
+    """Sample ``n`` responses per context on the model's device; length-sorted batches, input order kept.
 
-    Batch ``b`` is sampled under seed ``seed + b``, so a run is reproducible for a given batch size.
+    Returns n blocks of len(contexts) responses (sample j of context i at j * len(contexts) + i). The n samples
+    of a context share one encoder pass (``num_return_sequences``): with long contexts the encoder is most of
+    a batch's arithmetic. Batch ``b`` (of ``batch_size`` contexts) is sampled under seed ``seed + b``, so a run
+    is reproducible for a given batch size and n.
     """
     from emprl.progress import bar
 
@@ -167,8 +170,11 @@ def sample_responses(model, tokenizer, contexts: list[str], cfg, seed: int = 0, 
     model.eval()
     device = device_of(model)
     sources = encode(tokenizer, contexts, cfg.max_source_len, "left")
-    out: list[str] = [""] * len(contexts)
+    N = len(contexts)
+    out: list[str] = [""] * (N * n)
     kwargs = {**generation_kwargs(cfg, tokenizer), **static_cache(device)}
+    if n > 1:
+        kwargs["num_return_sequences"] = n
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         for b, idx in enumerate(bar(length_sorted_batches([len(s) for s in sources], batch_size),
@@ -177,8 +183,9 @@ def sample_responses(model, tokenizer, contexts: list[str], cfg, seed: int = 0, 
             batch = collate([sources[i] for i in idx], None, tokenizer.pad_token_id, device)
             tokens = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                     **kwargs)
-            for i, text in zip(idx, tokenizer.batch_decode(tokens, skip_special_tokens=True)):
-                out[i] = text.strip()
+            texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)  # context-major: i's n samples
+            for k, text in enumerate(texts):
+                out[(k % n) * N + idx[k // n]] = text.strip()
     model.train(was_training)
     return out
 

@@ -116,6 +116,29 @@ def test_sampling_is_seeded_and_keeps_input_order(data):
     greedy = dataclasses.replace(cfg, top_k=1)
     one_by_one = [policy.sample_responses(model, tok, [c], greedy, progress=False)[0] for c in contexts[:9]]
     assert policy.sample_responses(model, tok, contexts[:9], greedy, batch_size=4, progress=False) == one_by_one
+    # n samples per context from one encoder pass, in n blocks: greedy gives every block the one-by-one answers
+    assert policy.sample_responses(model, tok, contexts[:9], greedy, batch_size=4, progress=False, n=3) == one_by_one * 3
+
+
+@pytest.mark.parametrize("tuning", ["prefix", "full"])
+def test_n_samples_per_context_share_the_encoder_and_differ(data, tuning):
+    (contexts, responses), _ = data
+    cfg = tiny_cfg(tuning=tuning)
+    model, tok = G.build_generator(cfg, contexts + responses, seed=0)
+    out = policy.sample_responses(model, tok, contexts[:5], cfg, seed=1, batch_size=2, progress=False, n=4)
+    assert len(out) == 20
+    blocks = [out[j * 5: (j + 1) * 5] for j in range(4)]
+    assert len({tuple(b) for b in blocks}) > 1  # the samples of a context differ
+    assert out == policy.sample_responses(model, tok, contexts[:5], cfg, seed=1, batch_size=2, progress=False, n=4)
+    # the encoder runs once per batch of contexts, not once per sample
+    calls = []
+    encoder = model.t5.encoder if tuning == "prefix" else model.encoder
+    hook = encoder.register_forward_hook(lambda mod, inp, outp: calls.append(outp.last_hidden_state.shape[0]))
+    try:
+        policy.sample_responses(model, tok, contexts[:5], cfg, seed=1, batch_size=2, progress=False, n=4)
+    finally:
+        hook.remove()
+    assert calls == [2, 2, 1]
 
 
 def test_paper_decoding_settings():
