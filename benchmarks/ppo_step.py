@@ -143,10 +143,14 @@ def ours_worker(work: Path, variant: str, threads: int) -> dict:
     vh = load_file(str(work / "v_head.safetensors"))
     value_head.linear.load_state_dict({"weight": vh["weight"], "bias": vh["bias"]})
     model = P.ActorCritic(policy, value_head).eval()
-    scorer = EmpathyScorer.load(work / "identifiers")
+    from emprl.run import resolve_reward_dtype
+
+    # the reward scored as a run on this machine scores it (runtime.reward_dtype "auto"); contexts are new at
+    # every step here, so the context cache does not help
+    scorer = EmpathyScorer.load(work / "identifiers").with_dtype(resolve_reward_dtype("auto", torch.device("cpu")))
     B = cfg_json["batch_size"]
     cfg = replace(PPOConfig(), batch_size=B, mini_batch_size=B, ppo_epochs=cfg_json["ppo_epochs"],
-                  min_new_tokens=cfg_json["min_new_tokens"])  # the paper's PPO settings otherwise
+                  min_new_tokens=cfg_json["min_new_tokens"], micro_batch_size=4)  # the offline profile's cut
     gen_cfg = replace(GeneratorConfig(), max_source_len=256, max_new_tokens=cfg_json["max_new_tokens"],
                       top_k=cfg_json["top_k"], top_p=cfg_json["top_p"], temperature=cfg_json["temperature"])
     params = [p for p in model.parameters() if p.requires_grad]
