@@ -128,10 +128,17 @@ class LLMEndpoint:
 @dataclass(frozen=True)
 class Sampling:
     """The request's sampling settings; they are part of the cache key. The paper does not give
-    ChatGPT's; temperature 0.9 is its generator's, 60 tokens leave room for the 30 words asked for."""
+    ChatGPT's; temperature 0.9 is its generator's, 60 tokens leave room for the 30 words asked for.
+    ``seed``: sent only when set (the playground's seed; OpenAI and llama.cpp honour it)."""
 
     temperature: float = 0.9
     max_tokens: int = 60
+    seed: int | None = None
+
+    def key_fields(self) -> dict:
+        """The settings that go into the cache key: an unset seed is left out, so that the keys of
+        replies asked without one do not depend on the field's existence."""
+        return {k: v for k, v in asdict(self).items() if not (k == "seed" and v is None)}
 
 
 class LLMError(RuntimeError):
@@ -243,8 +250,11 @@ def chat_completion(endpoint: LLMEndpoint, prompt: str, sampling: Sampling = Sam
     retried up to ``retries`` times after ``Retry-After`` seconds when the server sends it, else
     ``backoff * 2**attempt`` with jitter; waits are capped at ``max_wait``.
     """
-    body = json.dumps({"model": endpoint.model, "messages": [{"role": "user", "content": prompt}],
-                       "temperature": sampling.temperature, "max_tokens": sampling.max_tokens}).encode()
+    request_body = {"model": endpoint.model, "messages": [{"role": "user", "content": prompt}],
+                    "temperature": sampling.temperature, "max_tokens": sampling.max_tokens}
+    if sampling.seed is not None:
+        request_body["seed"] = sampling.seed
+    body = json.dumps(request_body).encode()
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if endpoint.api_key:
         headers["Authorization"] = f"Bearer {endpoint.api_key}"
@@ -325,7 +335,7 @@ def cache_key(endpoint: LLMEndpoint, prompt: str, sampling: Sampling, sample: in
     """sha256 of endpoint URL, model, prompt, sampling settings and ``sample`` (k-th copy of the same
     prompt in one run, so repeated contexts get their own samples). Never the key."""
     blob = json.dumps({"url": endpoint.url, "model": endpoint.model, "prompt": prompt,
-                       "sampling": asdict(sampling), "sample": sample}, sort_keys=True)
+                       "sampling": sampling.key_fields(), "sample": sample}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -4,6 +4,7 @@ connections, 401, replies cut by max_tokens; and a client killed with SIGKILL, t
 
 import collections
 import csv
+import hashlib
 import json
 import os
 import re
@@ -216,6 +217,12 @@ def test_cache_key_covers_endpoint_model_prompt_sampling():
               L.cache_key(ep, "p", L.Sampling(), sample=1)]
     assert len({base, *others}) == 7
     assert L.cache_key(L.LLMEndpoint(ep.url, "m", "other-key"), "p", L.Sampling()) == base  # key-free
+    seeded = L.cache_key(ep, "p", L.Sampling(seed=3))
+    assert seeded not in {base, *others} and seeded != L.cache_key(ep, "p", L.Sampling(seed=4))
+    # without a seed, the key is the one computed before the field existed: caches stay valid
+    blob = json.dumps({"url": ep.url, "model": "m", "prompt": "p", "sampling": {"temperature": 0.9,
+                       "max_tokens": L.Sampling.max_tokens}, "sample": 0}, sort_keys=True)
+    assert base == hashlib.sha256(blob.encode()).hexdigest()
 
 
 def test_generate_skips_when_env_unset(monkeypatch, capsys, tmp_path):
@@ -243,6 +250,9 @@ def test_round_trip_against_local_server(server, monkeypatch, tmp_path):
     body = server.bodies[0]
     assert body["model"] == "tiny-chat" and body["temperature"] == 0.5 and body["max_tokens"] == 60
     assert body["messages"] in ([{"role": "user", "content": p}] for p in prompts)
+    assert "seed" not in body  # sent only when set
+    L.chat_completion(server.endpoint, "seeded", L.Sampling(seed=5))
+    assert server.bodies[-1]["seed"] == 5
 
 
 def test_faults_are_retried_and_counted(server, capsys, tmp_path):
