@@ -128,11 +128,15 @@ class LLMEndpoint:
 @dataclass(frozen=True)
 class Sampling:
     """The request's sampling settings; they are part of the cache key. The paper does not give
-    ChatGPT's; temperature 0.9 is its generator's, 60 tokens leave room for the 30 words asked for.
+    ChatGPT's; temperature 0.9 is its generator's. ``max_tokens`` is a ceiling, not a length target: a
+    model that answers in the 30 words asked for stops long before it. SmolLM2-135M-Instruct, served
+    locally, often runs on: on the first offline test contexts 60 cut 23 of 60 replies, 128 cut 10 of
+    60, 256 cut 6 of 140 (4.3%), and 384 cut as many as 256 on the first 100 (3 each), so 256 keeps
+    the cut share under 5% at the least cost.
     ``seed``: sent only when set (the playground's seed; OpenAI and llama.cpp honour it)."""
 
     temperature: float = 0.9
-    max_tokens: int = 60
+    max_tokens: int = 256
     seed: int | None = None
 
     def key_fields(self) -> dict:
