@@ -499,13 +499,16 @@ def _slug(model: str) -> str:
 
 def save_generations(out, examples, run: Completions, endpoint: LLMEndpoint, sampling: Sampling,
                      split: str = "test") -> Path:
-    """OUT/generations/llm_<model>_<split>.csv (one row per example) and
+    """OUT/generations/llm_<model>_<split>.csv (one row per example, with the dataset's text: not
+    committed), OUT/generations/llm_<model>_<split>_responses.jsonl.gz (the replies alone, in the schema
+    of our systems' ``evaluation.write_generations``, system ``LLM (<model>)``: committed) and
     OUT/metrics/llm_<model>_<split>.json (model, endpoint, date, settings, counts). No key, no paths."""
     import csv
     import io
 
     from emprl import data
     from emprl.checkpoint import atomic_write_bytes
+    from emprl.evaluation import write_generations
 
     name = f"llm_{_slug(endpoint.model)}_{split}"
     buffer = io.StringIO()
@@ -516,6 +519,8 @@ def save_generations(out, examples, run: Completions, endpoint: LLMEndpoint, sam
     path = Path(out) / "generations" / f"{name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue().encode())
+    write_generations(path.with_name(f"{name}_responses.jsonl.gz"), [ex.id for ex in examples],
+                      {f"LLM ({endpoint.model})": run.responses})
     meta = {"model": endpoint.model, "served_models": sorted({m for m in run.served_models if m}),
             "endpoint": endpoint.public_url, "date": run.date_label(), "split": split, "n": len(run.responses),
             "prompt": "2-shot, paper Sec. IV-C", "sampling": asdict(sampling), "truncated": run.truncated,

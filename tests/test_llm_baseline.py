@@ -4,6 +4,7 @@ connections, 401, replies cut by max_tokens; and a client killed with SIGKILL, t
 
 import collections
 import csv
+import gzip
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from emprl import llm_baseline as L
+from emprl.evaluation import read_generations
 
 EXAMPLES = [("Speaker: I lost my keys.", "Oh no, did you find them?"),
             ("Speaker: I got a puppy!", "How fun! What breed?")]
@@ -335,7 +337,8 @@ def test_api_key_never_leaks(server, tmp_path, monkeypatch, capfd):
     assert L.main(["--profile", "smoke", "--out", str(tmp_path / "out"), "--limit", "3", "--no-progress"]) == 0
     captured = capfd.readouterr()
     texts += [captured.out, captured.err]
-    texts += [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]
+    texts += [gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text()
+              for p in tmp_path.rglob("*") if p.is_file()]
     assert server.auth[-1] == f"Bearer {KEY}"  # it was sent...
     assert not [t for t in texts if KEY in t]  # ...and never written anywhere
 
@@ -358,6 +361,7 @@ def test_torn_last_line_is_tolerated(server, tmp_path):
 CLIENT = """
 import sys
 from emprl import llm_baseline as L
+from emprl.evaluation import read_generations
 url, cache, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 prompts = [f"Speaker: context {i}" for i in range(n)]
 L.complete_all(prompts, L.LLMEndpoint(url, "tiny-chat", "k"), cache, concurrency=4, timeout=30, progress=False)
@@ -423,6 +427,9 @@ def test_cli_help_dry_run_and_run(server, tmp_path, monkeypatch, capsys):
     rows = list(csv.DictReader((out / "generations" / "llm_tiny-chat_test.csv").open()))
     assert [r["response"] for r in rows] == [reply_of(p) for p in prompts]
     assert [r["gold"] for r in rows] == [ex.response for ex in examples]
+    committed = read_generations(out / "generations" / "llm_tiny-chat_test_responses.jsonl.gz")  # no dataset text
+    assert committed == [{"id": ex.id, "system": "LLM (tiny-chat)", "response": reply_of(p)}
+                         for ex, p in zip(examples, prompts)]
     meta = json.loads((out / "metrics" / "llm_tiny-chat_test.json").read_text())
     assert meta["n"] == len(prompts) and meta["requested"] == len(prompts) and meta["model"] == "tiny-chat"
     assert meta["endpoint"] == server.endpoint.url and len(meta["date"]) == 10
