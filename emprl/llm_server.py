@@ -121,8 +121,8 @@ class LocalServer:
             if self.models() is not None:
                 return
             if time.monotonic() > deadline:
-                raise ServerError(f"the server did not answer {self.url}/models within {self.startup_timeout:g} s;"
-                                  f" its log {self.log} ends with:\n{self.log_tail()}")
+                raise ServerError(f"the server did not answer {self.url}/models within {self.startup_timeout:g}"
+                                  f" s; its log {self.log} ends with:\n{self.log_tail()}")
             time.sleep(0.5)
 
     def models(self) -> list[str] | None:
@@ -175,19 +175,21 @@ def for_llm(name: str = "smollm2", **kwargs) -> LocalServer:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m emprl.llm_server",
-        description="Serve a local LLM (llama-cpp-python, OpenAI-compatible) on 127.0.0.1 for the LLM baseline: "
-                    "waits until it answers, prints EMPRL_LLM_URL and EMPRL_LLM_MODEL, serves until Ctrl-C or "
-                    "SIGTERM.")
+        description="Serve a local LLM (llama-cpp-python, OpenAI-compatible) on 127.0.0.1 for the LLM "
+                    "baseline: waits until it answers, prints EMPRL_LLM_URL and EMPRL_LLM_MODEL, serves "
+                    "until Ctrl-C or SIGTERM.")
     parser.add_argument("--llm", choices=sorted(download.LLMS), default="smollm2",
                         help="which local LLM (python -m emprl.download --llm NAME fetches it; its sha256 is "
                              "checked before serving)")
     parser.add_argument("--gguf", default=None, help="serve this GGUF instead (your file: no hash to check)")
     parser.add_argument("--model", default=None, help="with --gguf: the name it answers to (EMPRL_LLM_MODEL)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; part of the cache key of the replies)")
+                        help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; the URL is part of the replies' "
+                             "cache key)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of llama.cpp (default 1)")
     parser.add_argument("--ctx", type=int, default=2048, help="context window in tokens (default 2048)")
-    parser.add_argument("--log", default=None, help="the server's log (default ~/.cache/emprl/llm/server-PORT.log)")
+    parser.add_argument("--log", default=None,
+                        help="the server's log (default ~/.cache/emprl/llm/server-PORT.log)")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
