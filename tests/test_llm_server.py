@@ -92,7 +92,7 @@ def test_start_errors_say_what_is_missing(fake_llama, tmp_path, monkeypatch):
     with pytest.raises(llm_server.ServerError, match="no GGUF at .*python -m emprl.download --llm smollm2"):
         llm_server.LocalServer(tmp_path / "absent.gguf", "tiny", port=llm_server.free_port()).start()
     monkeypatch.setattr(llm_server, "llama_cpp_available", lambda python=None: False)
-    with pytest.raises(llm_server.ServerError, match=r'pip install -e "\.\[llm\]".*25 min'):
+    with pytest.raises(llm_server.ServerError, match=r'pip install -e "\.\[llm\]".*20 min'):
         llm_server.LocalServer(fake_llama, "tiny", port=llm_server.free_port()).start()
     monkeypatch.undo()
     monkeypatch.syspath_prepend(str(fake_llama.parent / "site"))
