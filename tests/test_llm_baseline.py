@@ -250,7 +250,7 @@ def test_round_trip_against_local_server(server, monkeypatch, tmp_path):
     assert out == [reply_of(p) for p in prompts]  # stripped, in order
     assert server.auth[0] == f"Bearer {KEY}"
     body = server.bodies[0]
-    assert body["model"] == "tiny-chat" and body["temperature"] == 0.5 and body["max_tokens"] == 256
+    assert body["model"] == "tiny-chat" and body["temperature"] == 0.5 and body["max_tokens"] == 384
     assert body["messages"] in ([{"role": "user", "content": p}] for p in prompts)
     assert "seed" not in body  # sent only when set
     L.chat_completion(server.endpoint, "seeded", L.Sampling(seed=5))
@@ -270,7 +270,7 @@ def test_faults_are_retried_and_counted(server, capsys, tmp_path):
     # Retry-After (0.3 s) is honoured although the back-off would wait about 0.01 s
     assert server.times[prompts[0]][1] - server.times[prompts[0]][0] >= 0.29
     err = capsys.readouterr().err
-    assert "1 of 8 replies were cut by max_tokens=256" in err and "HTTP 429 x2" in err
+    assert "1 of 8 replies were cut by max_tokens=384" in err and "HTTP 429 x2" in err
     assert run.model_label(server.endpoint) == "tiny-chat (tiny-chat-2026-01-01)"
 
 
