@@ -51,6 +51,11 @@ from typing import Sequence
 
 from emprl.progress import bar as progress_bar
 
+try:
+    import fcntl  # POSIX: the cache's writer lock
+except ImportError:  # Windows: no lock
+    fcntl = None
+
 # Sec. IV-C, verbatim apart from the bracketed slots, which are filled with "Context: ...\nResponse: ...".
 PROMPT_TEMPLATE = (
     "Now generate a response (no more than 30 words) for the following context. There are two examples:\n\n"
@@ -300,31 +305,50 @@ class ResponseCache:
 
     A kill can leave at most the last line torn; it is cut off when the cache is opened (that one
     reply is asked again). Lines are flushed to the OS, not fsynced: a killed process loses
-    nothing, a power cut may lose the last lines.
+    nothing, a power cut may lose the last lines. One process writes a cache at a time (an exclusive
+    ``flock``, released when it closes or dies): a second one, such as a notebook run during a long
+    collection, would cut a line the first is writing and ask the same prompts again, so it is refused
+    with an LLMError. ``read`` looks without writing.
     """
 
     def __init__(self, path):
         self.path = Path(path)
-        self.entries: dict[str, dict] = {}
-        self.torn = self.corrupt = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        raw = self.path.read_bytes() if self.path.exists() else b""
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise LLMError(f"{self.path} is being written by another process (a collection still running?): "
+                           "wait until it ends, or give this run another cache file") from None
+        raw = self.path.read_bytes()
         complete = raw[: raw.rfind(b"\n") + 1]
-        if len(complete) < len(raw):  # a torn last line: cut it so the next line starts clean
-            self.torn = 1
-            with open(self.path, "r+b") as f:
-                f.truncate(len(complete))
-        for line in complete.splitlines():
-            try:
-                record = json.loads(line)
-                self.entries[record["key"]] = record
-            except (ValueError, KeyError, TypeError):
-                self.corrupt += 1
+        self.torn = int(len(complete) < len(raw))
+        if self.torn:  # a torn last line: cut it so the next line starts clean
+            os.ftruncate(self._fd, len(complete))
+        self.entries, self.corrupt = self._parse(complete)
         if self.corrupt:
             print(f"warning: {self.corrupt} unreadable line(s) in {self.path} skipped "
                   "(their prompts are asked again)", file=sys.stderr)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _parse(complete: bytes) -> tuple[dict[str, dict], int]:
+        entries, corrupt = {}, 0
+        for line in complete.splitlines():
+            try:
+                record = json.loads(line)
+                entries[record["key"]] = record
+            except (ValueError, KeyError, TypeError):
+                corrupt += 1
+        return entries, corrupt
+
+    @classmethod
+    def read(cls, path) -> dict[str, dict]:
+        """The complete entries of a cache, without locking or cutting it (a run may be writing it)."""
+        raw = Path(path).read_bytes() if Path(path).exists() else b""
+        return cls._parse(raw[: raw.rfind(b"\n") + 1])[0]
 
     def add(self, record: dict) -> None:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
@@ -592,10 +616,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         cached = 0
-        if endpoint is not None and cache_path.exists():
-            cache = ResponseCache(cache_path)
-            cache.close()
-            cached = sum(k in cache.entries for k in _plan(endpoint, prompts, sampling))
+        if endpoint is not None:
+            entries = ResponseCache.read(cache_path)  # also while a run writes it
+            cached = sum(k in entries for k in _plan(endpoint, prompts, sampling))
         chars = sum(len(p) for p in prompts)
         print(f"profile {profile.name}, test split: {len(prompts)} requests ({cached} already cached, "
               f"{len(prompts) - cached} to send) to "

@@ -358,6 +358,23 @@ def test_torn_last_line_is_tolerated(server, tmp_path):
     assert sum(server.received.values()) == 4
 
 
+def test_one_writer_at_a_time_and_reading_while_it_writes(server, tmp_path):
+    cache = tmp_path / "c.jsonl"
+    L.complete_all(["Speaker: 1"], server.endpoint, cache, **FAST)
+    writer = L.ResponseCache(cache)  # e.g. a long collection in another process
+    with pytest.raises(L.LLMError, match="being written by another process.*another cache file"):
+        L.complete_all(["Speaker: 1", "Speaker: 2"], server.endpoint, cache, **FAST)
+    assert sum(server.received.values()) == 1  # refused before asking anything
+    writer.add({"key": "k2", "response": "r"})
+    os.write(writer._fd, b'{"key": "k3", "resp')  # a line being written
+    before = cache.read_bytes()
+    assert set(L.ResponseCache.read(cache)) == set(writer.entries)  # a look sees the complete lines...
+    assert cache.read_bytes() == before  # ...and cuts nothing
+    writer.close()
+    run = L.complete_all(["Speaker: 1", "Speaker: 2"], server.endpoint, cache, **FAST)  # the writer is gone
+    assert (run.cached, run.requested) == (1, 1)
+
+
 CLIENT = """
 import sys
 from emprl import llm_baseline as L
