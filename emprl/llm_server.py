@@ -117,7 +117,7 @@ class LocalServer:
             if self.proc.poll() is not None:
                 raise ServerError(f"the server exited with code {self.proc.returncode} before answering; "
                                   f"its log {self.log} ends with:\n{self.log_tail()}")
-            if self.models() is not None:
+            if self.model in (self.models() or []):
                 return
             if time.monotonic() > deadline:
                 raise ServerError(f"the server did not answer {self.url}/models within {self.startup_timeout:g}"
