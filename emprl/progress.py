@@ -75,7 +75,9 @@ class Summary:
             self._write(self._status())
             self._next_quarter = self._quarter_after(self.n)
 
-    def set_postfix(self, **values) -> None:
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **values) -> None:
+        """tqdm's signature, so callers can pass ``refresh`` (meaningless here) without it being shown."""
+        values = {**(ordered_dict or {}), **values}
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
     def close(self) -> None:

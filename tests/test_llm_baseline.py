@@ -4,6 +4,8 @@ connections, 401, replies cut by max_tokens; and a client killed with SIGKILL, t
 
 import collections
 import csv
+import gzip
+import hashlib
 import json
 import os
 import re
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from emprl import llm_baseline as L
+from emprl.evaluation import read_generations
 
 EXAMPLES = [("Speaker: I lost my keys.", "Oh no, did you find them?"),
             ("Speaker: I got a puppy!", "How fun! What breed?")]
@@ -61,7 +64,18 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def _leave(self):
+        """The request stops counting as in flight. Called before the reply is written (and on every
+        way out), so that the client's next request, which can only follow the reply, never overlaps it
+        in the count."""
+        if not getattr(self, "_left", True):
+            fake: FakeLLM = self.server.fake
+            with fake.lock:
+                fake.in_flight -= 1
+            self._left = True
+
     def _send(self, status: int, body: bytes, content_type="application/json", headers=None):
+        self._leave()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -83,6 +97,7 @@ class Handler(BaseHTTPRequestHandler):
             fake.bodies.append(body)
             fake.auth.append(auth)
             fake.in_flight += 1
+            self._left = False
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
             faults = fake.plan.get(tag, [])
             fault = faults[n] if n < len(faults) else "ok"
@@ -100,8 +115,7 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
-            with fake.lock:
-                fake.in_flight -= 1
+            self._leave()  # a dropped or held request: before the connection closes, so before any retry
 
     def _fault_or_reply(self, fault, fake, tag, prompt, body, auth):
         echo = f"bad request from {auth}".encode()  # servers that echo the key; the client must redact it
@@ -205,6 +219,12 @@ def test_cache_key_covers_endpoint_model_prompt_sampling():
               L.cache_key(ep, "p", L.Sampling(), sample=1)]
     assert len({base, *others}) == 7
     assert L.cache_key(L.LLMEndpoint(ep.url, "m", "other-key"), "p", L.Sampling()) == base  # key-free
+    seeded = L.cache_key(ep, "p", L.Sampling(seed=3))
+    assert seeded not in {base, *others} and seeded != L.cache_key(ep, "p", L.Sampling(seed=4))
+    # without a seed, the key is the one computed before the field existed: caches stay valid
+    blob = json.dumps({"url": ep.url, "model": "m", "prompt": "p", "sampling": {"temperature": 0.9,
+                       "max_tokens": L.Sampling.max_tokens}, "sample": 0}, sort_keys=True)
+    assert base == hashlib.sha256(blob.encode()).hexdigest()
 
 
 def test_generate_skips_when_env_unset(monkeypatch, capsys, tmp_path):
@@ -230,8 +250,11 @@ def test_round_trip_against_local_server(server, monkeypatch, tmp_path):
     assert out == [reply_of(p) for p in prompts]  # stripped, in order
     assert server.auth[0] == f"Bearer {KEY}"
     body = server.bodies[0]
-    assert body["model"] == "tiny-chat" and body["temperature"] == 0.5 and body["max_tokens"] == 60
+    assert body["model"] == "tiny-chat" and body["temperature"] == 0.5 and body["max_tokens"] == 384
     assert body["messages"] in ([{"role": "user", "content": p}] for p in prompts)
+    assert "seed" not in body  # sent only when set
+    L.chat_completion(server.endpoint, "seeded", L.Sampling(seed=5))
+    assert server.bodies[-1]["seed"] == 5
 
 
 def test_faults_are_retried_and_counted(server, capsys, tmp_path):
@@ -247,18 +270,20 @@ def test_faults_are_retried_and_counted(server, capsys, tmp_path):
     # Retry-After (0.3 s) is honoured although the back-off would wait about 0.01 s
     assert server.times[prompts[0]][1] - server.times[prompts[0]][0] >= 0.29
     err = capsys.readouterr().err
-    assert "1 of 8 replies were cut by max_tokens=60" in err and "HTTP 429 x2" in err
+    assert "1 of 8 replies were cut by max_tokens=384" in err and "HTTP 429 x2" in err
     assert run.model_label(server.endpoint) == "tiny-chat (tiny-chat-2026-01-01)"
 
 
 def test_concurrency_is_bounded_and_progress_shows_rate_and_eta(server, tmp_path, capsys):
-    server.delay = 0.1
+    # 0.2 s per reply: long enough that the three threads' requests overlap even when threads start late
+    server.delay = 0.2
     prompts = [f"Speaker: {i}" for i in range(12)]
     L.complete_all(prompts, server.endpoint, tmp_path / "c.jsonl", concurrency=3, **{**FAST, "progress": True})
     assert server.max_in_flight == 3
     assert sum(server.received.values()) == 12
     err = capsys.readouterr().err
-    assert re.search(r"12/12 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+req/s\]", err), err  # elapsed<ETA, rate
+    # elapsed<ETA and the rate; tqdm writes s/req instead of req/s when a request takes over a second
+    assert re.search(r"12/12 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(req/s|s/req)\]", err), err
     assert re.search(r"12 requested in [\d.]+ s, [\d.]+ req/s", err)
 
 
@@ -312,7 +337,8 @@ def test_api_key_never_leaks(server, tmp_path, monkeypatch, capfd):
     assert L.main(["--profile", "smoke", "--out", str(tmp_path / "out"), "--limit", "3", "--no-progress"]) == 0
     captured = capfd.readouterr()
     texts += [captured.out, captured.err]
-    texts += [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]
+    texts += [gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text()
+              for p in tmp_path.rglob("*") if p.is_file()]
     assert server.auth[-1] == f"Bearer {KEY}"  # it was sent...
     assert not [t for t in texts if KEY in t]  # ...and never written anywhere
 
@@ -332,9 +358,27 @@ def test_torn_last_line_is_tolerated(server, tmp_path):
     assert sum(server.received.values()) == 4
 
 
+def test_one_writer_at_a_time_and_reading_while_it_writes(server, tmp_path):
+    cache = tmp_path / "c.jsonl"
+    L.complete_all(["Speaker: 1"], server.endpoint, cache, **FAST)
+    writer = L.ResponseCache(cache)  # e.g. a long collection in another process
+    with pytest.raises(L.LLMError, match="being written by another process.*another cache file"):
+        L.complete_all(["Speaker: 1", "Speaker: 2"], server.endpoint, cache, **FAST)
+    assert sum(server.received.values()) == 1  # refused before asking anything
+    writer.add({"key": "k2", "response": "r"})
+    os.write(writer._fd, b'{"key": "k3", "resp')  # a line being written
+    before = cache.read_bytes()
+    assert set(L.ResponseCache.read(cache)) == set(writer.entries)  # a look sees the complete lines...
+    assert cache.read_bytes() == before  # ...and cuts nothing
+    writer.close()
+    run = L.complete_all(["Speaker: 1", "Speaker: 2"], server.endpoint, cache, **FAST)  # the writer is gone
+    assert (run.cached, run.requested) == (1, 1)
+
+
 CLIENT = """
 import sys
 from emprl import llm_baseline as L
+from emprl.evaluation import read_generations
 url, cache, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 prompts = [f"Speaker: context {i}" for i in range(n)]
 L.complete_all(prompts, L.LLMEndpoint(url, "tiny-chat", "k"), cache, concurrency=4, timeout=30, progress=False)
@@ -349,7 +393,7 @@ def test_killed_run_resumes_from_the_cache(server, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", CLIENT, server.endpoint.url, str(cache), str(n)], env=env,
                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120  # the client imports torch (through emprl): slow on a loaded machine
     while not (cache.exists() and cache.read_text().count("\n") == answered_before_kill and server.held == 4):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
         time.sleep(0.02)
@@ -400,6 +444,9 @@ def test_cli_help_dry_run_and_run(server, tmp_path, monkeypatch, capsys):
     rows = list(csv.DictReader((out / "generations" / "llm_tiny-chat_test.csv").open()))
     assert [r["response"] for r in rows] == [reply_of(p) for p in prompts]
     assert [r["gold"] for r in rows] == [ex.response for ex in examples]
+    committed = read_generations(out / "generations" / "llm_tiny-chat_test_responses.jsonl.gz")  # no dataset text
+    assert committed == [{"id": ex.id, "system": "LLM (tiny-chat)", "response": reply_of(p)}
+                         for ex, p in zip(examples, prompts)]
     meta = json.loads((out / "metrics" / "llm_tiny-chat_test.json").read_text())
     assert meta["n"] == len(prompts) and meta["requested"] == len(prompts) and meta["model"] == "tiny-chat"
     assert meta["endpoint"] == server.endpoint.url and len(meta["date"]) == 10

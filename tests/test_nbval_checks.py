@@ -53,7 +53,8 @@ def _checked_cell_index() -> int:
 
 def _nbval(out, extra_path=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "EMPRL_OUTPUT_DIR": str(out), "MPLBACKEND": "Agg", "EMPRL_THREADS": "1"}
-    env.pop("EMPRL_DATA_DIR", None)  # the stored outputs are those of the bundled sample
+    for var in ("EMPRL_DATA_DIR", "EMPRL_LLM_URL", "EMPRL_LLM_MODEL", "EMPRL_LLM_API_KEY"):
+        env.pop(var, None)  # the stored outputs are those of the bundled sample, without an LLM
     env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, str(run.REPO_ROOT), env.get("PYTHONPATH")) if p)
     command = [sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider", str(NOTEBOOK)]
     return subprocess.run(command, cwd=run.REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,11 +12,13 @@ import pytest
 import torch
 
 from emprl import generator as G
-from emprl import humaneval, playground
+from emprl import humaneval, llm_baseline, playground
 from emprl import identifiers as I
+from emprl.profiles import get_profile
 from emprl.scoring import EmpathyScorer
 from test_generator import corpus, tiny_cfg
 from test_identifiers import tiny_identifier
+from test_llm_baseline import reply_of, server  # noqa: F401  (server: the fake OpenAI-compatible endpoint)
 
 torch.set_num_threads(1)
 MECHS = ("emotional_reactions", "interpretations", "explorations")
@@ -206,6 +209,68 @@ def test_comparisons_csv_is_read_by_the_human_eval_kit(tmp_path):
     assert sorted(sheet["response"]) == sorted(["so sorry, that is hard", "ok", "great news", "why"])
     with pytest.raises(ValueError, match="comparisons.csv has columns"):
         playground.append_comparison(path, TURNS, {"EmpRL": "x"}, None, settings)
+
+
+def test_comparisons_csv_is_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "comparisons.csv"
+    playground.append_comparison(path, TURNS, {"EmpRL": "so sorry"}, "what now?")
+    before = path.read_bytes()
+
+    def dies_half_way(self, target, **kw):
+        Path(target).write_text("context,gold\n\"torn")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        playground.append_comparison(path, TURNS, {"EmpRL": "again"}, "what now?")
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["comparisons.csv"]
+
+
+# --------------------------------------------------------------------------- the LLM as one more system
+
+
+def test_llm_system_only_with_an_endpoint(tmp_path, capsys):
+    smoke = get_profile("smoke")
+    assert playground.llm_system(smoke, None, tmp_path, environ={}) is None
+    assert "LLM baseline skipped" in capsys.readouterr().out
+    llm = playground.llm_system(smoke, None, tmp_path, {"EMPRL_LLM_URL": "http://127.0.0.1:9/v1",
+                                                        "EMPRL_LLM_MODEL": "tiny-chat"})
+    assert llm.name == "LLM (tiny-chat)" and llm.cache_path == tmp_path / "cache" / llm_baseline.CACHE_NAME
+    assert list(llm.shots) == llm_baseline.paper_shots(smoke)  # notebook 05's demonstrations
+
+
+def test_llm_replies_beside_the_generators_seeded_and_cached(systems, scorer, server, tmp_path):
+    shots = tuple(llm_baseline.paper_shots(get_profile("smoke")))
+    llm = playground.LLMSystem(server.endpoint, shots, tmp_path / "c.jsonl")
+    cfg = playground.decoding(tiny_cfg(), 20, 0.7, 6)
+    both = {**systems, llm.name: llm}
+    out = playground.replies(both, TURNS, cfg, 3, seed=3)
+    prompt = llm_baseline.build_prompt(playground.format_context(TURNS), shots)  # whole context, not 3 words
+    assert out[llm.name] == reply_of(prompt)
+    assert {k: v for k, v in out.items() if k != llm.name} == playground.replies(systems, TURNS, cfg, 3, seed=3)
+    body = server.bodies[-1]
+    assert (body["seed"], body["temperature"], body["max_tokens"]) == (3, 0.7, llm_baseline.Sampling.max_tokens)
+    assert playground.replies(both, TURNS, cfg, 3, seed=3) == out and len(server.bodies) == 1  # the cache
+    playground.replies(both, TURNS, cfg, 3, seed=4)
+    assert len(server.bodies) == 2 and server.bodies[-1]["seed"] == 4  # another seed, another request
+    scores = playground.score(scorer, TURNS, out, gold="what now?")
+    assert scores.names == [*systems, llm.name, playground.GOLD]
+
+
+def test_widget_with_the_llm_and_its_errors(systems, scorer, server, tmp_path):
+    pytest.importorskip("ipywidgets")
+    llm = playground.LLMSystem(server.endpoint, tuple(llm_baseline.paper_shots(get_profile("smoke"))),
+                               tmp_path / "c.jsonl")
+    examples = [SimpleNamespace(context=TURNS, response="what now?", emotion="sad")]
+    ui = playground.widget({**systems, llm.name: llm}, scorer, examples, tiny_cfg(), 64, "c.csv", root=tmp_path)
+    ui.sample.click()
+    assert len(ui.cards.children) == 4 and ui.last["replies"][llm.name].startswith("reply to [")
+    ui.add.click()
+    assert pd.read_csv(tmp_path / "c.csv", dtype=str)[llm.name].tolist() == [ui.last["replies"][llm.name]]
+    server.plan = {playground.format_context(TURNS): ["ok", "401"]}  # the second request is refused
+    ui.seed.value = 99  # not cached: asked, and refused
+    ui.sample.click()
+    assert "HTTP 401" in ui.status.value and "API key" in ui.status.value
 
 
 # --------------------------------------------------------------------------- the widgets

@@ -112,8 +112,12 @@ def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path, reference_r
         torch.set_num_threads(1)
         from test_ppo_resume import run, WordScorer
         class Slow(WordScorer):
-            def logits(self, c, r):
-                time.sleep(0.05)
+            calls = 0
+            def logits(self, c, r):  # one call per step
+                Slow.calls += 1
+                # step 6 never ends: however late the kill comes on a loaded machine, the run cannot
+                # finish first, and the kill still lands anywhere in steps 3 to 5, writes included
+                time.sleep(3600 if Slow.calls == 6 else 0.05)
                 return super().logits(c, r)
         run({str(tmp_path)!r}, Slow('good'), steps=6, checkpoint_every=1)
     """)

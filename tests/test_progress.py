@@ -25,6 +25,12 @@ def test_summary_resumes_counts_postfix_and_inner_loops():
     bar.close()  # closing twice writes once
     assert [line.split(" in ")[0] for line in out.getvalue().splitlines()] == ["[train] 7/10", "[train] done 10/10"]
     assert out.getvalue().rstrip().endswith("(loss=1.000)")
+    tqdm_style = io.StringIO()
+    bar = progress.Summary(total=1, desc="LLM", file=tqdm_style)
+    bar.set_postfix(retries=0, cut=2, refresh=False)  # as the LLM client calls tqdm
+    bar.update(1)
+    bar.close()
+    assert tqdm_style.getvalue().rstrip().endswith("(retries=0, cut=2)")
     inner = io.StringIO()
     list(progress.Summary(range(100), desc="epoch", quarters=False, file=inner))
     assert inner.getvalue().startswith("[epoch] done 100/100") and inner.getvalue().count("\n") == 1
