@@ -445,7 +445,7 @@ def test_cli_help_dry_run_and_run(server, tmp_path, monkeypatch, capsys):
     assert [r["response"] for r in rows] == [reply_of(p) for p in prompts]
     assert [r["gold"] for r in rows] == [ex.response for ex in examples]
     committed = read_generations(out / "generations" / "llm_tiny-chat_test_responses.jsonl.gz")  # no dataset text
-    assert committed == [{"id": ex.id, "system": "LLM (tiny-chat)", "response": reply_of(p)}
+    assert committed == [{"id": ex.id, "system": "LLM (tiny-chat)", "sample": 0, "response": reply_of(p)}
                          for ex, p in zip(examples, prompts)]
     meta = json.loads((out / "metrics" / "llm_tiny-chat_test.json").read_text())
     assert meta["n"] == len(prompts) and meta["requested"] == len(prompts) and meta["model"] == "tiny-chat"
