@@ -34,11 +34,12 @@ def kept(logits: torch.Tensor, gold, keep: str, seed: int = 0) -> torch.Tensor:
 
 def fine_tune_round(model, tokenizer, gen_contexts: list[str], score_contexts: list[str], gold, scorer, gen_cfg,
                     k: int, keep: str, state_dir: str | Path, seed: int = 0, valid_fraction: float = 0.1,
-                    batch_size: int = 32, progress: bool = True) -> dict:
+                    batch_size: int = 32, progress: bool = True, pool_cache: str | Path | None = None) -> dict:
     """One round: pool k samples per context, keep one per context, fine-tune ``model``'s trainable parameters
     (the prefix) on the kept pairs with ``generator.train_generator`` (one epoch at ``gen_cfg.lr``; early
     stopping on a held-out ``valid_fraction`` of the kept pairs). Resumable: the pool is kept in
-    ``state_dir/pool`` and the fine-tuning state in ``state_dir``.
+    ``pool_cache`` (default ``state_dir/pool``; the first rounds of "best" and "random" start from the same
+    generator, so one folder serves both) and the fine-tuning state in ``state_dir``.
 
     Returns {"history", "kept_reward" (mean R_emp of the kept samples), "pool_reward" (mean over the pool),
     "kept": kept responses}. The pool's sampling is seeded by ``seed``.
@@ -46,7 +47,8 @@ def fine_tune_round(model, tokenizer, gen_contexts: list[str], score_contexts: l
     from emprl.generator import train_generator
 
     pool, logits = sample_pool(model, tokenizer, gen_contexts, score_contexts, scorer, gen_cfg, k, seed=seed,
-                               batch_size=batch_size, progress=progress, cache=Path(state_dir) / "pool")
+                               batch_size=batch_size, progress=progress,
+                               cache=Path(pool_cache) if pool_cache is not None else Path(state_dir) / "pool")
     N = len(gen_contexts)
     idx = kept(logits, gold, keep, seed)
     responses = [pool[int(j) * N + i] for i, j in enumerate(idx)]
