@@ -324,13 +324,17 @@ def rl_study(part1: pd.DataFrame, floors: dict, bon: pd.DataFrame, rs_rounds: pd
                  f"{_signed(expected['Emp-F1 diff'])} (95% CI {expected['Emp-F1 diff CI']}, p = {expected['Emp-F1 p']:.3f}).")
     oracle_up = oracle["Emp-F1 diff"] > 0 and oracle["Emp-F1 p"] < 0.05
     expected_up = expected["Emp-F1 diff"] > 0 and expected["Emp-F1 p"] < 0.05
+    expected_down = expected["Emp-F1 diff"] < 0 and expected["Emp-F1 p"] < 0.05
     if oracle_up and not expected_up:
-        lines.append("**What the ceiling implies:** the reward carries the information to raise Emp-F1 only where the "
-                     "gold levels are known; the best a policy can do without them, picking what the training "
-                     "split's level frequencies favour, does not raise Emp-F1. PPO on this reward should therefore "
-                     "not be expected to raise Emp-F1 beyond noise, whatever its budget: it can only learn the "
-                     "context-to-level mapping that the gold levels encode, which the oracle reads and the policy "
-                     "must infer.")
+        lines.append("**What the ceiling implies:** the generator's samples hold responses at the gold levels (the "
+                     "oracle finds them), so the reward carries the information to raise Emp-F1 where the gold "
+                     "levels are known; but a policy never sees them, and choosing what the training split's level "
+                     "frequencies favour "
+                     + ("**lowers** Emp-F1: the reward's pull toward the common level triples costs the metric. "
+                        if expected_down else "does not raise Emp-F1. ")
+                     + "PPO on this reward can raise Emp-F1 only by learning the context-to-level mapping the gold "
+                     "levels encode, which the oracle reads and the policy must infer from the context; what it "
+                     "gains without learning that mapping is reward, not Emp-F1.")
     elif expected_up:
         lines.append("**What the ceiling implies:** even without the gold levels, choosing by the expected reward raises "
                      "Emp-F1, so a policy trained on this reward has a reachable gain of that size to find.")

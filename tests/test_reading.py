@@ -147,7 +147,7 @@ def test_rl_study_reads_the_floor_the_ceiling_the_arms_and_the_test_split():
                             ("A", "A twin"), [{"verdict": "refuted"}, {"verdict": "consistent"}], S, smoke=False)
     assert "the model without RL 55.00 (-0.50 points above it)" in text
     assert "(the oracle) changes Emp-F1 by +6.00 (95% CI [5.00, 7.00], p = 0.002)" in text
-    assert "only where the gold levels are known" in text  # oracle up, expected not: the implication named
+    assert "**lowers** Emp-F1" in text and "learning the context-to-level mapping" in text  # oracle up, expected down
     assert "paper, lr 1e-3: R_emp 0.130 -> 0.200 (rose); Emp-F1 effect over its twin -0.80" in text
     assert "critic explains 0.35" in text and "**paper, lr 1e-3** (largest effect)" in text
     assert "A minus its twin -0.30 (95% CI [-0.60, 0.00], SE 0.15, p = 0.060)" in text
