@@ -123,10 +123,11 @@ def curve(pool: list[str], logits: torch.Tensor, gold, prior: torch.Tensor, ns=(
     first = picked[("first", ns[0])]
     rows = []
     for (rule, n), sys_ in picked.items():
-        row = metrics.evaluate_responses(sys_["responses"], sys_["levels"], gold, tokenizer=tokenizer, n_boot=n_boot,
-                                         seed=seed)
-        entry = {"n": n, "rule": rule, "Emp-F1": row["emp_f1"], "kappa": row["kappa"], "all 3 match": row["all_match"],
-                 "Dist-2": row["dist2"], "mean length": mean_length(sys_["responses"], tokenizer)}
+        row = metrics.evaluate_responses(sys_["responses"], sys_["levels"], gold, tokenizer=tokenizer,
+                                         n_boot=n_boot, seed=seed)
+        entry = {"n": n, "rule": rule, "Emp-F1": row["emp_f1"], "kappa": row["kappa"],
+                 "all 3 match": row["all_match"], "Dist-2": row["dist2"],
+                 "mean length": mean_length(sys_["responses"], tokenizer)}
         for metric, label in (("emp_f1", "Emp-F1"), ("kappa", "kappa"), ("all_match", "all 3 match"),
                               ("dist2", "Dist-2")):
             if rule == "first":

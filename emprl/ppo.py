@@ -170,8 +170,9 @@ def ppo_loss(
     stats as detached 0-d tensors.
 
     ``returns`` = A + V_old (the target of Eq. 15). ``value_clip`` (trl's ``cliprange_value``) is off
-    by default as in the paper. ``policy_coef`` weighs -L^CLIP (1 in Eq. 13). Stats: policy_loss, value_loss, loss, clip_frac, approx_kl
-    (0.5 * mean squared log-ratio, as trl), ratio, value_clip_frac and entropy when given.
+    by default as in the paper. ``policy_coef`` weighs -L^CLIP (1 in Eq. 13). Stats: policy_loss, value_loss,
+    loss, clip_frac, approx_kl (0.5 * mean squared log-ratio, as trl), ratio, value_clip_frac and entropy when
+    given.
     """
     mask = mask.to(logprobs.dtype)
     if whiten_advantages:
