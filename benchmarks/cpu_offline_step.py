@@ -148,7 +148,10 @@ def main() -> None:
     subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), args.base], cwd=REPO, check=True,
                    capture_output=True)
     results = {"cpu": cpu_info(), "base_commit": subprocess.run(["git", "rev-parse", args.base], cwd=REPO,
-               capture_output=True, text=True).stdout.strip(), "settings": vars(args), "runs": {}}
+               capture_output=True, text=True).stdout.strip(), "runs": {},
+               # folders by name only: the JSON is committed and names no machine's paths
+               "settings": {k: Path(v).name if k in ("identifiers", "generator", "out") and v else v
+                            for k, v in vars(args).items()}}
     try:
         work = tmp / "work"
         work.mkdir()
