@@ -353,7 +353,9 @@ def rl_study(part1: pd.DataFrame, floors: dict, bon: pd.DataFrame, rs_rounds: pd
         lines.append(f"{name}: R_emp {row['R_emp first 10%']:.3f} -> {row['R_emp last 10%']:.3f} "
                      f"({'rose' if row['(a) R_emp rises'] else 'no rise beyond two standard errors'}); Emp-F1 effect "
                      f"over its twin {_signed(row['Emp-F1 effect'])} (95% CI {row['Emp-F1 effect CI']}, p = "
-                     f"{row['Emp-F1 effect p']:.3f}); PPL {row['PPL / twin']:.2f}x the twin's; critic explains "
+                     f"{row['Emp-F1 effect p']:.3f}); against w/o RL {_signed(row['Emp-F1 vs w/o RL'])}, its twin "
+                     f"{_signed(row['Emp-F1 twin'] - base['emp_f1'])} (an effect over the twin is partly the twin's own "
+                     f"drift when the twin moves); PPL {row['PPL / twin']:.2f}x the twin's; critic explains "
                      f"{row['explained var (last 10%)']:.2f} of the returns' variance at the end; "
                      f"{'meets (a)-(c)' if row['meets (a)-(c)'] else 'does not meet (a)-(c)'}.")
     lines.append(f"Selected for the long run ({S.long_steps:,} steps): **{selected}** ({why}).")

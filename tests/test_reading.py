@@ -136,6 +136,7 @@ def test_rl_study_reads_the_floor_the_ceiling_the_arms_and_the_test_split():
     val = {"RS, keep best": {"row": {"emp_f1": 54.0}}, "RS, keep random": {"row": {"emp_f1": 55.1}}}
     arms = pd.DataFrame([{"R_emp first 10%": 0.13, "R_emp last 10%": 0.2, "(a) R_emp rises": True,
                           "Emp-F1 effect": -0.8, "Emp-F1 effect CI": "[-1.50, -0.10]", "Emp-F1 effect p": 0.03,
+                          "Emp-F1 twin": 54.2, "Emp-F1 vs w/o RL": -1.6,
                           "PPL / twin": 1.1, "explained var (last 10%)": 0.35, "meets (a)-(c)": False}],
                         index=pd.Index(["paper, lr 1e-3"], name="arm"))
     test = {"w/o RL": {"n_examples": 5257, "samples_per_context": 4}}
@@ -149,6 +150,7 @@ def test_rl_study_reads_the_floor_the_ceiling_the_arms_and_the_test_split():
     assert "(the oracle) changes Emp-F1 by +6.00 (95% CI [5.00, 7.00], p = 0.002)" in text
     assert "**lowers** Emp-F1" in text and "learning the context-to-level mapping" in text  # oracle up, expected down
     assert "paper, lr 1e-3: R_emp 0.130 -> 0.200 (rose); Emp-F1 effect over its twin -0.80" in text
+    assert "p = 0.030); against w/o RL -1.60, its twin -0.80 (an effect" in text  # twin 54.2 - w/o RL 55.0
     assert "critic explains 0.35" in text and "**paper, lr 1e-3** (largest effect)" in text
     assert "A minus its twin -0.30 (95% CI [-0.60, 0.00], SE 0.15, p = 0.060)" in text
     assert "1 refuted, 1 consistent of 2" in text
