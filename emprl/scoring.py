@@ -3,9 +3,10 @@
 What is shared across the three mechanisms and what is not: each mechanism has its own fine-tuned
 context and response encoders, so no hidden state can be shared between mechanisms. Shared are the
 tokenization (once per call) and the length sorting. Speed comes from padding little: contexts and
-responses go through their encoders separately, each in its own length-sorted batches (the two encoders
-never see each other's padding), and only the cheap head (attention, pooling, linear) runs on re-padded
-pairs. A context that occurs several times in one call (e.g. with the human and a generated response,
+responses go through their encoders separately (the two encoders never see each other's padding), the
+responses in length-sorted batches, each context alone and unpadded (so that its state does not depend on
+the batch it came in: see ``_context_states``), and only the cheap head (attention, pooling, linear) runs
+on re-padded pairs. A context that occurs several times in one call (e.g. with the human and a generated response,
 or several sampled responses) is tokenized and encoded once per mechanism.
 
 Across calls, a bounded ``ContextCache`` keeps each mechanism's context-encoder states: the gold-label
@@ -209,7 +210,7 @@ class EmpathyScorer:
         out = torch.empty(len(responses), len(self.mechanisms), ident.NUM_LEVELS, device=self.device)
         for k, m in enumerate(self.mechanisms):
             model = self.identifiers[m]
-            # contexts and responses are encoded separately, each in its own length-sorted batches
+            # contexts (each alone) and responses (length-sorted batches) go through their encoders apart
             C = self._context_states(m, model, unique, c_ids)
             R = self._encode(model.encode_response, r_ids)
             for batch in pairs:  # the cheap part (attention, pooling, linear) on re-padded states
@@ -220,22 +221,30 @@ class EmpathyScorer:
         return out.cpu()  # one copy to the host per call
 
     def _context_states(self, mechanism: str, model, texts: list[str], ids: list[list[int]]) -> list[torch.Tensor]:
-        """Context-encoder states of ``texts``: cached ones reused, the others encoded together and cached."""
+        """Context-encoder states of ``texts``: cached ones reused, the others encoded and cached.
+
+        Each context is encoded alone, unpadded. Batched, a state would depend on its batch (padding and
+        batch shape change the float rounding), so a cached state would differ in the last bits from one
+        recomputed in another batch, and a PPO reward would depend on which contexts were scored before:
+        a resumed run, starting with a cold cache, would drift from an uninterrupted one. Alone, a state is
+        a function of the text and the weights only, the same whether cached, recomputed, warm or cold."""
         cache = self.context_cache
         if cache is None:
-            return self._encode(model.encode_context, ids)
+            return self._encode(model.encode_context, ids, batch_size=1)
         states = [cache.get((mechanism, t)) for t in texts]
         missing = [i for i, s in enumerate(states) if s is None]
         if missing:
-            for i, state in zip(missing, self._encode(model.encode_context, [ids[i] for i in missing])):
+            encoded = self._encode(model.encode_context, [ids[i] for i in missing], batch_size=1)
+            for i, state in zip(missing, encoded):
                 states[i] = state
                 cache.put((mechanism, texts[i]), state)
         return states
 
-    def _encode(self, encode, seqs: list[list[int]]) -> list[torch.Tensor]:
-        """Encoder states [len_i, d] of each sequence (padding stripped), computed in length-sorted batches."""
+    def _encode(self, encode, seqs: list[list[int]], batch_size: int | None = None) -> list[torch.Tensor]:
+        """Encoder states [len_i, d] of each sequence (padding stripped), computed in length-sorted batches
+        of ``batch_size`` (the scorer's if None)."""
         states: list[torch.Tensor | None] = [None] * len(seqs)
-        for batch in length_sorted_batches([len(s) for s in seqs], self.batch_size):
+        for batch in length_sorted_batches([len(s) for s in seqs], batch_size or self.batch_size):
             ids, mask = pad([seqs[i] for i in batch], self.tokenizer.pad_token_id, self.device)
             hidden = encode(ids, mask)
             for j, i in enumerate(batch):
@@ -266,9 +275,9 @@ def gold_labels(scorer: EmpathyScorer, examples, cache_dir: str | Path,
                 contexts: Sequence[str] | None = None, progress: bool = True) -> torch.LongTensor:
     """Levels [N, 3] of the human responses (Eq. 5), computed once and cached in ``cache_dir``.
 
-    The cache file is named after the data (contexts + responses) and stores the scorer's weights
-    fingerprint; a cache written by other weights is stale and is recomputed and replaced.
-    ``contexts`` defaults to ``format_context(example.context)`` for each example.
+    The cache file (``checkpoint.save_cached``) is named after the data (contexts + responses) and keyed
+    by the data and the scorer's weights; a cache written by other weights is stale and is recomputed
+    and replaced. ``contexts`` defaults to ``format_context(example.context)`` for each example.
     """
     if contexts is None:
         contexts = [format_context(ex.context) for ex in examples]
@@ -276,23 +285,16 @@ def gold_labels(scorer: EmpathyScorer, examples, cache_dir: str | Path,
     if len(contexts) != len(responses):
         raise ValueError(f"{len(contexts)} contexts for {len(responses)} examples")
     data_fp = data_fingerprint(contexts, responses)
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"gold_labels_{data_fp[:16]}.json"
-    if path.is_file():
-        try:
-            cached = json.loads(path.read_text())
-        except ValueError:
-            cached = {}
-        if (cached.get("weights_fingerprint") == scorer.fingerprint and cached.get("data_fingerprint") == data_fp
-                and cached.get("mechanisms") == list(scorer.mechanisms)):
-            return torch.tensor(cached["levels"], dtype=torch.long).reshape(len(responses), len(scorer.mechanisms))
-        if progress:
-            print(f"gold labels in {path.name} are stale (other identifier weights or data): recomputing", flush=True)
+    path = Path(cache_dir) / f"gold_labels_{data_fp[:16]}.json"
+    key = {"weights_fingerprint": scorer.fingerprint, "data_fingerprint": data_fp,
+           "mechanisms": list(scorer.mechanisms)}
+    cached = ckpt.load_cached(path, key)
+    if cached is not None:
+        return torch.tensor(cached["levels"], dtype=torch.long).reshape(len(responses), len(scorer.mechanisms))
+    if path.is_file() and progress:
+        print(f"gold labels in {path.name} are stale (other identifier weights or data): recomputing", flush=True)
     levels = _levels_with_progress(scorer, contexts, responses, progress)
-    record = {"weights_fingerprint": scorer.fingerprint, "data_fingerprint": data_fp,
-              "mechanisms": list(scorer.mechanisms), "n": len(responses), "levels": levels.tolist()}
-    ckpt.atomic_write_text(path, json.dumps(record))
+    ckpt.save_cached(path, key, {"levels": levels.tolist()})
     return levels
 
 

@@ -138,25 +138,39 @@ def test_load_rejects_mixed_settings(scorer, tokenizer, tmp_path, monkeypatch):
         scoring.EmpathyScorer.load(tmp_path)
 
 
-def test_context_cache_gives_the_logits_of_the_uncached_path(scorer, tokenizer):
-    uncached = scoring.EmpathyScorer(scorer.identifiers, tokenizer, 24, 12, batch_size=3, mechanism_order=MECHS,
-                                     context_cache_bytes=0)
+def test_context_cache_gives_the_logits_of_the_uncached_path_bit_for_bit(scorer, tokenizer):
+    def fresh(cache_bytes):
+        return scoring.EmpathyScorer(scorer.identifiers, tokenizer, 24, 12, batch_size=3, mechanism_order=MECHS,
+                                     context_cache_bytes=cache_bytes)
+
+    uncached, cold = fresh(0), fresh(1 << 30)
     assert uncached.context_cache is None
     # the gold-label pass: human responses; then sampled responses to the same contexts, in another order
-    # and batch composition, and a context the cache has not seen
+    # and batch composition, with contexts of other lengths beside them and one the cache has not seen
     scorer.logits(CONTEXTS, RESPONSES)
     cache = scorer.context_cache
     assert len(cache) == 3 * len(set(CONTEXTS)) and cache.misses == 3 * len(set(CONTEXTS)) and cache.hits == 0
-    contexts = CONTEXTS[::-1] + CONTEXTS + ["a context nobody has scored yet"]
-    responses = ["oh no", "that is great!", "why?", "tell me more", "i am sorry", "wow", "hm", "so?", "and"]
-    cached = scorer.logits(contexts, responses)
-    assert cache.hits == 3 * len(set(CONTEXTS)) and cache.misses == 3 * (len(set(CONTEXTS)) + 1)
-    plain = uncached.logits(contexts, responses)
-    # states encoded in another batch differ by float rounding only: same levels, logits to 1e-5
-    assert torch.allclose(cached, plain, atol=1e-5)
-    assert torch.equal(cached.argmax(-1), plain.argmax(-1))
-    # served from the cache, the states are the very tensors of the first pass: bit-identical logits
-    assert torch.equal(scorer.logits(contexts, responses), cached)
+    contexts = CONTEXTS[::-1] + CONTEXTS + ["a context nobody has scored yet", "short"]
+    responses = ["oh no", "that is great!", "why?", "tell me more", "i am sorry", "wow", "hm", "so?", "and", "x"]
+    warm = scorer.logits(contexts, responses)
+    assert cache.hits == 3 * len(set(CONTEXTS)) and cache.misses == 3 * (len(set(CONTEXTS)) + 2)
+    # a reward must not depend on what was scored before: warm, cold and no cache agree bit for bit
+    assert torch.equal(warm, cold.logits(contexts, responses))
+    assert torch.equal(warm, uncached.logits(contexts, responses))
+    assert torch.equal(scorer.logits(contexts, responses), warm)  # served from the cache a second time
+
+
+def test_a_context_state_does_not_depend_on_its_batch(scorer, tokenizer):
+    """What the cache relies on: one context's encoder state is the same bits alone or among others (batched
+    encoding with padding would change its last bits, which the comparison below would catch)."""
+    model = scorer.identifiers[MECHS[0]]
+    contexts = CONTEXTS[::-1] + ["a context nobody has scored yet", "short"]  # lengths 4 to 24 tokens
+    ids = I.tokenize(tokenizer, contexts, 24, "left")
+    alone = [scorer._context_states("x", model, [c], [i])[0] for c, i in zip(contexts, ids)]
+    together = scorer._context_states("y", model, contexts, ids)
+    assert all(torch.equal(a, b) for a, b in zip(alone, together))
+    batched = scorer._encode(model.encode_context, ids)  # the response side's batched path, for contrast
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(alone, batched))
 
 
 def test_context_cache_is_bounded_and_evicts_the_least_recently_used():
