@@ -34,17 +34,17 @@ test: $(STAMP)
 		EMPRL_OUTPUT_DIR=$${EMPRL_OUTPUT_DIR:-$$(mktemp -d)} MPLBACKEND=Agg \
 		$(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks
 
-# A self-contained folder for an air-gapped GPU machine (see README); needs EMPRL_DATA_DIR.
+# A self-contained folder for an air-gapped GPU machine (see docs/device-and-bundle.md); needs EMPRL_DATA_DIR.
 BUNDLE ?= bundle
 bundle: $(STAMP)
 	$(PY) -m emprl.bundle $(BUNDLE)
 
-# The playground in JupyterLab driven by the system's Chromium (README: "The playground").
+# The playground in JupyterLab driven by the system's Chromium (docs/playground.md).
 browser-test: $(STAMP)
 	$(PY) -m pip install -q -e ".[browser]"
 	$(PY) -m pytest -q -m browser tests/browser
 
-# The LLM baseline against the real local server (README: "A local LLM"); builds llama-cpp-python once.
+# The LLM baseline against the real local server (docs/evaluation-and-llm.md: "A local LLM"); builds llama-cpp-python once.
 llm-test: $(STAMP)
 	$(PY) -m pip install -q -e ".[llm]"
 	$(PY) -m emprl.download --llm smollm2
