@@ -17,7 +17,6 @@ from ``metrics.evaluate_responses`` and its paired test against ``first`` from `
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -48,37 +47,47 @@ def expected_reward(logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     return per_triple @ prior.double()
 
 
+def pool_rewards(logits: torch.Tensor, gold) -> torch.Tensor:
+    """R_emp [n, N] of every sample against its context's gold levels (Eq. 2-3); ``logits`` [n, N, 3, 3],
+    ``gold`` [N, 3]."""
+    gold_t = torch.as_tensor(np.asarray(gold)).long()
+    return torch.stack([empathy_reward(logits[j], gold_t) for j in range(logits.shape[0])])
+
+
+def best_by_reward(logits: torch.Tensor, gold) -> torch.Tensor:
+    """Index [N] of each context's sample with the largest R_emp against its gold levels; ``logits``
+    [n, N, 3, 3], ``gold`` [N, 3]. The oracle rule, and rejection sampling's ``keep="best"``."""
+    return pool_rewards(logits, gold).argmax(dim=0)  # ties: the earliest sample
+
+
 def sample_pool(model, tokenizer, gen_contexts: list[str], score_contexts: list[str], scorer, gen_cfg, n: int,
                 seed: int = 0, batch_size: int = 32, progress: bool = True,
                 cache: str | Path | None = None) -> tuple[list[str], torch.Tensor]:
     """n responses per context (n blocks of N, the paper's decoding) and their identifier logits [n, N, 3, 3]
     (each context encoded once: one scoring call, or the scorer's context cache).
 
-    ``cache``: a folder where the pool is kept (``pool.json``, ``logits.safetensors``), written atomically
-    once complete and read back by a later call with the same contexts, n, seed, decoding, generator weights
-    and identifiers, so that a killed study does not sample again."""
+    ``cache``: a folder where the pool is kept (``pool.safetensors``, ``checkpoint.save_cached``), read
+    back by a later call with the same contexts, n, seed, decoding, generator weights and identifiers, so
+    that a killed study does not sample again."""
     from emprl import checkpoint as ckpt
     from emprl.policy import sample_responses
     from emprl.scoring import data_fingerprint, state_fingerprint
 
     N = len(gen_contexts)
-    key = None
     if cache is not None:
-        cache = Path(cache)
+        path = Path(cache) / "pool.safetensors"
         key = {"contexts": data_fingerprint(gen_contexts, score_contexts), "n": n, "seed": seed,
                "decoding": [gen_cfg.top_k, gen_cfg.top_p, gen_cfg.temperature, gen_cfg.max_new_tokens],
                "generator": state_fingerprint({"g": model}), "identifiers": scorer.fingerprint}
-        if (cache / "pool.json").is_file():
-            saved = json.loads((cache / "pool.json").read_text())
-            if saved["key"] == key:
-                return saved["responses"], ckpt.load_tensors(cache / "logits.safetensors")["logits"]
+        cached = ckpt.load_cached(path, key)
+        if cached is not None:
+            return cached["responses"], cached["logits"]
     responses = sample_responses(model, tokenizer, list(gen_contexts), gen_cfg, seed=seed, batch_size=batch_size,
                                  progress=progress, n=n)
     logits = scorer.logits(list(score_contexts) * n, responses)
     logits = logits.reshape(n, N, *logits.shape[1:])
     if cache is not None:
-        ckpt.save_tensors(cache / "logits.safetensors", {"logits": logits})
-        ckpt.atomic_write_text(cache / "pool.json", json.dumps({"key": key, "responses": responses}))
+        ckpt.save_cached(path, key, {"responses": responses, "logits": logits})
     return responses, logits
 
 
@@ -90,13 +99,9 @@ def choose(logits: torch.Tensor, gold, prior: torch.Tensor, rule: str, n: int) -
         raise ValueError(f"n must be in [1, {logits.shape[0]}] (the pool's samples per context), got {n}")
     if rule == "first":
         return torch.zeros(logits.shape[1], dtype=torch.long)
-    head = logits[:n]
     if rule == "oracle":
-        gold_t = torch.as_tensor(np.asarray(gold)).long()
-        score = torch.stack([empathy_reward(head[j], gold_t) for j in range(n)])  # [n, N], Eq. 2-3
-    else:
-        score = expected_reward(head, prior)
-    return score.argmax(dim=0)  # ties: the earliest sample
+        return best_by_reward(logits[:n], gold)
+    return expected_reward(logits[:n], prior).argmax(dim=0)  # ties: the earliest sample
 
 
 def curve(pool: list[str], logits: torch.Tensor, gold, prior: torch.Tensor, ns=(1, 2, 4, 8, 16),

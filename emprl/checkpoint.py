@@ -10,16 +10,19 @@ state to be continued: settings, seed, data); its state is saved atomically with
 restart ``check_key`` compares them: a match resumes, a mismatch is an error naming the file
 (generator, PPO) or, for finished identifiers, a reason to retrain. On-disk layouts:
 
-- PPO: one ``train_state.safetensors`` (``save_state``): trainable parameters, AdamW state, every
-  rank's RNG, the log table; the key and counters in its metadata.
-- generator: ``state.json`` (key, counters, history), ``last.safetensors`` / ``best.safetensors``
-  (trainable parameters), ``optimizer.safetensors`` (AdamW state and the torch RNG).
+- generator and PPO: one ``train_state.safetensors`` (``save_training_state``): trainable parameters,
+  AdamW state, every process's RNG (python, numpy, torch, CUDA), the key and counters in its metadata;
+  PPO adds its log table. The generator keeps its best weights beside it (``best.safetensors``).
 - identifiers: a finished model folder whose ``config.json`` holds the key (``train_fingerprint``).
+
+Keyed caches (gold levels, evaluations, best-of-n pools): ``save_cached`` stores a result with the key
+it was computed for, ``load_cached`` returns it only for that key (a stale or unreadable file is a miss).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -189,31 +192,28 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sou
 # --------------------------------------------------------------------------- optimizer and RNG states
 
 
-def optimizer_to_flat(state_dict: dict, prefix: str = "optim/",
-                      sep: str = "/") -> tuple[dict[str, torch.Tensor], dict]:
-    """Split ``optimizer.state_dict()`` into tensors named ``<prefix><param index><sep><name>`` and a
-    JSON-able remainder (PPO: "optim/0/exp_avg"; the generator: prefix "", sep ".", "0.exp_avg")."""
+def optimizer_to_flat(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors named ``optim/<param index>/<name>`` and a JSON-able
+    remainder."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, st in state_dict["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"{prefix}{idx}{sep}{k}"] = v
+                tensors[f"optim/{idx}/{k}"] = v
             else:
                 scalars.setdefault(str(idx), {})[k] = v
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "optim/",
-                        sep: str = "/") -> dict:
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     """The inverse of ``optimizer_to_flat`` (``optimizer.load_state_dict`` moves the tensors to the
-    parameters' device)."""
+    parameters' device); other tensors in ``tensors`` are ignored."""
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
-        if key.startswith(prefix) and sep in key[len(prefix):]:
-            idx, k = key[len(prefix):].split(sep, 1)
-            if idx.isdigit():
-                state.setdefault(int(idx), {})[k] = v
+        if key.startswith("optim/"):
+            idx, k = key[len("optim/"):].split("/", 1)
+            state.setdefault(int(idx), {})[k] = v
     for idx, st in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(st)
     return {"state": state, "param_groups": meta["param_groups"]}
@@ -246,3 +246,81 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((name, tensors["numpy_keys"].numpy().astype("uint32"), pos, has_gauss, cached))
     v, st, gauss = meta["python"]
     random.setstate((v, tuple(st), gauss))
+
+
+# --------------------------------------------------------------------------- training state
+
+
+def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, key: Any,
+                        meta: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None,
+                        rngs: list[tuple[dict[str, torch.Tensor], dict]] | None = None) -> None:
+    """One atomic file from which a training continues bit-identically: the trainable parameters
+    (``param/<name>``), the optimizer (``optim/...``), the RNG of every process (``rng/<rank>/...``;
+    ``rngs``: one ``rng_state()`` per rank, default this process's), any extra ``tensors``, and
+    ``meta`` (counters, history) with the run's ``key``."""
+    flat = {f"param/{n}": p for n, p in trainable(model).items()}
+    opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
+    flat.update(opt_tensors)
+    rngs = rngs if rngs is not None else [rng_state()]
+    for rank, (rng_tensors, _) in enumerate(rngs):
+        flat.update({f"rng/{rank}/{k}": v for k, v in rng_tensors.items()})
+    flat.update(tensors or {})
+    save_state(path, flat, {**meta, "key": key, "optimizer": opt_meta, "rng": [m for _, m in rngs]})
+
+
+def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, key: Any,
+                        rank: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Continue from ``save_training_state``'s file: check the key (``check_key``: another run's state
+    is an error), then restore the parameters, the optimizer and rank ``rank``'s RNG. Returns the
+    file's tensors and metadata (the caller's counters and extra tensors)."""
+    tensors, meta = load_state(path)
+    check_key(path, meta.get("key"), key)
+    load_trainable(model, {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}, path)
+    optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
+    prefix = f"rng/{rank}/"
+    set_rng_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, meta["rng"][rank])
+    return tensors, meta
+
+
+# --------------------------------------------------------------------------- keyed result caches
+
+
+def key_digest(key: Any) -> str:
+    """sha256 of ``key`` as canonical JSON (sorted keys, default separators): a cache entry's name."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _cache_format(path: Path) -> str:
+    if path.suffix not in (".json", ".safetensors"):
+        raise ValueError(f"{path}: a cache file is a .json or a .safetensors file")
+    return path.suffix
+
+
+def load_cached(path: str | os.PathLike, key: Any) -> dict[str, Any] | None:
+    """The result ``save_cached`` stored at ``path`` for this ``key``; None when the file is missing,
+    unreadable or was stored for another key (stale: the caller computes it again and overwrites it)."""
+    path = Path(path)
+    fmt = _cache_format(path)
+    if not path.is_file():
+        return None
+    try:
+        if fmt == ".json":
+            tensors, saved = {}, json.loads(path.read_text())
+        else:
+            tensors, saved = load_state(path)
+        if key_digest(saved["key"]) != key_digest(key):
+            return None
+        return {**saved["result"], **tensors}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def save_cached(path: str | os.PathLike, key: Any, result: dict[str, Any]) -> None:
+    """Store ``result`` with its ``key`` at ``path``, atomically. A ``.json`` file holds JSON values only; a
+    ``.safetensors`` file holds the result's tensors, and the rest as JSON in its metadata."""
+    path = Path(path)
+    if _cache_format(path) == ".json":
+        atomic_write_text(path, json.dumps({"key": key, "result": result}))
+        return
+    tensors = {k: v for k, v in result.items() if torch.is_tensor(v)}
+    save_state(path, tensors, {"key": key, "result": {k: v for k, v in result.items() if k not in tensors}})

@@ -11,7 +11,6 @@ levels come from the cache that ``scoring.gold_labels`` keeps (computed once per
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import math
 import time
@@ -41,7 +40,7 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
 
     Returns {"row": metrics.evaluate_responses(...) + timings, "responses": m x N, "levels": [m x N, 3] array,
     "nll"/"tokens": [N] the gold responses' summed token cross-entropy and token count}. ``cache_dir``: keep
-    the generations, levels and PPL there (``_cached_evaluation``), so that rendering a notebook again, or
+    the generations, levels and PPL there (``_evaluation_cache``), so that rendering a notebook again, or
     comparing a system in two notebooks, does not sample and score it twice.
     """
     from emprl import generator, policy
@@ -49,17 +48,19 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
 
     gen_contexts, score_contexts = context_texts(examples, max_context_tokens)
     m = getattr(eval_cfg, "samples_per_context", 1)
-    cached = _cached_evaluation(cache_dir, model, scorer, gen_contexts, examples, m, seed, gen_cfg, eval_cfg)
-    if cached is not None and cached.get("result") is not None:  # generation, PPL and scoring done before
-        result = cached["result"]
-        t = time.perf_counter()
-        row = metrics.evaluate_responses(result["responses"], result["levels"], np.asarray(gold), ppl=result["ppl"],
-                                         tokenizer=eval_cfg.tokenizer, n_boot=eval_cfg.bootstrap, seed=seed,
-                                         level=eval_cfg.ci_level)
-        timings = {**result["timings"], "metrics_s": time.perf_counter() - t}  # the rest: as first measured
-        return {"row": {**row, **timings, "cached": True}, "responses": result["responses"],
-                "levels": np.asarray(result["levels"]), "nll": np.asarray(result["nll"]),
-                "tokens": np.asarray(result["tokens"])}
+    if cache_dir is not None:
+        path, key = _evaluation_cache(cache_dir, model, scorer, gen_contexts, examples, m, seed, gen_cfg,
+                                      eval_cfg)
+        cached = ckpt.load_cached(path, key)
+        if cached is not None:  # generation, PPL and scoring done before; the metrics and CIs again
+            t = time.perf_counter()
+            row = metrics.evaluate_responses(cached["responses"], cached["levels"], np.asarray(gold),
+                                             ppl=cached["ppl"], tokenizer=eval_cfg.tokenizer,
+                                             n_boot=eval_cfg.bootstrap, seed=seed, level=eval_cfg.ci_level)
+            timings = {**cached["timings"], "metrics_s": time.perf_counter() - t}  # the rest: as first measured
+            return {"row": {**row, **timings, "cached": True}, "responses": cached["responses"],
+                    "levels": np.asarray(cached["levels"]), "nll": np.asarray(cached["nll"]),
+                    "tokens": np.asarray(cached["tokens"])}
     timings = {}
     t = time.perf_counter()
     # m blocks of N: sample j of context i at j * N + i (metrics.evaluate_responses' layout)
@@ -75,19 +76,19 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
     result = score_responses(responses, score_contexts * m, gold, scorer, eval_cfg, seed, ppl=ppl)
     result["row"].update(timings)
     result["nll"], result["tokens"] = nll.numpy(), tokens.numpy()  # per example, for paired PPL tests
-    if cached is not None:
-        ckpt.atomic_write_text(cached["path"], json.dumps({"key": cached["key"], "result": {
-            "responses": responses, "levels": result["levels"].tolist(), "ppl": ppl, "nll": result["nll"].tolist(),
-            "tokens": result["tokens"].tolist(), "timings": {**timings, "scoring_s": result["row"]["scoring_s"]}}}))
+    if cache_dir is not None:
+        ckpt.save_cached(path, key, {
+            "responses": responses, "levels": result["levels"].tolist(), "ppl": ppl,
+            "nll": result["nll"].tolist(), "tokens": result["tokens"].tolist(),
+            "timings": {**timings, "scoring_s": result["row"]["scoring_s"]}})
     return result
 
 
-def _cached_evaluation(cache_dir, model, scorer, gen_contexts, examples, m, seed, gen_cfg, eval_cfg) -> dict | None:
-    """The cache entry of one evaluation (None without ``cache_dir``): its file, its key (generator weights,
-    identifier weights, data, m, seed, decoding, batch size) and its stored result when the key matches.
-    Generation, PPL and scoring are what it saves; the metrics and CIs are computed again from them."""
-    if cache_dir is None:
-        return None
+def _evaluation_cache(cache_dir, model, scorer, gen_contexts, examples, m, seed, gen_cfg,
+                      eval_cfg) -> tuple[Path, dict]:
+    """The cache file of one evaluation and its key (generator weights, identifier weights, data, m, seed,
+    decoding, batch size). Generation, PPL and scoring are what it saves; the metrics and CIs are computed
+    again from them."""
     from emprl.scoring import data_fingerprint, state_fingerprint
 
     key = {"generator": state_fingerprint({"g": model}), "identifiers": scorer.fingerprint,
@@ -95,17 +96,7 @@ def _cached_evaluation(cache_dir, model, scorer, gen_contexts, examples, m, seed
            "decoding": [gen_cfg.top_k, gen_cfg.top_p, gen_cfg.temperature, gen_cfg.max_new_tokens,
                         gen_cfg.max_source_len, getattr(gen_cfg, "length_counts_start_token", False)],
            "batch_size": eval_cfg.batch_size}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"evaluation_{digest}.json"
-    entry = {"path": path, "key": key, "result": None}
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-        except ValueError:
-            saved = {}
-        if saved.get("key") == key:
-            entry["result"] = saved["result"]
-    return entry
+    return Path(cache_dir) / f"evaluation_{ckpt.key_digest(key)[:16]}.json", key
 
 
 def score_responses(responses, score_contexts, gold, scorer, eval_cfg, seed: int = 0, ppl=None) -> dict:

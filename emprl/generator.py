@@ -16,7 +16,6 @@ fine-tuning ablation), then it is frozen and a fresh prefix is trained on it (``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -229,9 +228,10 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
     PPL) on the first ``cfg.eval_examples`` validation examples is computed every ``cfg.eval_every``
     steps (default: once per epoch, and at the last step); training stops after
     ``cfg.patience`` evaluations without improvement, or at the epoch/step cap. The best weights are
-    loaded into ``model`` at the end. ``state_dir`` holds an atomic checkpoint written at every
-    evaluation (trainable weights, AdamW state, RNG, history): calling again resumes from it, and
-    a finished run returns at once. A plain loop rather than ``Seq2SeqTrainer``: ``PrefixT5`` is
+    loaded into ``model`` at the end. ``state_dir`` holds one state file written atomically at every
+    evaluation (``checkpoint.save_training_state``: trainable weights, AdamW state, every RNG, history)
+    and the best weights (``best.safetensors``): calling again resumes from them, and a finished run
+    returns at once. A plain loop rather than ``Seq2SeqTrainer``: ``PrefixT5`` is
     not a ``PreTrainedModel`` (Trainer's saving, tied-weight and column handling assume one), and
     the checkpoint should hold only the trainable parameters.
     """
@@ -240,7 +240,7 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
     run = schedule(cfg, model)
     if cfg.eval_examples is not None:
         valid = (valid[0][: cfg.eval_examples], valid[1][: cfg.eval_examples])
-    vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+    vocab = ckpt.key_digest(sorted(tokenizer.get_vocab().items()))
     fingerprint = {"cfg": asdict(cfg), "seed": seed, "tuning": "prefix" if isinstance(model, PrefixT5) else "full",
                    "n_train": len(train[0]), "n_valid": len(valid[0]), "trainable": sorted(ckpt.trainable(model)),
                    "vocab_sha256": vocab}
@@ -262,22 +262,14 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
     device = device_of(model)
     opt = torch.optim.AdamW(params.values(), lr=run["lr"])
     st = {"step": 0, "best": math.inf, "bad_evals": 0, "stopped_early": False, "history": [], "elapsed_s": 0.0}
-    state_file = state_dir / "state.json"
+    if (state_dir / "state.json").is_file():
+        raise ValueError(f"{state_dir} holds a generator state in an older layout (state.json, last.safetensors, "
+                         "optimizer.safetensors) that cannot be resumed: delete the folder to start afresh")
+    ckpt.remove_stale_temporaries(state_dir)
+    state_file = state_dir / "train_state.safetensors"
     if state_file.is_file():
-        saved = json.loads(state_file.read_text())
-        ckpt.check_key(state_file, saved["fingerprint"], fingerprint)
-        st = saved["state"]
-        ckpt.load_trainable(model, ckpt.load_tensors(state_dir / "last.safetensors"), state_dir / "last.safetensors")
-        extra = ckpt.load_tensors(state_dir / "optimizer.safetensors")
-        torch.set_rng_state(extra.pop("__rng__"))
-        opt.load_state_dict(ckpt.optimizer_from_flat(extra, {"param_groups": saved["param_groups"]}, "", "."))
-
-    def checkpoint():
-        tensors, meta = ckpt.optimizer_to_flat(opt.state_dict(), "", ".")
-        ckpt.save_tensors(state_dir / "last.safetensors", params)
-        ckpt.save_tensors(state_dir / "optimizer.safetensors", {**tensors, "__rng__": torch.get_rng_state()})
-        ckpt.atomic_write_text(state_file, json.dumps({"fingerprint": fingerprint, "state": st,
-                                                       "param_groups": meta["param_groups"]}))
+        _, meta = ckpt.load_training_state(state_file, model, opt, fingerprint)
+        st = {k: meta[k] for k in st}
 
     def evaluate(train_loss):
         nll, n = token_nll(model, tokenizer, valid[0], valid[1], 2 * cfg.batch_size, cfg.max_source_len,
@@ -287,11 +279,13 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
                               "valid_loss": val, "valid_ppl": math.exp(val), "elapsed_s": st["elapsed_s"]})
         if val < st["best"]:
             st["best"], st["bad_evals"] = val, 0
+            # best before the state that refers to it: a kill between the two resumes from the older
+            # state, whose replay writes these same weights again
             ckpt.save_tensors(state_dir / "best.safetensors", params)
         else:
             st["bad_evals"] += 1
             st["stopped_early"] = st["bad_evals"] >= cfg.patience
-        checkpoint()
+        ckpt.save_training_state(state_file, model, opt, fingerprint, st)
 
     model.train()
     bar = progress_bar(total=total_steps, initial=st["step"], desc=f"train generator ({fingerprint['tuning']})",

@@ -31,7 +31,6 @@ import argparse
 import collections
 import datetime as dt
 import email.utils
-import hashlib
 import http.client
 import json
 import os
@@ -363,9 +362,10 @@ class ResponseCache:
 def cache_key(endpoint: LLMEndpoint, prompt: str, sampling: Sampling, sample: int = 0) -> str:
     """sha256 of endpoint URL, model, prompt, sampling settings and ``sample`` (k-th copy of the same
     prompt in one run, so repeated contexts get their own samples). Never the key."""
-    blob = json.dumps({"url": endpoint.url, "model": endpoint.model, "prompt": prompt,
-                       "sampling": sampling.key_fields(), "sample": sample}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    from emprl.checkpoint import key_digest
+
+    return key_digest({"url": endpoint.url, "model": endpoint.model, "prompt": prompt,
+                       "sampling": sampling.key_fields(), "sample": sample})
 
 
 @dataclass

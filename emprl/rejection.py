@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emprl.best_of_n import sample_pool
-from emprl.reward import empathy_reward
+from emprl.best_of_n import best_by_reward, pool_rewards, sample_pool
 
 KEEP = ("best", "random")
 
@@ -25,8 +24,7 @@ KEEP = ("best", "random")
 def kept(logits: torch.Tensor, gold, keep: str, seed: int = 0) -> torch.Tensor:
     """Index [N] of the kept sample of each context; ``logits`` [k, N, 3, 3], ``gold`` [N, 3]."""
     if keep == "best":
-        gold_t = torch.as_tensor(np.asarray(gold)).long()
-        return torch.stack([empathy_reward(logits[j], gold_t) for j in range(logits.shape[0])]).argmax(dim=0)
+        return best_by_reward(logits, gold)
     if keep == "random":
         return torch.randint(logits.shape[0], (logits.shape[1],), generator=torch.Generator().manual_seed(seed))
     raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
@@ -52,8 +50,7 @@ def fine_tune_round(model, tokenizer, gen_contexts: list[str], score_contexts: l
     N = len(gen_contexts)
     idx = kept(logits, gold, keep, seed)
     responses = [pool[int(j) * N + i] for i, j in enumerate(idx)]
-    gold_t = torch.as_tensor(np.asarray(gold)).long()
-    rewards = torch.stack([empathy_reward(logits[j], gold_t) for j in range(k)])  # [k, N]
+    rewards = pool_rewards(logits, gold)  # [k, N]
     order = np.random.default_rng(seed).permutation(N)
     n_valid = max(1, int(N * valid_fraction))
     valid, train = order[:n_valid], order[n_valid:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -48,6 +49,30 @@ def test_rules_choose_what_they_say_among_the_first_n():
         B.choose(logits, gold, prior, "best", 2)
 
 
+def test_best_by_reward_equals_a_python_loop_over_the_pool():
+    """R_emp = exp(-sum of the three cross-entropies) by hand, the largest per context, the earliest on ties."""
+    n, N = 5, 12
+    logits = _logits(7, n=n, N=N).round()  # rounded logits: samples with equal rewards occur
+    logits[3] = logits[1]  # and certainly: samples 1 and 3 tie on every context
+    gold = np.random.default_rng(7).integers(0, 3, size=(N, 3))
+    rewards = [[0.0] * N for _ in range(n)]
+    for j in range(n):
+        for i in range(N):
+            ce = 0.0
+            for mech in range(3):
+                row = [float(v) for v in logits[j, i, mech]]
+                ce += math.log(sum(math.exp(v) for v in row)) - row[gold[i, mech]]
+            rewards[j][i] = math.exp(-ce)
+    expected = []
+    for i in range(N):
+        best = max(rewards[j][i] for j in range(n))
+        expected.append(next(j for j in range(n) if math.isclose(rewards[j][i], best, rel_tol=1e-6)))
+    assert torch.allclose(B.pool_rewards(logits, gold).double(), torch.tensor(rewards, dtype=torch.double),
+                          rtol=1e-5)
+    assert B.best_by_reward(logits, gold).tolist() == expected
+    assert 3 not in expected  # the later of two equal samples is never chosen
+
+
 def test_curve_oracle_beats_first_and_reports_every_rule_and_n():
     rng = np.random.default_rng(3)
     gold = rng.integers(0, 3, size=(60, 3))
@@ -72,9 +97,17 @@ def test_sample_pool_is_cached(tmp_path, monkeypatch):
     assert torch.equal(logits.reshape(9, 3, 3), scorer.logits(contexts * 3, responses))
     import emprl.policy
 
+    real_sample = emprl.policy.sample_responses
     monkeypatch.setattr(emprl.policy, "sample_responses", lambda *a, **k: pytest.fail("sampled again"))
     again, logits2 = B.sample_pool(model, tok, contexts, contexts, scorer, gen, 3, seed=1, cache=tmp_path)
     assert again == responses and torch.equal(logits2, logits)
+    assert [p.name for p in tmp_path.iterdir()] == ["pool.safetensors"]
+    calls = []
+    monkeypatch.setattr(emprl.policy, "sample_responses", lambda *a, **k: calls.append(1) or real_sample(*a, **k))
+    other, _ = B.sample_pool(model, tok, contexts, contexts, scorer, gen, 3, seed=2, cache=tmp_path)  # stale
+    assert calls == [1] and other != responses
+    B.sample_pool(model, tok, contexts, contexts, scorer, gen, 3, seed=2, cache=tmp_path)
+    assert calls == [1] and [p.name for p in tmp_path.iterdir()] == ["pool.safetensors"]
 
 
 def test_kept_sample_best_and_random():

@@ -48,6 +48,13 @@ def test_m_samples_per_context_and_the_cache(tmp_path, monkeypatch):
                                        cache_dir=tmp_path)
     assert again["responses"] == out["responses"] and again["row"]["cached"]
     assert again["row"]["emp_f1"] == out["row"]["emp_f1"] and again["row"]["ppl"] == out["row"]["ppl"]
+    (entry,) = tmp_path.glob("evaluation_*.json")
+    good = entry.read_bytes()
+    entry.write_bytes(good[: len(good) // 2])  # unreadable: stale, computed again
+    with pytest.raises(pytest.fail.Exception, match="sampled again"):
+        evaluation.evaluate_system(model, tok, _examples(), gold, scorer, gen, E, seed=0, progress=False,
+                                   cache_dir=tmp_path)
+    entry.write_bytes(good)
     with torch.no_grad():  # other weights: another cache entry
         next(p for p in model.prefix.parameters()).add_(0.5)
     with pytest.raises(pytest.fail.Exception, match="sampled again"):

@@ -1,13 +1,17 @@
 """Generator: tokenizer, build by profile, training, save/load, decoding, perplexity (tiny models)."""
 
 import dataclasses
-import json
 import math
+import os
+import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
+from emprl import checkpoint as ckpt
 from emprl import generator as G
 from emprl import policy
 from emprl.prefix import PrefixT5
@@ -207,7 +211,7 @@ def test_early_stopping_on_validation_loss(data, tmp_path):
     losses = [h["valid_loss"] for h in history]
     best_at = losses.index(min(losses))
     assert len(losses) == best_at + 3  # stopped after `patience` evaluations without improvement
-    assert json.loads((tmp_path / "state.json").read_text())["state"]["stopped_early"]
+    assert ckpt.load_state(tmp_path / "train_state.safetensors")[1]["stopped_early"]
 
 
 def test_resume_continues_exactly(data, tmp_path):
@@ -231,6 +235,90 @@ def test_resume_continues_exactly(data, tmp_path):
     with pytest.raises(ValueError, match="different run"):
         G.train_generator(fresh, tok, train, valid, dataclasses.replace(cfg, lr=0.5), tmp_path / "b", seed=0,
                           progress=False)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def _untimed(rows):
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
+
+
+def _train_recording(monkeypatch, state_dir, draws, kill_at=None):
+    """Train a dropout-using full T5 (torch RNG) whose every batch also draws from python's and numpy's
+    global RNGs (recorded in ``draws``); raise Killed at the ``kill_at``-th batch (evaluation batches count)."""
+    def collate(*args, **kwargs):
+        if len(draws) + 1 == kill_at:
+            raise Killed(f"killed at batch {kill_at}")
+        draws.append((random.random(), float(np.random.rand())))
+        return policy.collate(*args, **kwargs)
+
+    monkeypatch.setattr(G, "collate", collate)
+    cfg = tiny_cfg(tuning="full", full_epochs=2, eval_every=2, patience=100)
+    (train, valid) = corpus(40, 0), corpus(16, 1)
+    tok = G.cached_tokenizer(train[0] + train[1], 60, state_dir.parent / "tok")  # one tokenizer for every run
+    model, _ = G.build_generator(cfg, None, seed=0, tokenizer=tok)
+    history = G.train_generator(model, tok, train, valid, cfg, state_dir, seed=0, progress=False)
+    return model, history
+
+
+def test_killed_mid_run_then_resumed_is_bit_identical(tmp_path, monkeypatch):
+    """10 steps, evaluated every 2 (one batch each): batches s1 s2 e2 s3 s4 e4 s5 ...; the kill at batch 8 (step
+    6) loses steps 5 and 6, which the resumed run redoes from the step-4 state with every RNG restored."""
+    random.seed(1), np.random.seed(1)
+    straight_draws = []
+    straight, history = _train_recording(monkeypatch, tmp_path / "a", straight_draws)
+    random.seed(1), np.random.seed(1)
+    with pytest.raises(Killed):
+        _train_recording(monkeypatch, tmp_path / "b", [], kill_at=8)
+    assert ckpt.load_state(tmp_path / "b" / "train_state.safetensors")[1]["step"] == 4
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["best.safetensors", "train_state.safetensors"]
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)  # a new process: every RNG comes from the state
+    resumed_draws = []
+    resumed, resumed_history = _train_recording(monkeypatch, tmp_path / "b", resumed_draws)
+    assert resumed_draws == straight_draws[6:]  # python and numpy continue where the step-4 state left them
+    assert _untimed(resumed_history) == _untimed(history)
+    assert [h["step"] for h in history if h["valid_loss"] is not None] == [2, 4, 6, 8, 10]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    fresh, _ = G.build_generator(tiny_cfg(tuning="full"), None, seed=0, tokenizer=G.cached_tokenizer([], 60,
+                                                                                                   tmp_path / "tok"))
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_killed_while_writing_the_state_resumes_from_the_previous_pair(tmp_path, monkeypatch):
+    """best.safetensors is written before the state: killed half-way through the step-4 state, the folder
+    holds the step-2 state (and maybe the step-4 best weights, which the replay writes again)."""
+    straight, history = _train_recording(monkeypatch, tmp_path / "a", [])
+    real, state_writes = ckpt.atomic_write_bytes, []
+
+    def half_then_die(path, data):
+        if Path(path).name == "train_state.safetensors":
+            state_writes.append(path)
+            if len(state_writes) == 2:
+                with open(Path(path).with_name(f"{Path(path).name}.tmp-{os.getpid()}"), "wb") as f:
+                    f.write(data[: len(data) // 2])  # a temporary the kill leaves behind
+                raise Killed("killed while writing the step-4 state")
+        real(path, data)
+
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", half_then_die)
+    with pytest.raises(Killed):
+        _train_recording(monkeypatch, tmp_path / "b", [])
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", real)
+    assert ckpt.load_state(tmp_path / "b" / "train_state.safetensors")[1]["step"] == 2
+    resumed, resumed_history = _train_recording(monkeypatch, tmp_path / "b", [])
+    assert _untimed(resumed_history) == _untimed(history) and not list((tmp_path / "b").glob("*.tmp-*"))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_a_state_folder_of_the_older_layout_is_a_clear_error(data, tmp_path):
+    train, valid = data
+    (tmp_path / "state.json").write_text("{}")
+    model, tok = G.build_generator(tiny_cfg(), train[0] + train[1], seed=0)
+    with pytest.raises(ValueError, match="older layout.*delete the folder"):
+        G.train_generator(model, tok, train, valid, tiny_cfg(), tmp_path, seed=0, progress=False)
 
 
 def test_cached_tokenizer_is_trained_once_then_reused(data, tmp_path):
