@@ -142,7 +142,7 @@ def git_commit() -> str | None:
 
 def build(outdir: str | Path, python: str = TARGET_PYTHON, platform: str = TARGET_PLATFORM,
           lacks: tuple[str, ...] = TARGET_LACKS, data_dir: str | Path | None = None,
-          wheelhouse: str | Path | None = None, max_bytes: int = MAX_BUNDLE_BYTES) -> dict:
+          wheelhouse: str | Path | None = None) -> dict:
     """Write the bundle to ``outdir`` (replaced if it holds a previous bundle); return its manifest."""
     out = Path(outdir).resolve()
     if out.exists() and any(out.iterdir()):
@@ -170,10 +170,10 @@ def build(outdir: str | Path, python: str = TARGET_PYTHON, platform: str = TARGE
                 "minilm": json.loads((out / "minilm" / encoders.MANIFEST).read_text()), "files": files}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    if size > max_bytes:
+    if size > MAX_BUNDLE_BYTES:
         biggest = sorted(((p.stat().st_size, str(p.relative_to(out))) for p in out.rglob("*") if p.is_file()),
                          reverse=True)[:5]
-        raise RuntimeError(f"bundle is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit; "
+        raise RuntimeError(f"bundle is {size / 1e6:.1f} MB, over the {MAX_BUNDLE_BYTES / 1e6:.0f} MB limit; "
                            f"largest files: {[(n, f'{s / 1e6:.1f} MB') for s, n in biggest]}")
     manifest["size_bytes"] = size
     return manifest

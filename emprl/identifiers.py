@@ -34,7 +34,6 @@ from emprl.data import length_sorted_batches
 from emprl.paper_tables import TABLE_I
 from emprl.profiles import IdentifierConfig
 
-LEVEL_NAMES = ("none", "weak", "strong")
 NUM_LEVELS = 3
 
 # --------------------------------------------------------------------------- tokenization
@@ -117,7 +116,7 @@ class EmpathyIdentifier(nn.Module):
             self.classifier = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Dropout(dropout), nn.Linear(d, NUM_LEVELS))
         else:
             raise ValueError(f"identifiers.head must be 'linear' or 'mlp', got {head!r}")
-        self.pooling, self.head_kind = pooling, head
+        self.pooling = pooling
 
     def encode_context(self, context_ids, context_mask):
         return self.context_encoder(input_ids=context_ids, attention_mask=context_mask).last_hidden_state

@@ -48,14 +48,14 @@ def llama_cpp_available(python: str = sys.executable) -> bool:
     return subprocess.run([python, "-c", "import llama_cpp"], capture_output=True).returncode == 0
 
 
-def port_in_use(port: int, host: str = HOST) -> bool:
+def port_in_use(port: int) -> bool:
     with socket.socket() as s:
-        return s.connect_ex((host, port)) == 0
+        return s.connect_ex((HOST, port)) == 0
 
 
-def free_port(host: str = HOST) -> int:
+def free_port() -> int:
     with socket.socket() as s:
-        s.bind((host, 0))
+        s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
@@ -132,9 +132,9 @@ class LocalServer:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_tail(self) -> str:
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
         except OSError:
             return "(no log)"
 

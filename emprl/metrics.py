@@ -80,7 +80,7 @@ def nltk_tokenize(text: str) -> list[str]:
 _INNER_PERIOD_RE = re.compile(r"(?<=\w)\.(?=\s+\S)")
 
 
-def nltk_sentence_split_gap(responses: Sequence[str], ns: Sequence[int] = (1, 2)) -> dict[str, float]:
+def nltk_sentence_split_gap(responses: Sequence[str]) -> dict[str, float]:
     """How far the ``preserve_line`` approximation can be from the exact nltk tokens on ``responses``.
 
     The exact tokenizer differs only where punkt ends a sentence inside a response; splitting every
@@ -99,7 +99,7 @@ def nltk_sentence_split_gap(responses: Sequence[str], ns: Sequence[int] = (1, 2)
     touched = [len(_INNER_PERIOD_RE.findall(r)) for r in responses]
     out = {"responses_touched_pct": 100.0 * sum(t > 0 for t in touched) / max(len(responses), 1),
            "tokens_touched_pct": 100.0 * sum(touched) / max(n_tokens, 1)}
-    for n in ns:
+    for n in (1, 2):
         out[f"dist{n}_approx"] = distinct_n(responses, n, approx)
         out[f"dist{n}_all_split"] = distinct_n(responses, n, all_split)
     return out
@@ -184,7 +184,7 @@ class _NgramIncidence:
 # --------------------------------------------------------------------------- Emp-F1
 
 
-def weighted_f1(gold: np.ndarray, pred: np.ndarray, num_classes: int = 3, weights: np.ndarray | None = None) -> float:
+def weighted_f1(gold: np.ndarray, pred: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Weighted F1 in [0, 1]: sum over classes of support_c * F1_c / N (sklearn ``average="weighted"``).
 
     F1_c is 0 where precision or recall is undefined (sklearn's ``zero_division=0``). ``weights``
@@ -193,12 +193,12 @@ def weighted_f1(gold: np.ndarray, pred: np.ndarray, num_classes: int = 3, weight
     gold = np.asarray(gold, dtype=np.int64)
     pred = np.asarray(pred, dtype=np.int64)
     w = np.ones(len(gold)) if weights is None else np.asarray(weights, dtype=np.float64)
-    confusion = np.bincount(gold * num_classes + pred, weights=w, minlength=num_classes**2).reshape(num_classes, num_classes)
+    confusion = np.bincount(gold * 3 + pred, weights=w, minlength=9).reshape(3, 3)  # three levels
     tp = np.diag(confusion)
     support = confusion.sum(axis=1)  # gold counts
     predicted = confusion.sum(axis=0)
     denom = support + predicted  # F1 = 2 TP / (|gold_c| + |pred_c|)
-    f1 = np.divide(2 * tp, denom, out=np.zeros(num_classes), where=denom > 0)
+    f1 = np.divide(2 * tp, denom, out=np.zeros(3), where=denom > 0)
     n = support.sum()
     return float((support * f1).sum() / n) if n else 0.0
 
@@ -218,13 +218,13 @@ def emp_f1(gold, pred, weights: np.ndarray | None = None) -> float:
 
     ``gold``: [N, 3] identifier levels of the human responses; ``pred``: [N, 3] of the generated ones.
     """
-    gold, pred = _check_levels(np.asarray(gold), np.asarray(pred))
+    gold, pred = _check_levels(gold, pred)
     return 100.0 * float(np.mean([weighted_f1(gold[:, m], pred[:, m], weights=weights) for m in range(3)]))
 
 
 def emp_f1_per_mechanism(gold, pred) -> list[float]:
     """The three per-mechanism weighted F1 scores (percent), in ``emprl.data.MECHANISMS`` order."""
-    gold, pred = _check_levels(np.asarray(gold), np.asarray(pred))
+    gold, pred = _check_levels(gold, pred)
     return [100.0 * weighted_f1(gold[:, m], pred[:, m]) for m in range(3)]
 
 
@@ -233,7 +233,7 @@ def cohen_kappa(gold, pred, weights: np.ndarray | None = None) -> list[float]:
     ``weighted_f1``): 0 is chance agreement, 1 perfect; a constant prediction scores 0."""
     from sklearn.metrics import cohen_kappa_score
 
-    gold, pred = _check_levels(np.asarray(gold), np.asarray(pred))
+    gold, pred = _check_levels(gold, pred)
     out = []
     for m in range(3):
         with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
@@ -245,7 +245,7 @@ def cohen_kappa(gold, pred, weights: np.ndarray | None = None) -> list[float]:
 
 def all_match(gold, pred, weights: np.ndarray | None = None) -> float:
     """Percent of examples whose three predicted levels all equal the gold ones (``weights`` as above)."""
-    gold, pred = _check_levels(np.asarray(gold), np.asarray(pred))
+    gold, pred = _check_levels(gold, pred)
     hit = (gold == pred).all(axis=1).astype(np.float64)
     w = np.ones(len(hit)) if weights is None else np.asarray(weights, dtype=np.float64)
     return 100.0 * float(w @ hit / w.sum()) if w.sum() else 0.0
@@ -257,7 +257,7 @@ FLOORS = {"constant majority": "the most frequent gold level of each mechanism, 
 
 def floor_levels(gold, kind: str, seed: int = 0) -> np.ndarray:
     """The levels [N, 3] of a reference predictor that never reads a response, on these gold levels."""
-    gold, _ = _check_levels(np.asarray(gold), np.asarray(gold))
+    gold, _ = _check_levels(gold, gold)
     counts = np.stack([np.bincount(gold[:, m], minlength=3) for m in range(3)])  # [3 mechanisms, 3 levels]
     if kind == "constant majority":
         return np.tile(counts.argmax(axis=1), (len(gold), 1))
@@ -320,12 +320,6 @@ def distinct_n_ci(responses: Sequence[str], n: int, tokenizer: str | Callable = 
     """Dist-n with a bias-corrected percentile bootstrap CI over responses."""
     inc = _NgramIncidence.build(responses, n, tokenizer)
     return bootstrap_ci(inc.distinct, len(responses), n_boot, seed, level, bias_correct=True)
-
-
-def emp_f1_ci(gold, pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> CI:
-    """Emp-F1 with a percentile bootstrap CI over examples."""
-    gold, pred = _check_levels(np.asarray(gold), np.asarray(pred))
-    return bootstrap_ci(lambda w: emp_f1(gold, pred, weights=w), len(gold), n_boot, seed, level)
 
 
 METRICS = ("dist1", "dist2", "emp_f1", "kappa", "all_match")

@@ -159,10 +159,10 @@ TABLE_VI = [
 ]
 
 
-def as_frame(table: dict, index_name: str = "Model") -> pd.DataFrame:
+def as_frame(table: dict) -> pd.DataFrame:
     """One of TABLE_I..TABLE_V as a DataFrame (None shown as NaN, i.e. "-" in the paper)."""
     frame = pd.DataFrame.from_dict(table["rows"], orient="index", columns=list(table["columns"]))
-    frame.index.name = index_name
+    frame.index.name = "Model"
     return frame
 
 

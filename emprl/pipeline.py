@@ -1,18 +1,19 @@
 """Run the numbered notebooks in order with papermill.
 
-    python -m emprl.pipeline --profile smoke|offline|gpu|paper [--only 01,03] [--out DIR] [--jobs N]
-                             [--data-dir DIR] [--seed N] [--device cpu|cuda|auto]
-                             [--set section.param=value ...]
+    python -m emprl.pipeline --profile smoke|offline|gpu|paper [--preset paper|authors|repaired]
+                             [--only 01,03] [--out DIR] [--jobs N] [--data-dir DIR] [--seed N]
+                             [--device cpu|cuda|auto] [--set section.param=value ...]
 
 Each notebook ``notebooks/NN_*.ipynb`` is executed into ``<out>/NN_*.ipynb`` (default
-``outputs/<profile>/``) with the parameters ``profile``, ``seed``, ``device`` and ``overrides``; the
-data and output folders reach the kernel as ``$EMPRL_DATA_DIR`` and ``$EMPRL_OUTPUT_DIR``, so that no
-machine path is written into the rendered notebooks (papermill records its parameters and file names
-in them). Progress bars are summary lines (``$EMPRL_PROGRESS=summary``; the hub's and transformers'
-bars are off). The run stops at the first failing notebook and names it and the failing cell. Each
-rendered notebook records, in its metadata under ``emprl``, the commit, the profile and the resolved
-configuration; ``<out>/metrics/config.json`` holds the same. After a full run the report
-``<out>/report.md`` is written.
+``outputs/<profile>/``) with the parameters ``profile``, ``preset``, ``seed``, ``device`` and
+``overrides``; the data and output folders reach the kernel as ``$EMPRL_DATA_DIR`` and
+``$EMPRL_OUTPUT_DIR``, so that no machine path is written into the rendered notebooks (papermill
+records its parameters and file names in them). Progress bars are summary lines
+(``$EMPRL_PROGRESS=summary``; the hub's and transformers' bars are off). The run stops at the first
+failing notebook and names it and the failing cell. Each rendered notebook records, in its metadata
+under ``emprl``, the commit, the profile, the preset and the resolved configuration;
+``<out>/metrics/config.json`` holds the same. After a full run the report ``<out>/report.md`` is
+written.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from emprl.checkpoint import atomic_write_text
-from emprl.profiles import PROFILES, get_profile, parse_overrides
+from emprl.profiles import PRESETS, PROFILES, get_profile, parse_overrides
 from emprl.run import REPO_ROOT, setup
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -125,7 +126,8 @@ def staleness(rendered: str | Path) -> list[str]:
     """Why a rendered notebook is not current for its profile ([] when it is).
 
     It is stale when it records no configuration, or when its recorded configuration (all sections
-    but ``runtime``) differs from what ``get_profile`` builds today for the recorded profile.
+    but ``runtime``) differs from what ``get_profile`` builds today for the recorded profile and preset
+    (the paper's where none is recorded).
     """
     import nbformat
 
@@ -134,7 +136,7 @@ def staleness(rendered: str | Path) -> list[str]:
     if not recorded or "config" not in recorded or "profile" not in recorded:
         return [f"{Path(rendered).name}: records no configuration (rendered before configurations were recorded)"]
     try:
-        current = get_profile(recorded["profile"]).to_dict()
+        current = get_profile(recorded["profile"], preset=recorded.get("preset", "paper")).to_dict()
     except ValueError as err:
         return [f"{Path(rendered).name}: {err}"]
     old, new = _flatten(_comparable(recorded["config"])), _flatten(_comparable(current))
@@ -173,13 +175,15 @@ def _relative_names(rendered: Path, source: Path) -> None:
 
 
 def run(profile: str, only: str | None = None, out: str | None = None, data_dir: str | None = None,
-        seed: int = 0, notebook_dir: Path = NOTEBOOK_DIR, device: str | None = None, overrides: Any = None) -> Path:
+        seed: int = 0, notebook_dir: Path = NOTEBOOK_DIR, device: str | None = None, overrides: Any = None,
+        preset: str = "paper") -> Path:
     """Execute the selected notebooks; return the output folder. Raises RuntimeError on failure."""
     import papermill as pm
 
     overrides = parse_overrides(overrides)
     # validates the profile and the device before anything runs, and writes <out>/metrics/config.json
-    the_run = setup(profile, seed=seed, data_dir=data_dir, output_dir=out, device=device, overrides=overrides)
+    the_run = setup(profile, seed=seed, data_dir=data_dir, output_dir=out, device=device, overrides=overrides,
+                    preset=preset)
     out_dir, run_config, code_commit = the_run.out, the_run.config(), commit()
     notebooks = select(discover(notebook_dir), only)
     timings: dict[str, float] = {}
@@ -194,7 +198,8 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
                               HF_HUB_DISABLE_PROGRESS_BARS="1" if progress != "auto" else None):
                 pm.execute_notebook(
                     str(nb), str(target),
-                    parameters={"profile": profile, "seed": seed, "device": device, "overrides": overrides or None},
+                    parameters={"profile": profile, "preset": preset, "seed": seed, "device": device,
+                                "overrides": overrides or None},
                     cwd=str(nb.parent), progress_bar=False, log_output=False,
                 )
         except pm.PapermillExecutionError as err:
@@ -237,13 +242,14 @@ def _write_timings(out_dir: Path, timings: dict[str, float], partial: bool) -> N
 
 def run_parallel(profile: str, jobs: int, only: str | None = None, out: str | None = None,
                  data_dir: str | None = None, seed: int = 0, notebook_dir: Path = NOTEBOOK_DIR,
-                 device: str | None = None, overrides: Any = None) -> Path:
+                 device: str | None = None, overrides: Any = None, preset: str = "paper") -> Path:
     """``run`` with up to ``jobs`` notebooks at once, each in a process of its own with
     ``cores // jobs`` torch threads (``$EMPRL_THREADS`` if set): a notebook starts once the notebooks it
     reads (``DEPENDS``) have finished. On two cores two one-thread processes beat one two-thread process
     (generation does not scale with threads). Stops launching at the first failure and names it."""
     overrides = parse_overrides(overrides)
-    the_run = setup(profile, seed=seed, data_dir=data_dir, output_dir=out, device=device, overrides=overrides)
+    the_run = setup(profile, seed=seed, data_dir=data_dir, output_dir=out, device=device, overrides=overrides,
+                    preset=preset)
     out_dir = the_run.out
     notebooks = select(discover(notebook_dir), only)
     numbers = [nb.name[:2] for nb in notebooks]
@@ -258,8 +264,9 @@ def run_parallel(profile: str, jobs: int, only: str | None = None, out: str | No
         while ready and len(running) < jobs:
             n = ready.pop(0)
             pending.remove(n)
-            cmd = [sys.executable, "-m", "emprl.pipeline", "--profile", profile, "--only", n, "--out", str(out_dir),
-                   "--seed", str(seed), "--notebook-dir", str(notebook_dir)]
+            cmd = [sys.executable, "-m", "emprl.pipeline", "--profile", profile, "--preset", preset,
+                   "--only", n, "--out", str(out_dir), "--seed", str(seed),
+                   "--notebook-dir", str(notebook_dir)]
             cmd += ["--data-dir", data_dir] if data_dir else []
             cmd += ["--device", device] if device else []
             for section, params in overrides.items():
@@ -288,6 +295,8 @@ def run_parallel(profile: str, jobs: int, only: str | None = None, out: str | No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emprl.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="smoke", help=f"one of {sorted(PROFILES)} (default smoke)")
+    parser.add_argument("--preset", default="paper",
+                        help=f"method settings on the profile, one of {sorted(PRESETS)} (default paper)")
     parser.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,03")
     parser.add_argument("--out", default=None, help="output folder (default outputs/<profile>)")
     parser.add_argument("--data-dir", default=None, help="data folder (default $EMPRL_DATA_DIR)")
@@ -306,10 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         data = args.data_dir or os.environ.get("EMPRL_DATA_DIR")
         if args.jobs > 1:
             run_parallel(args.profile, args.jobs, args.only, args.out, data, args.seed,
-                         notebook_dir=Path(args.notebook_dir), device=args.device, overrides=args.overrides)
+                         notebook_dir=Path(args.notebook_dir), device=args.device, overrides=args.overrides,
+                         preset=args.preset)
         else:
-            run(args.profile, args.only, args.out, data, args.seed,
-                notebook_dir=Path(args.notebook_dir), device=args.device, overrides=args.overrides)
+            run(args.profile, args.only, args.out, data, args.seed, notebook_dir=Path(args.notebook_dir),
+                device=args.device, overrides=args.overrides, preset=args.preset)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"[emprl.pipeline] error: {err}", file=sys.stderr)
         return 1

@@ -331,7 +331,7 @@ def attention_figure(maps: dict[str, AttentionMap], title: str = ""):
     return fig
 
 
-def levels_figure(scores: Scores, title: str = ""):
+def levels_figure(scores: Scores):
     """The widgets' level bars as one figure: per mechanism, each reply's probability of each level,
     the predicted level drawn solid and the gold level (the human reply's) marked with a star."""
     import matplotlib.pyplot as plt
@@ -354,8 +354,6 @@ def levels_figure(scores: Scores, title: str = ""):
         ax.set_title(f"{SHORT[m]}: p(none / weak / strong)", fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
     axes[0, -1].legend(handles, LEVELS, fontsize=7, loc="lower right")
-    if title:
-        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -433,7 +431,7 @@ def _level_card(scores: Scores, k: int, on_continue=None):
 
 
 def widget(systems: dict[str, tuple], scorer: EmpathyScorer, examples: Sequence, gen_cfg,
-           max_context_tokens: int | None, csv_path, seed: int = 0, n_examples: int = 100, root=None):
+           max_context_tokens: int | None, csv_path, seed: int = 0, root=None):
     """The playground's controls and views; ``.view`` is the widget to display, ``.sample`` the button.
 
     ``examples``: test examples (``context`` turns, ``response`` the human reply, ``emotion``).
@@ -447,7 +445,7 @@ def widget(systems: dict[str, tuple], scorer: EmpathyScorer, examples: Sequence,
     import ipywidgets as W
     from IPython.display import Image, display
 
-    shown = list(examples)[:n_examples]
+    shown = list(examples)[:100]  # the examples the dropdown offers
     ui = SimpleNamespace(last=None)
     ui.source = W.ToggleButtons(options=["test context", "typed dialogue"], value="test context")
     labels = [f"{i}: {getattr(ex, 'emotion', '')}: {format_context(ex.context)[:70]}"

@@ -89,7 +89,7 @@ def new_token_limits(cfg, min_tokens: int = 0) -> tuple[int, int]:
     With ``cfg.length_counts_start_token`` they are transformers' ``min_length``/``max_length`` of an
     encoder-decoder (the authors' 5 and 30), which count the decoder start token: one new token fewer.
     """
-    shift = 1 if getattr(cfg, "length_counts_start_token", False) else 0
+    shift = 1 if cfg.length_counts_start_token else 0
     return max(min_tokens - shift, 0), cfg.max_new_tokens - shift
 
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 
 from emprl import policy as P
-from emprl.reward import (KL_ESTIMATORS, full_kl, kl_penalty, masked_mean, masked_var, masked_whiten,
-                          sampling_log_probs, warped_kl, whiten_rewards)
+from emprl.reward import (full_kl, kl_penalty, masked_mean, masked_var, masked_whiten, sampling_log_probs,
+                          warped_kl, whiten_rewards)
 
 
 class NonFiniteError(FloatingPointError):
@@ -37,14 +37,6 @@ class NonFiniteError(FloatingPointError):
 def check_finite(name: str, x: torch.Tensor) -> None:
     if not torch.isfinite(x).all():
         raise NonFiniteError(f"non-finite {name} ({int((~torch.isfinite(x)).sum())} of {x.numel()} values)")
-
-
-def kl_estimator_of(cfg) -> str:
-    """``cfg.kl_estimator`` ("sampled" if the config has none), checked against ``KL_ESTIMATORS``."""
-    est = getattr(cfg, "kl_estimator", "sampled")
-    if est not in KL_ESTIMATORS:
-        raise ValueError(f"PPOConfig.kl_estimator must be one of {KL_ESTIMATORS}, got {est!r}")
-    return est
 
 
 # --------------------------------------------------------------------------- 1. rollout
@@ -83,9 +75,7 @@ def rollout(model: P.ActorCritic, reference, tokenizer, contexts: Sequence[str],
     top-k/temperature sampling distribution. ``rescore=True`` recomputes them with that separate
     forward (the plain path, for tests and benchmarks). ``static_cache``: see ``policy.static_cache``.
     """
-    estimator = kl_estimator_of(cfg)
-    sampler_ratio = getattr(cfg, "ratio", "raw") == "sampler"
-    kl_in_loss = getattr(cfg, "kl_in_loss", False)
+    estimator, kl_in_loss = cfg.kl_estimator, cfg.kl_in_loss
     policy = model.policy
     query_ids, query_mask = P.encode_contexts(tokenizer, list(contexts), gen_cfg.max_source_len,
                                               P.device_of(model))
@@ -119,7 +109,7 @@ def rollout(model: P.ActorCritic, reference, tokenizer, contexts: Sequence[str],
         ref_logprobs = ref.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1) if kl_in_loss else ref
         kl = kl_penalty(logprobs, ref_logprobs) * mask  # Eq. 6
     keep = None
-    if sampler_ratio:  # pi_old as the sampler drew from it: the ratio of Eq. 14 is then of one distribution
+    if cfg.ratio == "sampler":  # pi_old as the sampler drew from it: Eq. 14's ratio is then of one distribution
         logq = sampling_log_probs(logp_all, **sampler_settings(gen_cfg, tokenizer, generation))
         keep = torch.isfinite(logq)
         logprobs = logq.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1).masked_fill(mask == 0, 0.0)
@@ -238,7 +228,7 @@ def ppo_update(
     mask = response_mask.to(old_logprobs.dtype)
     old_values = old_values * mask
     # trl keeps the whitened rewards on padding, where they reach GAE; ours zeroes them (the paper is silent)
-    trl_padding = cfg.whiten_rewards and getattr(cfg, "whiten_rewards_padding", "zero") == "trl"
+    trl_padding = cfg.whiten_rewards and cfg.whiten_rewards_padding == "trl"
     if cfg.whiten_rewards:
         rewards = whiten_rewards(rewards, mask, keep_padding=trl_padding)
     advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam, mask_rewards=not trl_padding)  # Eq. 9-10
@@ -249,7 +239,7 @@ def ppo_update(
         raise ValueError(f"batch {B} is not a multiple of mini_batch_size*grad_accum = {mb}*{accum}")
     params = [p for p in model.parameters() if p.requires_grad]
     query_len, response_len = query_mask.sum(1), response_mask.sum(1)
-    micro = getattr(cfg, "micro_batch_size", None) or mb
+    micro = cfg.micro_batch_size or mb
     all_stats: list[dict[str, torch.Tensor]] = []
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(B).to(query_ids.device)

@@ -27,7 +27,7 @@ import torch.nn as nn
 from emprl import checkpoint as ckpt
 from emprl import policy as P
 from emprl.data import context_texts
-from emprl.ppo import NonFiniteError, check_finite, kl_estimator_of, ppo_update, rollout, sampler_settings
+from emprl.ppo import NonFiniteError, check_finite, ppo_update, rollout, sampler_settings
 from emprl.reward import (
     AdaptiveKLController,
     FixedKLController,
@@ -126,7 +126,7 @@ def train_ppo(
         try:
             out = ppo_step(run, tokenizer, scorer, contexts, score_contexts, gold[torch.as_tensor(idx)], cfg,
                            gen_cfg, variant, before_optimizer_step,
-                           train_policy=step >= getattr(cfg, "critic_warmup_steps", 0))
+                           train_policy=step >= cfg.critic_warmup_steps)
         except NonFiniteError as e:
             last = run.state_path if run.state_path.exists() else "none"
             raise NonFiniteError(f"PPO step {step + 1} ({variant}): {e}; stopped. "
@@ -172,8 +172,7 @@ def ppo_step(run: _Run, tokenizer, scorer, contexts, score_contexts, gold, cfg, 
     kl = ro.kl * mask
     check_finite("KL penalty", kl)
     beta = run.kl_ctl.value if variant != "no_kl" else 0.0
-    kl_in_loss = getattr(cfg, "kl_in_loss", False)
-    rewards = reward_vector(score, kl, mask, 0.0 if kl_in_loss else beta)  # with kl_in_loss beta weighs the loss
+    rewards = reward_vector(score, kl, mask, 0.0 if cfg.kl_in_loss else beta)  # kl_in_loss: beta weighs loss
     check_finite("rewards", rewards)
     # 3. PPO update: GAE (Eq. 9-10), clipped loss (Eq. 13-15)
     sampler = None
@@ -183,7 +182,7 @@ def ppo_step(run: _Run, tokenizer, scorer, contexts, score_contexts, gold, cfg, 
     stats = ppo_update(run.wrapped, None, run.optimizer, ro.query_ids, ro.query_mask, ro.response_ids,
                        ro.response_mask, ro.logprobs, ro.values, rewards, cfg, accelerator=run.accelerator,
                        before_optimizer_step=before_optimizer_step, sampler=sampler,
-                       ref_logp_all=ro.ref_logp_all, kl_coef=beta if kl_in_loss else 0.0,
+                       ref_logp_all=ro.ref_logp_all, kl_coef=beta if cfg.kl_in_loss else 0.0,
                        train_policy=train_policy)
     seq_kl = kl.sum(1)
     run.kl_ctl.update(_mean_all(seq_kl, run.accelerator), cfg.batch_size * run.world)
@@ -195,20 +194,9 @@ def ppo_step(run: _Run, tokenizer, scorer, contexts, score_contexts, gold, cfg, 
 
 
 def _check_arguments(cfg, variant, examples, gold) -> torch.Tensor:
+    """The arguments a PPOConfig cannot check (it checks its own values when it is built)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if cfg.batch_size % (cfg.mini_batch_size * cfg.grad_accum):
-        raise ValueError(
-            f"PPOConfig: batch_size {cfg.batch_size} must be a multiple of mini_batch_size*grad_accum "
-            f"({cfg.mini_batch_size}*{cfg.grad_accum})"
-        )
-    if cfg.min_new_tokens < 1:
-        raise ValueError("PPOConfig.min_new_tokens must be >= 1 (the empathy reward sits on the last token)")
-    kl_estimator_of(cfg)
-    lr_at(cfg, 0)  # validates cfg.lr_schedule
-    if getattr(cfg, "whiten_rewards_padding", "zero") not in ("zero", "trl"):
-        raise ValueError(f"PPOConfig.whiten_rewards_padding must be 'zero' or 'trl', "
-                         f"got {cfg.whiten_rewards_padding!r}")
     gold = torch.as_tensor(gold).long()
     if gold.shape != (len(examples), 3):
         raise ValueError(f"gold labels must be [{len(examples)}, 3] (one row per example), "
@@ -234,7 +222,7 @@ def _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, n_example
     torch.manual_seed(seed)
     value_head = value_head if value_head is not None else P.ValueHead(policy.config.d_model)
     device = accelerator.device if accelerator is not None else P.device_of(policy)
-    model = P.ActorCritic(policy, value_head, detach_value=getattr(cfg, "value_detach", False)).to(device)
+    model = P.ActorCritic(policy, value_head, detach_value=cfg.value_detach).to(device)
     reference.to(device)
     model.eval()  # dropout off in rollout and update
     optimizer = adamw(model, cfg, torch.device(device))
@@ -260,7 +248,7 @@ def adamw(model: P.ActorCritic, cfg, device: torch.device) -> torch.optim.AdamW:
     rounding: tests/test_ppo_fast_path.py)."""
     fused = True if device.type == "cuda" else None
     value_ids = {id(p) for p in model.value_head.parameters()}
-    value_lr = cfg.lr if getattr(cfg, "value_lr", None) is None else cfg.value_lr
+    value_lr = cfg.lr if cfg.value_lr is None else cfg.value_lr
     groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in value_ids],
                "lr": cfg.lr, "base_lr": cfg.lr},
               {"params": [p for p in model.value_head.parameters() if p.requires_grad],
@@ -274,33 +262,30 @@ def lr_at(cfg, step: int) -> float:
     decayed linearly to 0 over ``cfg.lr_decay_steps`` (``cfg.steps`` if None; transformers' "linear"
     schedule without warm-up, stepped once per PPO step as trl's ``PPOTrainer.step`` does). The horizon
     is its own setting so that a short run of a long schedule decays as the long run would begin."""
-    schedule = getattr(cfg, "lr_schedule", "constant")
-    if schedule == "constant":
+    if cfg.lr_schedule == "constant":
         return cfg.lr
-    if schedule == "linear":
-        horizon = getattr(cfg, "lr_decay_steps", None) or cfg.steps
-        return cfg.lr * max(0.0, (horizon - step) / horizon)
-    raise ValueError(f"PPOConfig.lr_schedule must be 'constant' or 'linear', got {schedule!r}")
+    horizon = cfg.lr_decay_steps or cfg.steps  # "linear", the only other schedule PPOConfig accepts
+    return cfg.lr * max(0.0, (horizon - step) / horizon)
+
+
+# PPO settings that change no number of a run: its length, its logging and checkpointing, and how the update
+# is cut into pieces (the same loss and gradient); a run may resume with other values of these.
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "micro_batch_size")
+SAMPLING_FIELDS = ("top_k", "top_p", "temperature", "max_new_tokens", "max_source_len",
+                   "length_counts_start_token")
 
 
 def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world, reward_dtype: str = "float32") -> dict:
-    """What must match for a checkpoint to be resumed (``steps``/logging/checkpointing may change); the
-    reward's dtype when it is not float32 (a run must not mix rewards of two precisions)."""
-    # how the update is cut into pieces changes no number, so a run may resume with another cut
-    c = {k: v for k, v in dataclasses.asdict(cfg).items()
-         if k not in ("steps", "checkpoint_every", "log_every", "micro_batch_size")}
-    for k, default in (("kl_estimator", "sampled"), ("whiten_rewards_padding", "zero"), ("lr_schedule", "constant"),
-                       ("lr_decay_steps", None), ("value_lr", None), ("value_detach", False),
-                       ("critic_warmup_steps", 0), ("ratio", "raw"), ("kl_in_loss", False)):
-        if c.get(k) == default:  # options at their default leave the key as states saved without them have it
-            del c[k]
-    g = {k: getattr(gen_cfg, k) for k in ("top_k", "top_p", "temperature", "max_new_tokens", "max_source_len")}
-    if getattr(gen_cfg, "length_counts_start_token", False):
-        g["length_counts_start_token"] = True
-    key = {"ppo": c, "sampling": g, "variant": variant, "seed": seed, "n_examples": n_examples, "world": world}
-    if reward_dtype != "float32":
-        key["reward_dtype"] = reward_dtype
-    return key
+    """What must match for a checkpoint to be resumed: every PPO setting but RESUMABLE_CHANGES, the
+    generator's sampling, and the reward's dtype (a run must not mix rewards of two precisions).
+
+    Every field is in the key, at its default too, so a new PPOConfig option changes the key of every
+    checkpoint written before it: such a checkpoint does not resume, and ``checkpoint.check_key``'s error
+    shows both keys (delete the state or pass ``resume=False``)."""
+    ppo = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+    sampling = {k: getattr(gen_cfg, k) for k in SAMPLING_FIELDS}
+    return {"ppo": ppo, "sampling": sampling, "variant": variant, "seed": seed, "n_examples": n_examples,
+            "world": world, "reward_dtype": reward_dtype}
 
 
 def _resume(run: _Run, cfg, seed: int, resume: bool) -> tuple[int, list[dict]]:
@@ -313,8 +298,7 @@ def _resume(run: _Run, cfg, seed: int, resume: bool) -> tuple[int, list[dict]]:
         ckpt.remove_stale_temporaries(run.state_path.parent)
     start_step, rows = 0, []
     if resume and run.state_path.exists():
-        meta, rows = _load_train_state(run)
-        ckpt.check_key(run.state_path, meta["key"], run.key)
+        meta, rows = _load_train_state(run)  # the key is checked before anything is restored
         start_step = int(meta["step"])
         run.kl_ctl.value = float(meta["kl_coef"])
         run.running.load_state_dict(meta["running"])
@@ -330,38 +314,25 @@ def _resume(run: _Run, cfg, seed: int, resume: bool) -> tuple[int, list[dict]]:
 def _save_train_state(run: _Run, step: int, rows: list[dict]) -> None:
     """Collect every process's RNG state; the main process writes one atomic file (the log rows as a
     float64 table)."""
-    rng_t, rng_m = ckpt.rng_state()
+    rng = ckpt.rng_state()
     acc = run.accelerator
     if acc is not None and acc.num_processes > 1:
         from accelerate.utils import gather_object
 
-        gathered = gather_object([(rng_t, rng_m)])
+        rngs = gather_object([rng])
     else:
-        gathered = [(rng_t, rng_m)]
+        rngs = [rng]
     if run.rank == 0:
-        tensors = {f"param/{n}": p for n, p in ckpt.trainable(run.model).items()}
-        opt_t, opt_m = ckpt.optimizer_to_flat(run.optimizer.state_dict())
-        tensors.update(opt_t)
-        tensors["log"] = torch.tensor([[float(r[k]) for k in LOG_FIELDS] for r in rows],
-                                      dtype=torch.float64).reshape(len(rows), len(LOG_FIELDS))
-        rng_meta = []
-        for rank, (t, m) in enumerate(gathered):
-            tensors.update({f"rng/{rank}/{k}": v for k, v in t.items()})
-            rng_meta.append(m)
-        meta = {"key": run.key, "kl_coef": run.kl_ctl.value, "running": run.running.state_dict()}
-        ckpt.save_state(run.state_path, tensors, {**meta, "step": step, "optimizer": opt_m, "rng": rng_meta})
+        log = torch.tensor([[float(r[k]) for k in LOG_FIELDS] for r in rows],
+                           dtype=torch.float64).reshape(len(rows), len(LOG_FIELDS))
+        meta = {"step": step, "kl_coef": run.kl_ctl.value, "running": run.running.state_dict()}
+        ckpt.save_training_state(run.state_path, run.model, run.optimizer, run.key, meta, {"log": log}, rngs)
     if acc is not None:
         acc.wait_for_everyone()
 
 
 def _load_train_state(run: _Run):
-    tensors, meta = ckpt.load_state(run.state_path)
-    ckpt.load_trainable(run.model, {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")},
-                        run.state_path)
-    run.optimizer.load_state_dict(ckpt.optimizer_from_flat(tensors, meta["optimizer"]))
-    prefix = f"rng/{run.rank}/"
-    rng = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    ckpt.set_rng_state(rng, meta["rng"][run.rank])
+    tensors, meta = ckpt.load_training_state(run.state_path, run.model, run.optimizer, run.key, run.rank)
     rows = [dict(zip(LOG_FIELDS, r)) for r in tensors["log"].tolist()]
     for r in rows:
         r["step"] = int(r["step"])

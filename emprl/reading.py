@@ -17,7 +17,6 @@ from emprl.paper_tables import TABLE_I
 SMOKE_CAVEAT = ("**Smoke profile:** a tiny model trained for seconds on an invented sample; the text below "
                 "describes these numbers and shows that the pipeline runs, not anything about EmpRL.")
 PAPER_PPO_STEPS = 24_000  # paper IV-B
-KL_ROUNDING = 1e-5  # a logged KL above -KL_ROUNDING is zero up to float rounding
 
 
 def _bullets(lines: list[str]) -> str:
@@ -294,9 +293,10 @@ def case_studies(agreement: pd.DataFrame, smoke: bool) -> str:
     return "\n".join(_head(smoke)) + _bullets(lines)
 
 
-def _test_line(paired: pd.DataFrame, comparison: str, metric: str = "Emp-F1 (%)") -> str:
+def _test_line(paired: pd.DataFrame, comparison: str) -> str:
+    """The Emp-F1 difference of ``comparison`` with its CI and p-value."""
     row = paired.loc[[comparison]]
-    row = row[row["Metric"] == metric].iloc[0]
+    row = row[row["Metric"] == "Emp-F1 (%)"].iloc[0]
     se = f", SE {float(row['SE']):.2f}" if "SE" in row else ""
     return f"{_signed(float(row['Difference']))} (95% CI {row['95% CI']}{se}, p = {float(row['p (paired bootstrap)']):.3f})"
 

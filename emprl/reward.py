@@ -152,15 +152,15 @@ def warped_kl(
     return torch.where(mask.bool(), kl, torch.zeros_like(kl))  # padding tokens may lie outside the support
 
 
-def check_right_padded(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
+def check_right_padded(mask: torch.Tensor) -> torch.Tensor:
     """Return the lengths of a right-padded 0/1 mask [B, T]; error if a row has a gap or is empty."""
     lengths = mask.long().sum(dim=1)
     expected = (torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]).to(mask.dtype)
     if not torch.equal(mask, expected):
         bad = (mask != expected).any(dim=1).nonzero().flatten().tolist()
-        raise ValueError(f"{name} must be right-padded (ones then zeros); rows {bad[:10]} are not")
+        raise ValueError(f"mask must be right-padded (ones then zeros); rows {bad[:10]} are not")
     if (lengths == 0).any():
-        raise ValueError(f"{name}: rows {(lengths == 0).nonzero().flatten().tolist()[:10]} have no real token")
+        raise ValueError(f"mask: rows {(lengths == 0).nonzero().flatten().tolist()[:10]} have no real token")
     return lengths
 
 

@@ -1,8 +1,9 @@
 """One run's set-up: the profile, device, precision, threads, folders and every artifact's location.
 
 Every notebook's first code cell is ``run = emprl.setup(profile, seed, data_dir, output_dir, device,
-overrides)``; later cells read ``run.profile``, ``run.out``, ``run.device``, ``run.paths`` and wrap
-training, sampling, scoring and evaluation in ``with run.autocast():``. Nothing else chooses a device.
+overrides, preset)``; later cells read ``run.profile``, ``run.out``, ``run.device``, ``run.paths`` and
+``run.banner`` and wrap training, sampling, scoring and evaluation in ``with run.autocast():``. Nothing
+else chooses a device, creates the standard output folders or prints the run's settings.
 
 Checkpoints live under ``<out>/checkpoints/`` (git-ignored)::
 
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from emprl import data
-from emprl.profiles import Profile, get_profile, parse_overrides
+from emprl.profiles import Profile, get_profile, parse_overrides, with_settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -194,9 +195,10 @@ class Run:
     device: torch.device
     precision: str
     threads: int
-    banner: str
+    banner: str  # a title for tables and figures: the smoke banner, else the profile (and preset)
     paths: Paths
     reward_dtype: str = "float32"
+    preset: str = "paper"
 
     def autocast(self):
         """bf16 compute with fp32 master weights when precision is bf16; otherwise a null context."""
@@ -206,7 +208,7 @@ class Run:
 
     def config(self) -> dict[str, Any]:
         """The full resolved configuration: the validated profile and what "auto" resolved to (no paths)."""
-        return {"profile": self.profile.name, "config": self.profile.to_dict(),
+        return {"profile": self.profile.name, "preset": self.preset, "config": self.profile.to_dict(),
                 "resolved": {"device": str(self.device), "precision": self.precision, "threads": self.threads,
                              "reward_dtype": self.reward_dtype}}
 
@@ -215,23 +217,34 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     return f"{category.__name__}: {message}\n"
 
 
+def banner(P: Profile, preset: str = "paper") -> str:
+    """The smoke banner at the smoke profile, else "profile NAME" (and ", preset NAME" but the paper's)."""
+    if P.is_smoke:
+        return SMOKE_BANNER
+    return f"profile {P.name}" + (f", preset {preset}" if preset != "paper" else "")
+
+
 def setup(profile: str | Profile = "smoke", seed: int = 0, data_dir: str | os.PathLike | None = None,
-          output_dir: str | os.PathLike | None = None, device: str | None = None, overrides: Any = None) -> Run:
-    """Set up a run: validate the profile (with ``overrides``), choose device, precision and threads,
-    create the output folders and write the resolved configuration to ``<out>/metrics/config.json``.
+          output_dir: str | os.PathLike | None = None, device: str | None = None, overrides: Any = None,
+          preset: str = "paper") -> Run:
+    """Set up a run: build the profile (``preset`` then ``overrides`` on top), choose device, precision and
+    threads, create the output folders, write the resolved configuration to ``<out>/metrics/config.json``
+    and print the run's settings (with the smoke banner at the smoke profile).
 
     ``device``: None -> ``$EMPRL_DEVICE`` if set, else the profile's ``runtime.device`` ("auto" by default).
     ``overrides``: {section: {param: value}}, {"section.param": value} or "section.param=value" strings.
+    ``preset``: a key of ``profiles.PRESETS`` ("paper", "authors", "repaired"). ``profile`` may be a name or
+    a profile built elsewhere, whose values stay under the preset and the overrides.
     """
-    name = profile.name if isinstance(profile, Profile) else profile
     layered = parse_overrides(overrides)
-    if isinstance(profile, Profile):  # a profile built elsewhere: keep its values under the overrides
-        base = {k: v for k, v in profile.to_dict().items() if k not in ("name", "seed")}
-        layered = {s: {**base[s], **layered.get(s, {})} for s in base}
     device = device or os.environ.get("EMPRL_DEVICE") or None
     if device:
         layered.setdefault("runtime", {})["device"] = device
-    P = get_profile(name, layered, seed=seed)
+    if isinstance(profile, Profile):
+        P = with_settings(profile, preset, layered, seed=seed)
+    else:
+        P = get_profile(profile, layered, seed=seed, preset=preset)
+    name = P.name
     resolved = resolve_device(P.runtime.device)
     precision = resolve_precision(P.runtime.precision, resolved)
     if resolved.type == "cuda":  # TF32 matmuls and convolutions for the fp32 parts
@@ -250,8 +263,12 @@ def setup(profile: str | Profile = "smoke", seed: int = 0, data_dir: str | os.Pa
     except FileNotFoundError:
         data_root = None  # the notebooks that read data raise the clear error when they do
     run = Run(profile=P, out=out, data_root=data_root, device=resolved, precision=precision, threads=threads,
-              banner=SMOKE_BANNER if P.is_smoke else "", paths=paths,
-              reward_dtype=resolve_reward_dtype(P.runtime.reward_dtype, resolved))
+              banner=banner(P, preset), paths=paths,
+              reward_dtype=resolve_reward_dtype(P.runtime.reward_dtype, resolved), preset=preset)
     paths.config.write_text(json.dumps(run.config(), indent=2) + "\n")
+    print(f"profile {P.name}, preset {preset}, seed {P.seed}: device {run.device}, precision {precision}, "
+          f"{threads} CPU thread(s), PPO reward scored in {run.reward_dtype}")
+    if P.is_smoke:
+        print(SMOKE_BANNER)
     return run
 

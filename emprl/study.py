@@ -5,7 +5,7 @@ paper's Table V signatures when tested with enough power.
   **twin**, the same configuration with the empathy reward set to 0 (variant "no_emp", same seed and steps),
   so that an arm's effect is its paired difference from its twin at equal steps: what the reward adds over
   the drift that PPO, the KL term and sampling cause on their own.
-- ``arm_settings(P, name, steps)``: the PPOConfig of an arm.
+- ``arm_settings(P, name, steps)``: the PPOConfig of an arm: its preset and overrides on the profile.
 - ``window_stats`` / ``criteria``: training R_emp rise and the three conditions, against a reference (the twin).
 - ``select``: the arm to run long, chosen on validation.
 - ``signatures`` / ``verdict``: each Table V difference of the paper against ours, with a verdict.
@@ -16,7 +16,6 @@ split, the test split is touched once, for the final tables.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -24,34 +23,42 @@ import numpy as np
 import pandas as pd
 
 from emprl.paper_tables import TABLE_V
-from emprl.profiles import PPOConfig
+from emprl.profiles import PPOConfig, with_settings
 
-# The repairs together (each an option of PPOConfig, tested one by one in tests/test_ppo_repairs.py): the value
-# head learns at its own, larger rate, first alone, and without moving the prefix; the ratio is taken under the
-# distribution that sampled; the exact KL restrains the policy through the loss.
-REPAIRS = {"value_lr": 1e-3, "critic_warmup_steps": 20, "value_detach": True, "ratio": "sampler",
-           "kl_in_loss": True, "kl_estimator": "full"}
-# name: (PPO overrides on the profile's PPO section, what it tests)
-ARMS: dict[str, tuple[dict, str]] = {
-    "paper": ({}, "the profile's PPO section: the paper's settings (lr 1.41e-5, sampled-token KL in the reward)"),
-    "paper, lr 1e-4": ({"lr": 1e-4}, "the paper's PPO with a 7x larger prefix learning rate"),
-    "paper, lr 1e-3": ({"lr": 1e-3}, "the paper's PPO with a 70x larger prefix learning rate"),
-    "repaired, lr 1e-4": ({**REPAIRS, "lr": 1e-4}, "all repairs (critic lr 1e-3, warm-up, detached value, "
-                          "sampler ratio, exact KL in the loss), prefix lr 1e-4"),
-    "repaired, lr 1e-3": ({**REPAIRS, "lr": 1e-3}, "all repairs, prefix lr 1e-3"),
+
+@dataclass(frozen=True)
+class Arm:
+    preset: str  # a key of emprl.profiles.PRESETS
+    overrides: dict  # PPO settings on top of the preset
+    what: str  # what it tests
+
+
+# The repairs are the "repaired" preset (its prefix learning rate is 1e-4). The names are those of the
+# committed output folders (arm_folder): keep them.
+ARMS: dict[str, Arm] = {
+    "paper": Arm("paper", {}, "the profile's PPO section: the paper's settings (lr 1.41e-5, sampled-token KL "
+                 "in the reward)"),
+    "paper, lr 1e-4": Arm("paper", {"lr": 1e-4}, "the paper's PPO with a 7x larger prefix learning rate"),
+    "paper, lr 1e-3": Arm("paper", {"lr": 1e-3}, "the paper's PPO with a 70x larger prefix learning rate"),
+    "repaired, lr 1e-4": Arm("repaired", {}, "all repairs (critic lr 1e-3, warm-up, detached value, sampler "
+                             "ratio, exact KL in the loss), prefix lr 1e-4"),
+    "repaired, lr 1e-3": Arm("repaired", {"lr": 1e-3}, "all repairs, prefix lr 1e-3"),
 }
 MIN_MEAN_LENGTH = 8.0  # tokens, criterion (c)
 MAX_PPL_RATIO = 1.25  # criterion (c): PPL within +25% of the reference
 
 
 def arm_settings(P, name: str, steps: int | None = None) -> PPOConfig:
-    """The PPO settings of arm ``name`` on profile ``P`` for ``steps`` steps (the profile's if None)."""
+    """The PPO settings of arm ``name`` on profile ``P`` for ``steps`` steps (the profile's if None): the
+    arm's preset, then its overrides, on ``P`` (``profiles.with_settings``, as ``emprl.setup`` layers
+    them)."""
     if name not in ARMS:
         raise ValueError(f"unknown study arm {name!r}; known: {list(ARMS)}")
-    overrides = dict(ARMS[name][0])
+    arm = ARMS[name]
+    overrides = dict(arm.overrides)
     if steps is not None:
         overrides["steps"] = int(steps)
-    return dataclasses.replace(P.ppo, **overrides)
+    return with_settings(P, arm.preset, {"ppo": overrides}).ppo
 
 
 def arm_folder(name: str) -> str:

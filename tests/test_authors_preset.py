@@ -46,7 +46,7 @@ def test_authors_preset_applies_to_every_profile_and_overrides_come_last():
     assert get_profile("smoke", {"ppo": {"lr": 3e-5}}, preset="authors").ppo.lr == 3e-5
     with pytest.raises(ValueError, match="unknown preset 'trl'"):
         get_profile("smoke", preset="trl")
-    assert set(PRESETS) == {"paper", "authors"}
+    assert set(PRESETS) == {"paper", "authors", "repaired"}
 
 
 # --------------------------------------------------------------------------- one option each
@@ -63,8 +63,8 @@ def test_linear_lr_decay_matches_transformers_linear_schedule():
         opt.step()
         sched.step()  # trl steps the scheduler once per PPO step
     assert lr_at(PPOConfig(steps=7, lr=1e-3), 5) == 1e-3
-    with pytest.raises(ValueError, match="lr_schedule"):
-        lr_at(PPOConfig(lr_schedule="cosine"), 0)
+    with pytest.raises(ValueError, match="ppo.lr_schedule"):
+        PPOConfig(lr_schedule="cosine")
 
 
 def test_train_ppo_uses_the_linear_schedule(tmp_path, monkeypatch):
@@ -162,8 +162,8 @@ def test_ppo_update_with_trl_padding_whitening_gives_trl_returns():
         old_logprobs, _, _ = model(enc["input_ids"], enc["attention_mask"], resp, mask)
     out = {}
     for padding in ("trl", "zero"):
-        cfg = PPOConfig(lr=0.0, batch_size=4, mini_batch_size=4, ppo_epochs=1, whiten_rewards=True,
-                        whiten_rewards_padding=padding)
+        cfg = PPOConfig(batch_size=4, mini_batch_size=4, ppo_epochs=1, whiten_rewards=True,
+                        whiten_rewards_padding=padding)  # the optimizer's lr 0 keeps the model fixed
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
         out[padding] = ppo_update(model, None, opt, enc["input_ids"], enc["attention_mask"], resp, mask,
                                   old_logprobs, old_values, rewards, cfg)

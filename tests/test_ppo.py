@@ -298,9 +298,8 @@ def test_ablation_switches_change_the_reward_as_defined(tmp_path, variant):
 
 
 def test_bad_configuration_is_a_clear_error(tmp_path):
-    cfg, gen = tiny_cfgs(batch_size=4, mini_batch_size=3)
-    with pytest.raises(ValueError, match="mini_batch_size"):
-        train_ppo(tiny_t5(), None, tiny_tokenizer(), WordScorer(), CONTEXTS, torch.zeros(16, 3), cfg, gen, tmp_path)
+    with pytest.raises(ValueError, match="mini_batch_size"):  # PPOConfig checks itself on construction
+        tiny_cfgs(batch_size=4, mini_batch_size=3)
     cfg, gen = tiny_cfgs()
     with pytest.raises(ValueError, match="gold labels"):
         train_ppo(tiny_t5(), None, tiny_tokenizer(), WordScorer(), CONTEXTS, torch.zeros(3, 3), cfg, gen, tmp_path)
@@ -368,11 +367,11 @@ def test_train_ppo_with_full_kl_estimator_logs_a_finite_nonnegative_kl(tmp_path)
     assert row["reward_mean"] == pytest.approx(row["emp_reward_mean"] - 0.2 * row["kl"], abs=1e-6)
 
 
-def test_kl_estimator_is_validated_and_the_default_keeps_old_resume_keys(tmp_path):
+def test_kl_estimator_is_validated_and_in_the_resume_key(tmp_path):
     from emprl.ppo_train import _resume_key
 
-    cfg, gen = tiny_cfgs(kl_estimator="exact")
     with pytest.raises(ValueError, match="kl_estimator"):
-        train_ppo(tiny_t5(), None, tiny_tokenizer(), WordScorer(), CONTEXTS, torch.zeros(16, 3), cfg, gen, tmp_path)
-    assert "kl_estimator" not in _resume_key(tiny_cfgs()[0], gen, "emprl", 0, 16, 1)["ppo"]
+        tiny_cfgs(kl_estimator="exact")
+    gen = tiny_cfgs()[1]
+    assert _resume_key(tiny_cfgs()[0], gen, "emprl", 0, 16, 1)["ppo"]["kl_estimator"] == "sampled"
     assert _resume_key(tiny_cfgs(kl_estimator="full")[0], gen, "emprl", 0, 16, 1)["ppo"]["kl_estimator"] == "full"

@@ -112,10 +112,20 @@ def test_the_resolved_configuration_is_written_without_paths(tmp_path, no_cuda, 
     assert str(tmp_path) not in json.dumps(written)
 
 
-def test_offline_without_data_sets_up_and_has_no_banner(tmp_path, no_cuda, monkeypatch, keep_threads):
+def test_offline_without_data_sets_up_and_its_banner_names_it(tmp_path, no_cuda, monkeypatch, keep_threads):
     monkeypatch.delenv("EMPRL_DATA_DIR", raising=False)
     r = emprl.setup("offline", output_dir=tmp_path)
-    assert r.data_root is None and r.banner == ""
+    assert r.data_root is None and r.banner == "profile offline"
+    repaired = emprl.setup("offline", output_dir=tmp_path, preset="repaired")
+    assert repaired.banner == "profile offline, preset repaired"
+
+
+def test_setup_prints_the_runs_settings_once(tmp_path, no_cuda, keep_threads, capsys):
+    emprl.setup("smoke", seed=2, output_dir=tmp_path, device="cpu", preset="authors")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("profile smoke, preset authors, seed 2: device cpu, precision fp32, 1 CPU")
+    assert printed[1:] == ["SMOKE PROFILE: numbers are not meaningful"]
+    assert all((tmp_path / d).is_dir() for d in ("figures", "tables", "metrics", "cache", "generations"))
 
 
 def test_overrides_are_parsed_by_type():
