@@ -158,7 +158,7 @@ def main() -> None:
         write_inputs(work, args)
         results["data"] = json.loads((work / "data.json").read_text())["source"]
         from emprl.run import resolve_reward_dtype
-        from emprl.scoring import native_bf16
+        from emprl.run import native_bf16
 
         reward_dtype = resolve_reward_dtype("auto", torch.device("cpu"))
         results["fast_settings"] = {"micro_batch_size": args.micro, "reward_dtype": reward_dtype,

@@ -26,6 +26,7 @@ from emprl import evaluation, generator, llm_baseline, policy
 from emprl import identifiers as ident
 from emprl.checkpoint import atomic_path
 from emprl.data import LEVELS, MECHANISMS, format_context
+from emprl.reading import bullets, head
 from emprl.reward import empathy_reward
 from emprl.run import SYSTEMS, Paths
 from emprl.scoring import EmpathyScorer
@@ -547,3 +548,42 @@ def widget(systems: dict[str, tuple], scorer: EmpathyScorer, examples: Sequence,
                       ui.attention_of, ui.attention])
     ui.view.add_class("emprl-playground")
     return ui
+
+
+def reading(scores, maps: dict, shown: str, smoke: bool) -> str:
+    """09: the static example: which reply the reward prefers, which levels match the human reply's,
+    and where each identifier's attention goes for the reply ``shown``.
+
+    ``scores``: ``score`` with a gold reply (its last row the human reply); ``maps``:
+    ``attention_maps`` of ``shown``'s reply, mechanism -> AttentionMap."""
+    names = scores.names[:-1]  # the last row is the human reply, scored against its own levels
+    r_emp = dict(zip(names, (float(v) for v in scores.r_emp[:-1])))
+    gold = " / ".join(f"{SHORT[m]} {LEVELS[int(v)]}" for m, v in zip(SHORT, scores.gold_levels))
+    human = float(scores.r_emp[-1])
+    above = [n for n in names if r_emp[n] > human]
+    lines = [f"The identifiers put the human reply at {gold}; it scores R_emp {human:.4f} against its own levels "
+             f"(the product of the identifiers' confidence in them). {len(above)} of {len(names)} systems' replies "
+             "score higher: R_emp rewards the identifiers' confidence in the gold levels, not closeness to the "
+             "human reply." if above else
+             f"The identifiers put the human reply at {gold}; it scores R_emp {human:.4f} against its own levels "
+             "(the product of the identifiers' confidence in them), and no system's reply scores higher."]
+    best, worst = max(r_emp, key=r_emp.get), min(r_emp, key=r_emp.get)
+    if len(r_emp) > 1:
+        lines.append(f"Of the {len(r_emp)} systems' replies, {best}'s has the highest R_emp "
+                     f"({r_emp[best]:.4f}) and {worst}'s the lowest ({r_emp[worst]:.4f}).")
+    elif r_emp:
+        lines.append(f"{best}'s reply scores R_emp {r_emp[best]:.4f}.")
+    same = [n for k, n in enumerate(names) if (scores.levels[k] == scores.gold_levels).all()]
+    lines.append(f"{len(same)} of {len(names)} replies get the human reply's level in all three mechanisms"
+                 + (f" ({'; '.join(same)})." if same else "."))
+    for m, amap in maps.items():
+        words = by_words(amap)
+        mean = words.weights.mean(axis=0)
+        top = int(mean.argmax())
+        lines.append(f"{SHORT.get(m, m)} identifier, {shown}'s reply: the most attended context word is "
+                     f"'{words.context_tokens[top]}' (mean weight {mean[top]:.3f}, against "
+                     f"{1 / len(mean):.3f} if the attention were uniform over the {len(mean)} words).")
+    lines.append("Limits: one context and one sample per system under one seed; the levels and the attention "
+                 "are our identifiers' (notebook 02), so they show how the reward sees a reply, not how empathic "
+                 "it is.")
+    return "\n".join(head(smoke)) + bullets(lines)

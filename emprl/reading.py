@@ -19,11 +19,11 @@ SMOKE_CAVEAT = ("**Smoke profile:** a tiny model trained for seconds on an inven
 PAPER_PPO_STEPS = 24_000  # paper IV-B
 
 
-def _bullets(lines: list[str]) -> str:
+def bullets(lines: list[str]) -> str:
     return "\n".join(f"- {line}" for line in lines) + "\n"
 
 
-def _head(smoke: bool) -> list[str]:
+def head(smoke: bool) -> list[str]:
     return [SMOKE_CAVEAT, ""] if smoke else []
 
 
@@ -56,7 +56,7 @@ def data(examples: dict[str, int], level_counts: pd.DataFrame, mean_response_wor
                      "weighted F1 (notebook 02) rests mostly on the frequent levels, and Emp-F1 inherits that.")
     else:
         lines.append("No level is under 5% of the pairs in any mechanism.")
-    return "\n".join(_head(smoke)) + _bullets(lines)
+    return "\n".join(head(smoke)) + bullets(lines)
 
 
 def identifiers(table: pd.DataFrame, encoder: str, smoke: bool) -> str:
@@ -85,7 +85,7 @@ def identifiers(table: pd.DataFrame, encoder: str, smoke: bool) -> str:
                  f"{encoder}" + (" as in the paper." if encoder == "t5-base" else
                                   ", not the paper's T5-base, and the split is ours (the paper's is not "
                                   "published)."))
-    return "\n".join(_head(smoke)) + _bullets(lines)
+    return "\n".join(head(smoke)) + bullets(lines)
 
 
 def _still_improving(history: list[dict]) -> bool:
@@ -117,7 +117,7 @@ def generator(ppl: dict[str, dict], histories: dict[str, list[dict]], scratch: b
     lines.append("Limits: token-level PPL with this generator's own tokenizer, so it is not comparable with the "
                  "paper's T5-base numbers" + ("; the T5 is trained from scratch, not pretrained." if scratch
                                               else "."))
-    return "\n".join(_head(smoke)) + _bullets(lines)
+    return "\n".join(head(smoke)) + bullets(lines)
 
 
 def _steps(k: int) -> str:
@@ -177,7 +177,7 @@ def ppo(log: pd.DataFrame, r_before, r_after, kl_estimator: str, beta: float, sm
                      "never negative.")
     lines.append(f"Limits: {len(log)} PPO steps against the paper's {PAPER_PPO_STEPS:,}; R_emp is judged by our "
                  "identifiers (notebook 02), whose errors the policy can learn to exploit.")
-    return "\n".join(_head(smoke)) + _bullets(lines)
+    return "\n".join(head(smoke)) + bullets(lines)
 
 
 _METRICS = (("dist1", "Dist-1"), ("dist2", "Dist-2"), ("emp_f1", "Emp-F1 (%)"))
@@ -237,7 +237,7 @@ def evaluation(rows: dict[str, dict], paired: pd.DataFrame, paper: dict, smoke: 
                  "(ours is named in the table; the paper does not say) and on how many responses are pooled, so "
                  "it compares systems on the same examples only; Emp-F1 is measured by our identifiers; PPL "
                  "uses our tokenizer and is not comparable with the paper's.")
-    return "\n".join(_head(smoke)) + _bullets(lines)
+    return "\n".join(head(smoke)) + bullets(lines)
 
 
 def ablations(rows: dict[str, dict], paired: pd.DataFrame, paper: dict, smoke: bool,
@@ -276,7 +276,7 @@ def ablations(rows: dict[str, dict], paired: pd.DataFrame, paper: dict, smoke: b
     lines.append("Limits: one training run (seed) per variant, so the paired tests measure the test sample's "
                  "noise, not the spread between training runs; the identifiers that give R_emp also measure "
                  "Emp-F1.")
-    return "\n".join(_head(smoke)) + _bullets(lines)
+    return "\n".join(head(smoke)) + bullets(lines)
 
 
 def case_studies(agreement: pd.DataFrame, smoke: bool) -> str:
@@ -290,7 +290,7 @@ def case_studies(agreement: pd.DataFrame, smoke: bool) -> str:
               if row[col] != top]
     lines.append("Limits: a handful of contexts and one sample each; the levels are our identifiers' judgement, "
                  "so this shows what the responses look like, not which system is better (notebook 05 tests that).")
-    return "\n".join(_head(smoke)) + _bullets(lines)
+    return "\n".join(head(smoke)) + bullets(lines)
 
 
 def _test_line(paired: pd.DataFrame, comparison: str) -> str:
@@ -369,46 +369,4 @@ def rl_study(part1: pd.DataFrame, floors: dict, bon: pd.DataFrame, rs_rounds: pd
         counts = pd.Series([sg["verdict"] for sg in signatures]).value_counts()
         lines.append("The paper's signatures (notebook 06): " + ", ".join(f"{v} {k}" for k, v in counts.items())
                      + f" of {len(signatures)}.")
-    return "\n".join(_head(smoke)) + _bullets(lines)
-
-
-def playground(scores, maps: dict, shown: str, smoke: bool) -> str:
-    """09: the static example: which reply the reward prefers, which levels match the human reply's,
-    and where each identifier's attention goes for the reply ``shown``.
-
-    ``scores``: ``playground.score`` with a gold reply (its last row the human reply); ``maps``:
-    ``playground.attention_maps`` of ``shown``'s reply, mechanism -> AttentionMap."""
-    from emprl.data import LEVELS
-    from emprl.playground import SHORT, by_words
-
-    names = scores.names[:-1]  # the last row is the human reply, scored against its own levels
-    r_emp = dict(zip(names, (float(v) for v in scores.r_emp[:-1])))
-    gold = " / ".join(f"{SHORT[m]} {LEVELS[int(v)]}" for m, v in zip(SHORT, scores.gold_levels))
-    human = float(scores.r_emp[-1])
-    above = [n for n in names if r_emp[n] > human]
-    lines = [f"The identifiers put the human reply at {gold}; it scores R_emp {human:.4f} against its own levels "
-             f"(the product of the identifiers' confidence in them). {len(above)} of {len(names)} systems' replies "
-             "score higher: R_emp rewards the identifiers' confidence in the gold levels, not closeness to the "
-             "human reply." if above else
-             f"The identifiers put the human reply at {gold}; it scores R_emp {human:.4f} against its own levels "
-             "(the product of the identifiers' confidence in them), and no system's reply scores higher."]
-    best, worst = max(r_emp, key=r_emp.get), min(r_emp, key=r_emp.get)
-    if len(r_emp) > 1:
-        lines.append(f"Of the {len(r_emp)} systems' replies, {best}'s has the highest R_emp "
-                     f"({r_emp[best]:.4f}) and {worst}'s the lowest ({r_emp[worst]:.4f}).")
-    elif r_emp:
-        lines.append(f"{best}'s reply scores R_emp {r_emp[best]:.4f}.")
-    same = [n for k, n in enumerate(names) if (scores.levels[k] == scores.gold_levels).all()]
-    lines.append(f"{len(same)} of {len(names)} replies get the human reply's level in all three mechanisms"
-                 + (f" ({'; '.join(same)})." if same else "."))
-    for m, amap in maps.items():
-        words = by_words(amap)
-        mean = words.weights.mean(axis=0)
-        top = int(mean.argmax())
-        lines.append(f"{SHORT.get(m, m)} identifier, {shown}'s reply: the most attended context word is "
-                     f"'{words.context_tokens[top]}' (mean weight {mean[top]:.3f}, against "
-                     f"{1 / len(mean):.3f} if the attention were uniform over the {len(mean)} words).")
-    lines.append("Limits: one context and one sample per system under one seed; the levels and the attention "
-                 "are our identifiers' (notebook 02), so they show how the reward sees a reply, not how empathic "
-                 "it is.")
-    return "\n".join(_head(smoke)) + _bullets(lines)
+    return "\n".join(head(smoke)) + bullets(lines)

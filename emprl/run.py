@@ -176,14 +176,24 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return "fp32"
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo's flags.
+
+    Where it does, bf16 identifier scoring measured 3.1x faster than float32 (AMD EPYC with avx512_bf16);
+    where it does not, 5-7x slower (AMD EPYC with AVX2 only). False where the flags cannot be read."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
 def resolve_reward_dtype(requested: str, device: torch.device) -> str:
-    """"auto" -> "bfloat16" on a CPU that computes it natively (``scoring.native_bf16``: there the trained
+    """"auto" -> "bfloat16" on a CPU that computes it natively (``native_bf16``: there the trained
     offline identifiers scored 2.8x faster and changed none of 1,536 levels), else "float32". Only PPO's
     reward is scored so: gold labels and every metric are float32 on every machine."""
     if requested != "auto":
         return requested
-    from emprl.scoring import native_bf16
-
     return "bfloat16" if device.type == "cpu" and native_bf16() else "float32"
 
 

@@ -48,18 +48,6 @@ def state_fingerprint(models: dict[str, torch.nn.Module], extra: dict | None = N
 DTYPES = ("float32", "bfloat16", "int8")
 
 
-def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo's flags.
-
-    Where it does, bf16 identifier scoring measured 3.1x faster than float32 (AMD EPYC with avx512_bf16);
-    where it does not, 5-7x slower (AMD EPYC with AVX2 only). False where the flags cannot be read."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
 def _int8_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A copy with dynamically quantized int8 linear layers (weights int8, activations quantized per call)."""
     import warnings
@@ -122,7 +110,7 @@ class EmpathyScorer:
                  mechanism_order: Sequence[str] | None = None, dtype: str = "float32",
                  context_cache_bytes: int = CONTEXT_CACHE_BYTES):
         """``dtype="bfloat16"`` scores with bf16 copies of the weights: about 3x faster on CPUs with native
-        bf16 (``native_bf16``), 5-7x slower on those without; ``"int8"``: dynamically quantized copies of the
+        bf16 (``run.native_bf16``), 5-7x slower on those without; ``"int8"``: dynamically quantized copies of the
         linear layers (CPU). Both move logits a little from float32 (the default, used for gold labels and
         Emp-F1), so a level can change: measure the share before using them (benchmarks/cpu_offline_step.py).
         ``context_cache_bytes``: the bound of the context-state cache (0: no cache, every call encodes)."""

@@ -160,6 +160,7 @@ def test_rl_study_reads_the_floor_the_ceiling_the_arms_and_the_test_split():
 
 
 def test_playground_names_the_best_reply_matching_levels_and_attention_peak():
+    from emprl import playground
     from emprl.playground import AttentionMap, Scores
 
     # rows: EmpRL, w/o RL, the human reply; mechanisms ER, IP, EX; levels none/weak/strong
@@ -172,14 +173,14 @@ def test_playground_names_the_best_reply_matching_levels_and_attention_peak():
     # context words "my" (pieces "my") and "dog" (pieces "do", "##g"); the response's two rows
     amap = AttentionMap("emotional_reactions", ["my", "do", "##g"], ["so", "sad"],
                         np.array([[0.5, 0.25, 0.25], [0.1, 0.45, 0.45]]))
-    text = reading.playground(scores, {"emotional_reactions": amap}, "EmpRL", smoke=False)
+    text = playground.reading(scores, {"emotional_reactions": amap}, "EmpRL", smoke=False)
     assert "at ER strong / IP none / EX none; it scores R_emp 0.4320" in text and "no system's reply scores" in text
     assert "EmpRL's has the highest R_emp (0.2100) and w/o RL's the lowest (0.0300)" in text
     assert "1 of 2 replies get the human reply's level in all three mechanisms (EmpRL)." in text
     # "dog" gets 0.5 and 0.9 down the rows: mean 0.7; uniform over 2 words 0.5
     assert "the most attended context word is 'dog' (mean weight 0.700, against 0.500 if" in text
     scores.r_emp[0] = 0.5  # above the human reply's 0.432
-    assert "1 of 2 systems' replies score higher" in reading.playground(scores, {}, "EmpRL", smoke=False)
+    assert "1 of 2 systems' replies score higher" in playground.reading(scores, {}, "EmpRL", smoke=False)
 
 
 def test_evaluation_and_ablations_read_the_floor_signatures_and_the_no_kl_ppl():

@@ -195,14 +195,23 @@ def test_setup_takes_a_built_profile_and_layers_overrides_on_it(tmp_path, no_cud
 
 
 def test_reward_dtype_follows_the_cpus_native_bf16(tmp_path, no_cuda, monkeypatch, keep_threads):
-    from emprl import scoring
-
     for native, expected in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(scoring, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(run_module, "native_bf16", lambda native=native: native)
         r = emprl.setup("smoke", output_dir=tmp_path)
         assert r.reward_dtype == expected and r.config()["resolved"]["reward_dtype"] == expected
-    monkeypatch.setattr(scoring, "native_bf16", lambda: True)
+    monkeypatch.setattr(run_module, "native_bf16", lambda: True)
     assert emprl.setup("smoke", output_dir=tmp_path, overrides={"runtime.reward_dtype": "float32"}).reward_dtype == "float32"
     assert run_module.resolve_reward_dtype("auto", torch.device("cuda")) == "float32"  # CUDA: the autocast's bf16
     with pytest.raises(ValueError, match="runtime.reward_dtype"):
         emprl.setup("smoke", output_dir=tmp_path, overrides={"runtime.reward_dtype": "float16"})
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    from pathlib import Path
+
+    real = Path.read_text
+    for flags, expected in (("fpu avx2 fma", False), ("fpu avx512f avx512_bf16", True), ("amx_bf16 amx_tile", True),
+                            ("avx512_bf16x", False)):
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: f"flags\t: {flags}\n" if str(self) ==
+                            "/proc/cpuinfo" else real(self, *a, **k))
+        assert run_module.native_bf16() is expected, flags

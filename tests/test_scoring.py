@@ -67,17 +67,6 @@ def test_int8_option_close_to_float32_and_leaves_models_alone(scorer, tokenizer)
                               device="meta")
 
 
-def test_native_bf16_reads_the_cpu_flags(monkeypatch):
-    from pathlib import Path
-
-    real = Path.read_text
-    for flags, expected in (("fpu avx2 fma", False), ("fpu avx512f avx512_bf16", True), ("amx_bf16 amx_tile", True),
-                            ("avx512_bf16x", False)):
-        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: f"flags\t: {flags}\n" if str(self) ==
-                            "/proc/cpuinfo" else real(self, *a, **k))
-        assert scoring.native_bf16() is expected, flags
-
-
 def test_empty_input_and_mismatch(scorer):
     assert scorer.logits([], []).shape == (0, 3, 3)
     with pytest.raises(ValueError, match="2 contexts but 1 responses"):
