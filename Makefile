@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 reproduce: $(STAMP)
-	$(PY) -m emprl.pipeline --profile $(PROFILE)
+	$(PY) -m emprl.ops.pipeline --profile $(PROFILE)
 
 # Notebooks run under nbval into a temporary output folder, in order (02 trains what 04 needs), on the
 # bundled smoke sample whether or not EMPRL_DATA_DIR is set: their checked cells store its results.
@@ -37,7 +37,7 @@ test: $(STAMP)
 # A self-contained folder for an air-gapped GPU machine (see docs/device-and-bundle.md); needs EMPRL_DATA_DIR.
 BUNDLE ?= bundle
 bundle: $(STAMP)
-	$(PY) -m emprl.bundle $(BUNDLE)
+	$(PY) -m emprl.ops.bundle $(BUNDLE)
 
 # The playground in JupyterLab driven by the system's Chromium (docs/playground.md).
 browser-test: $(STAMP)

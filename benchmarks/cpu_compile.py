@@ -57,8 +57,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import CompileConfig, T5Config, T5ForConditionalGeneration
 
-    from emprl import policy as P
-    from emprl.prefix import Prefix, PrefixT5
+    from emprl.models import policy as P
+    from emprl.models.prefix import Prefix, PrefixT5
 
     torch.manual_seed(0)
     cfg = T5Config(vocab_size=8000, d_model=256, d_ff=1024, d_kv=64, num_layers=4, num_decoder_layers=4, num_heads=4,

@@ -57,7 +57,8 @@ def cpu_info() -> dict:
 
 def write_inputs(work: Path, args) -> None:
     """generator/, identifiers/ and data.json for both workers."""
-    from emprl import data, encoders, generator, identifiers
+    from emprl import data
+    from emprl.models import encoders, generator, identifiers
     from emprl.profiles import get_profile
 
     prof = get_profile("offline")

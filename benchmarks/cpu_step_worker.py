@@ -5,7 +5,7 @@ turns step by step on a shared machine.
 
     python cpu_step_worker.py WORK_DIR THREADS
 
-WORK_DIR holds ``generator/`` (emprl.generator format), ``identifiers/`` and ``data.json`` (contexts,
+WORK_DIR holds ``generator/`` (emprl.models.generator format), ``identifiers/`` and ``data.json`` (contexts,
 scorer contexts, human responses) written by cpu_offline_step.py. Only interfaces that both the reference
 commit and the current tree have are used; phases are timed by wrapping them, not by editing them.
 """
@@ -50,8 +50,9 @@ class Clock:
 
 def main(work: Path, threads: int) -> None:
     torch.set_num_threads(threads)
-    from emprl import generator, ppo_train, scoring
-    from emprl import policy as P
+    from emprl.models import generator, scoring
+    from emprl.rl import ppo_train
+    from emprl.models import policy as P
     from emprl.profiles import PPOConfig, get_profile
 
     clock = Clock()

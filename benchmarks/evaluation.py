@@ -2,7 +2,7 @@
 
     EMPRL_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/evaluation.py --out outputs/offline [--n 512]
 
-Fast (``emprl.evaluation.evaluate_system`` + cached gold): gold levels read from the
+Fast (``emprl.eval.evaluation.evaluate_system`` + cached gold): gold levels read from the
 ``scoring.gold_labels`` cache; sampling and PPL in length-sorted batches; the three mechanisms
 scored in one ``EmpathyScorer.levels`` call over all generated responses.
 Naive reference (what a straightforward script does): gold levels recomputed; sampling, PPL and
@@ -22,7 +22,9 @@ import time
 import numpy as np
 import torch
 
-from emprl import data, evaluation, generator, policy, scoring
+from emprl import data
+from emprl.eval import evaluation
+from emprl.models import generator, policy, scoring
 from emprl.run import SYSTEMS, Paths, resolve_output_dir
 from emprl.profiles import get_profile
 

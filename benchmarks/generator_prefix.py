@@ -20,8 +20,8 @@ import time
 import torch
 from transformers import T5ForConditionalGeneration
 
-from emprl import generator, policy
-from emprl.prefix import Prefix, PrefixT5
+from emprl.models import generator, policy
+from emprl.models.prefix import Prefix, PrefixT5
 from emprl.profiles import get_profile
 
 

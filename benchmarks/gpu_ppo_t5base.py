@@ -66,10 +66,10 @@ def t5_config(dry_run: bool):
 def build(args, device, weights_dtype):
     from transformers import T5EncoderModel, T5ForConditionalGeneration
 
-    from emprl import policy as P
-    from emprl.identifiers import EmpathyIdentifier
-    from emprl.prefix import Prefix, PrefixT5
-    from emprl.scoring import EmpathyScorer
+    from emprl.models import policy as P
+    from emprl.models.identifiers import EmpathyIdentifier
+    from emprl.models.prefix import Prefix, PrefixT5
+    from emprl.models.scoring import EmpathyScorer
 
     config = t5_config(args.dry_run)
     torch.manual_seed(args.seed)
@@ -103,7 +103,7 @@ def main() -> None:
     p.add_argument("--tuning", choices=["prefix", "full"], default="prefix")
     p.add_argument("--paths", default="plain,fast", help="comma list of plain, fast")
     p.add_argument("--static-cache", choices=["auto", "on", "off"], default="auto",
-                   help="static key/value cache in generation (auto: emprl.policy.static_cache's default)")
+                   help="static key/value cache in generation (auto: emprl.models.policy.static_cache's default)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--max-new-tokens", type=int, default=30)
@@ -116,9 +116,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads or (1 if args.dry_run else 2))
 
-    from emprl import ppo
+    from emprl.rl import ppo
     from emprl.profiles import GeneratorConfig, PPOConfig
-    from emprl.reward import empathy_reward, reward_vector
+    from emprl.rl.reward import empathy_reward, reward_vector
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"))
     args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")

@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from emprl import data, identifiers as I, scoring
+from emprl import data
+from emprl.models import identifiers as I, scoring
 from emprl.profiles import get_profile
 
 

@@ -1,4 +1,4 @@
-"""Requests per second of ``emprl.llm_baseline.complete_all`` against a loopback chat-completions
+"""Requests per second of ``emprl.llm.client.complete_all`` against a loopback chat-completions
 server that answers every request after a fixed delay, with concurrency 1 (the reference: one
 request after another, as before) and 8 (the default).
 
@@ -20,7 +20,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from emprl import llm_baseline
+from emprl.llm import client as llm_baseline
 
 
 class DelayedReply(BaseHTTPRequestHandler):

@@ -1,4 +1,4 @@
-"""Seconds per EmpRL PPO step: ours (emprl.ppo) against the authors' stack (trl 0.9.6), same machine, one run.
+"""Seconds per EmpRL PPO step: ours (emprl.rl.ppo) against the authors' stack (trl 0.9.6), same machine, one run.
 
     .venv/bin/python benchmarks/ppo_step.py [--steps 5] [--identifiers minilm|tiny] [--threads 2]
 
@@ -7,7 +7,7 @@ same contexts (~100 tokens), batch 8, sampling top-k 20 / top-p 1.0 / temperatur
 tokens, 4 PPO epochs of one mini-batch. Measured:
 
 (a) a whole step: rollout + empathy reward + 4 PPO epochs.
-    ours:    emprl.ppo.rollout -> EmpathyScorer.logits -> empathy_reward/reward_vector -> ppo_update
+    ours:    emprl.rl.ppo.rollout -> EmpathyScorer.logits -> empathy_reward/reward_vector -> ppo_update
     authors: model.generate on the padded batch and trimming (their my_get_inputs) -> decode to text,
              re-tokenize, three identifiers one after another (their Rewards) -> PPOTrainer.step
 (b) the PPO update alone: PPOTrainer.step (its forward passes for old log-probs, values and the
@@ -54,10 +54,10 @@ def peak_rss_mib() -> float:
 
 
 def build_identifiers(root: Path, kind: str, seed: int) -> str:
-    """Three identifiers saved with emprl.identifiers.save_identifier; returns their tokenizer's folder."""
+    """Three identifiers saved with emprl.models.identifiers.save_identifier; returns their tokenizer's folder."""
     from transformers import BertConfig, BertModel
 
-    from emprl import encoders, identifiers
+    from emprl.models import encoders, identifiers
     from emprl.profiles import IdentifierConfig
 
     cfg = IdentifierConfig()
@@ -119,12 +119,12 @@ def ours_worker(work: Path, variant: str, threads: int) -> dict:
 
     from transformers import T5ForConditionalGeneration
 
-    from emprl import policy as P
-    from emprl import ppo
-    from emprl.prefix import Prefix, PrefixT5
+    from emprl.models import policy as P
+    from emprl.rl import ppo
+    from emprl.models.prefix import Prefix, PrefixT5
     from emprl.profiles import GeneratorConfig, PPOConfig
-    from emprl.reward import empathy_reward, reward_vector
-    from emprl.scoring import EmpathyScorer
+    from emprl.rl.reward import empathy_reward, reward_vector
+    from emprl.models.scoring import EmpathyScorer
 
     torch.set_num_threads(threads)
     t_load = time.perf_counter()

@@ -70,7 +70,7 @@ def tiny_t5_config(vocab_size: int = 8000, d_model: int = 256, d_ff: int = 1024,
 def word_vocab(size: int) -> list[str]:
     """``size`` tokens: <pad>, </s>, <unk>, then whole English words from MiniLM's vocab.txt (so decoded text
     re-tokenizes for the identifiers at about one word-piece per token, like real text)."""
-    from emprl import encoders
+    from emprl.models import encoders
 
     words = [w for w in (encoders.minilm_path() / "vocab.txt").read_text().split("\n")
              if w.isalpha() and w.islower() and len(w) > 1]

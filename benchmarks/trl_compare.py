@@ -1,4 +1,4 @@
-"""One PPO step, ours (emprl.ppo) against the legacy trl 0.9.6 PPOTrainer, on identical inputs.
+"""One PPO step, ours (emprl.rl.ppo) against the legacy trl 0.9.6 PPOTrainer, on identical inputs.
 
     .venv/bin/python benchmarks/trl_compare.py [--threads 2] [--seed 0]
 
@@ -86,7 +86,8 @@ def build_inputs(work: Path, seed: int, batch: int, context: int, vocab_size: in
 
 def run_ours(t5, reference, v_head_lin, q_ids, q_mask, r_ids, r_mask, scores, loss_mask, cfg):
     """Our functions on the same inputs: (internals dict, update stats, per-pass losses, new params)."""
-    from emprl import policy, ppo, reward
+    from emprl.models import policy
+    from emprl.rl import ppo, reward
 
     value_head = policy.ValueHead(t5.config.d_model)
     value_head.linear.load_state_dict(v_head_lin.state_dict())

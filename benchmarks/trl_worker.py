@@ -120,7 +120,7 @@ def compare(work: Path, cfg: dict) -> dict:
 
 
 class AuthorsIdentifier(torch.nn.Module):
-    """The identifier architecture of emprl.identifiers (same parameter names), scoring raw text like the
+    """The identifier architecture of emprl.models.identifiers (same parameter names), scoring raw text like the
     authors' SeperateT5EncoderClassifier: it tokenizes inside, so each identifier re-tokenizes."""
 
     def __init__(self, config: dict):

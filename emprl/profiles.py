@@ -438,7 +438,7 @@ def parse_overrides(overrides: Any) -> dict[str, dict[str, Any]]:
     """Overrides as {section: {param: value}}.
 
     Accepts that nested form, a flat {"section.param": value} dict, or "section.param=value" strings
-    (one, a comma-free list, or the ``--set`` items of ``emprl.pipeline``); string values are parsed by
+    (one, a comma-free list, or the ``--set`` items of ``emprl.ops.pipeline``); string values are parsed by
     the field's type. Unknown sections or parameters are errors naming them.
     """
     if overrides in (None, "", [], {}):
@@ -497,7 +497,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "min_new_tokens": 5,  # min_length=5
         },
     },
-    # The study's repairs together (notebook 08, emprl.study; each tested alone in tests/test_ppo_repairs.py):
+    # The study's repairs together (notebook 08, emprl.rl.study; each tested alone in tests/test_ppo_repairs.py):
     # the value head learns at its own, larger rate, first alone, and without moving the prefix; the ratio
     # is taken under the distribution that sampled; the exact KL restrains the policy through the loss.
     # The prefix rate belongs here: 1e-4 is the one the study selected and ran long, so that "repaired"

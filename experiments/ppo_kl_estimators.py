@@ -15,7 +15,9 @@ import dataclasses
 import pandas as pd
 
 import emprl
-from emprl import data, generator, ppo_train, scoring
+from emprl import data
+from emprl.models import generator, scoring
+from emprl.rl import ppo_train
 
 
 def main() -> None:

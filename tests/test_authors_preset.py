@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from emprl import identifiers as I
-from emprl.policy import ActorCritic, ValueHead, make_reference, new_token_limits
-from emprl.ppo import ppo_update, rollout
-from emprl.ppo_train import lr_at, train_ppo
+from emprl.models import identifiers as I
+from emprl.models.policy import ActorCritic, ValueHead, make_reference, new_token_limits
+from emprl.rl.ppo import ppo_update, rollout
+from emprl.rl.ppo_train import lr_at, train_ppo
 from emprl.profiles import PRESETS, PROFILES, GeneratorConfig, IdentifierConfig, PPOConfig, get_profile
-from emprl.reward import masked_mean
+from emprl.rl.reward import masked_mean
 
 torch.set_num_threads(1)
 
@@ -108,7 +108,7 @@ def test_length_counting_the_start_token_matches_transformers_min_max_length():
 def test_mlp_identifier_head_and_its_round_trip(tmp_path):
     from transformers import BertConfig, BertModel
 
-    from emprl import encoders
+    from emprl.models import encoders
 
     def bert(seed):
         torch.manual_seed(seed)

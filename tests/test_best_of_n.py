@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from emprl import best_of_n as B
-from emprl import rejection as R
+from emprl.rl import best_of_n as B
+from emprl.rl import rejection as R
 from emprl.profiles import GeneratorConfig
-from emprl.reward import empathy_reward
+from emprl.rl.reward import empathy_reward
 
 from test_ppo import WordScorer, tiny_tokenizer  # noqa: E402
 from test_ppo_fast_path import tiny_policy  # noqa: E402
@@ -95,15 +95,15 @@ def test_sample_pool_is_cached(tmp_path, monkeypatch):
     responses, logits = B.sample_pool(model, tok, contexts, contexts, scorer, gen, 3, seed=1, cache=tmp_path)
     assert len(responses) == 9 and logits.shape == (3, 3, 3, 3)
     assert torch.equal(logits.reshape(9, 3, 3), scorer.logits(contexts * 3, responses))
-    import emprl.policy
+    import emprl.models.policy
 
-    real_sample = emprl.policy.sample_responses
-    monkeypatch.setattr(emprl.policy, "sample_responses", lambda *a, **k: pytest.fail("sampled again"))
+    real_sample = emprl.models.policy.sample_responses
+    monkeypatch.setattr(emprl.models.policy, "sample_responses", lambda *a, **k: pytest.fail("sampled again"))
     again, logits2 = B.sample_pool(model, tok, contexts, contexts, scorer, gen, 3, seed=1, cache=tmp_path)
     assert again == responses and torch.equal(logits2, logits)
     assert [p.name for p in tmp_path.iterdir()] == ["pool.safetensors"]
     calls = []
-    monkeypatch.setattr(emprl.policy, "sample_responses", lambda *a, **k: calls.append(1) or real_sample(*a, **k))
+    monkeypatch.setattr(emprl.models.policy, "sample_responses", lambda *a, **k: calls.append(1) or real_sample(*a, **k))
     other, _ = B.sample_pool(model, tok, contexts, contexts, scorer, gen, 3, seed=2, cache=tmp_path)  # stale
     assert calls == [1] and other != responses
     B.sample_pool(model, tok, contexts, contexts, scorer, gen, 3, seed=2, cache=tmp_path)

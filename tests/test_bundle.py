@@ -18,7 +18,9 @@ import nbformat
 import pytest
 import torch
 
-from emprl import bundle, data, encoders
+from emprl.ops import bundle
+from emprl import data
+from emprl.models import encoders
 
 LOCAL_PYTHON = "%d.%d" % sys.version_info[:2]
 

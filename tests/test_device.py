@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from emprl import checkpoint as ckpt
-from emprl import evaluation, generator, identifiers, policy, scoring
+from emprl.eval import evaluation
+from emprl.models import generator, identifiers, policy, scoring
 from emprl.data import DialogueExample
-from emprl.ppo import gae, ppo_update, rollout
-from emprl.ppo_train import train_ppo
+from emprl.rl.ppo import gae, ppo_update, rollout
+from emprl.rl.ppo_train import train_ppo
 from emprl.profiles import GeneratorConfig, PPOConfig, get_profile
 
 from test_generator import corpus, tiny_cfg  # noqa: E402  (shared tiny fixtures)
@@ -27,7 +28,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def id_tokenizer():
-    from emprl import encoders
+    from emprl.models import encoders
 
     return encoders.load_tokenizer("minilm")
 

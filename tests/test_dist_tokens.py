@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from emprl import evaluation
-from emprl import metrics as M
+from emprl.eval import evaluation
+from emprl.eval import metrics as M
 
 
 def test_nltk_tokens_keep_case_and_split_clitics_like_treebank(monkeypatch):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from emprl import evaluation, metrics
+from emprl.eval import evaluation, metrics
 from emprl.data import DialogueExample
 from emprl.profiles import GeneratorConfig, get_profile
 
@@ -41,9 +41,9 @@ def test_m_samples_per_context_and_the_cache(tmp_path, monkeypatch):
     assert len(set(out["responses"])) > 5  # the three samples of a context differ
     assert out["nll"].shape == (5,) and out["row"]["ppl"] == pytest.approx(np.exp(out["nll"].sum() /
                                                                                   out["tokens"].sum()))
-    import emprl.policy
+    import emprl.models.policy
 
-    monkeypatch.setattr(emprl.policy, "sample_responses", lambda *a, **k: pytest.fail("sampled again"))
+    monkeypatch.setattr(emprl.models.policy, "sample_responses", lambda *a, **k: pytest.fail("sampled again"))
     again = evaluation.evaluate_system(model, tok, _examples(), gold, scorer, gen, E, seed=0, progress=False,
                                        cache_dir=tmp_path)
     assert again["responses"] == out["responses"] and again["row"]["cached"]

@@ -12,9 +12,9 @@ import torch
 from transformers import T5ForConditionalGeneration
 
 from emprl import checkpoint as ckpt
-from emprl import generator as G
-from emprl import policy
-from emprl.prefix import PrefixT5
+from emprl.models import generator as G
+from emprl.models import policy
+from emprl.models.prefix import PrefixT5
 from emprl.profiles import get_profile
 
 torch.set_num_threads(1)

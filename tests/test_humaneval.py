@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emprl import humaneval as H
+from emprl.eval import humaneval as H
 
 CONTEXTS = [f"Speaker: context number {i}" for i in range(8)]
 RESPONSES = {

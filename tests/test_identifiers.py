@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from emprl import encoders
-from emprl import identifiers as I
+from emprl.models import encoders
+from emprl.models import identifiers as I
 from emprl.profiles import IdentifierConfig
 
 torch.set_num_threads(1)

@@ -1,9 +1,9 @@
-"""KL estimators (emprl.reward) against brute force on a tiny vocabulary, and trl's reward whitening.
+"""KL estimators (emprl.rl.reward) against brute force on a tiny vocabulary, and trl's reward whitening.
 
 The toy policy and reference are autoregressive tables of random logits indexed by the prefix; every
 response of at most L tokens over a vocabulary of V is enumerated, so sequence-level KLs are exact.
 The sampler's warp in the brute force comes from transformers' own logits processors, not from
-``emprl.reward.sampling_log_probs``.
+``emprl.rl.reward.sampling_log_probs``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from emprl.ppo import gae
-from emprl.reward import (
+from emprl.rl.ppo import gae
+from emprl.rl.reward import (
     full_kl,
     kl_penalty,
     masked_whiten,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from emprl import llm_baseline as L
-from emprl.evaluation import read_generations
+from emprl.llm import client as L
+from emprl.eval.evaluation import read_generations
 
 EXAMPLES = [("Speaker: I lost my keys.", "Oh no, did you find them?"),
             ("Speaker: I got a puppy!", "How fun! What breed?")]
@@ -377,8 +377,8 @@ def test_one_writer_at_a_time_and_reading_while_it_writes(server, tmp_path):
 
 CLIENT = """
 import sys
-from emprl import llm_baseline as L
-from emprl.evaluation import read_generations
+from emprl.llm import client as L
+from emprl.eval.evaluation import read_generations
 url, cache, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 prompts = [f"Speaker: context {i}" for i in range(n)]
 L.complete_all(prompts, L.LLMEndpoint(url, "tiny-chat", "k"), cache, concurrency=4, timeout=30, progress=False)
@@ -425,7 +425,7 @@ def test_killed_run_resumes_from_the_cache(server, tmp_path):
 def test_cli_help_dry_run_and_run(server, tmp_path, monkeypatch, capsys):
     for var in ("EMPRL_LLM_URL", "EMPRL_LLM_MODEL", "EMPRL_LLM_API_KEY", "EMPRL_OUTPUT_DIR"):
         monkeypatch.delenv(var, raising=False)
-    help_text = subprocess.run([sys.executable, "-m", "emprl.llm_baseline", "--help"], capture_output=True,
+    help_text = subprocess.run([sys.executable, "-m", "emprl.llm.client", "--help"], capture_output=True,
                                text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True).stdout
     assert "--concurrency" in help_text and "--dry-run" in help_text and "EMPRL_LLM_API_KEY" in help_text
 

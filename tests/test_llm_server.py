@@ -1,4 +1,4 @@
-"""emprl.llm_server's start, wait, stop and command line, against a stand-in ``llama_cpp.server`` package
+"""emprl.llm.server's start, wait, stop and command line, against a stand-in ``llama_cpp.server`` package
 (a few lines of http.server): no llama-cpp-python needed. The real server: tests/llm (make llm-test)."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from emprl import download, llm_server
-from emprl import llm_baseline as L
+from emprl import download
+from emprl.llm import server as llm_server
+from emprl.llm import client as L
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +122,7 @@ def test_for_llm_checks_the_gguf_hash(tmp_path, monkeypatch):
 
 def test_cli_prints_the_variables_and_stops_on_sigterm(fake_llama, tmp_path):
     port = llm_server.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "emprl.llm_server", "--gguf", str(fake_llama), "--model", "tiny",
+    proc = subprocess.Popen([sys.executable, "-m", "emprl.llm.server", "--gguf", str(fake_llama), "--model", "tiny",
                              "--port", str(port), "--log", str(tmp_path / "c.log")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from emprl import metrics as M
+from emprl.eval import metrics as M
 
 
 def test_word_tokenizer_is_documented_behaviour():
@@ -152,7 +152,7 @@ def test_evaluate_responses_row():
 
 
 def test_comparison_table_layout_paper_block_then_ours():
-    from emprl import evaluation
+    from emprl.eval import evaluation
     from emprl.paper_tables import TABLE_II
 
     rng = np.random.default_rng(12)
@@ -179,7 +179,7 @@ def test_paper_tables_consistent_across_tables():
 def test_paired_dist_n_interval_contains_the_observed_difference():
     # A repeats itself, B never does: resampling deflates their Dist-2 by different amounts, so
     # uncorrected resampled differences are shifted away from the observed one.
-    from emprl.metrics import distinct_n, paired_test
+    from emprl.eval.metrics import distinct_n, paired_test
 
     a = {"responses": ["i am so sorry to hear that"] * 30 + [f"what a day number {i} was" for i in range(30)]}
     b = {"responses": [f"reply {i} has words {i + 1} and {i + 2}" for i in range(60)]}

@@ -2,7 +2,7 @@
 is broken on purpose.
 
 The break is a ``sitecustomize.py`` on the PYTHONPATH of the nbval run, which the notebook's kernel
-inherits: it replaces one formula of ``emprl.metrics`` by a plausible wrong variant before any cell runs.
+inherits: it replaces one formula of ``emprl.eval.metrics`` by a plausible wrong variant before any cell runs.
 Notebooks 02-04 (identifiers, generator, PPO policy) run once first, at the smoke profile (about two
 minutes on two cores).
 """
@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from emprl import pipeline, run
+from emprl.ops import pipeline
+from emprl import run
 
 NOTEBOOK = run.REPO_ROOT / "notebooks" / "05_evaluation.ipynb"
 
@@ -22,7 +23,7 @@ BREAKS = {
     # distinct n-grams counted within each response and summed, instead of over all responses (Dist-n)
     "dist_n_per_response": """
 import numpy as np
-from emprl import metrics
+from emprl.eval import metrics
 
 def distinct(self, weights):
     total = float(weights @ self.lengths)
@@ -34,7 +35,7 @@ metrics._NgramIncidence.distinct = distinct
     # the share of levels equal to gold (accuracy) instead of the weighted F1 (Emp-F1)
     "emp_f1_as_accuracy": """
 import numpy as np
-from emprl import metrics
+from emprl.eval import metrics
 
 def emp_f1(gold, pred, weights=None):
     hits = (np.asarray(gold) == np.asarray(pred)).mean(axis=1)

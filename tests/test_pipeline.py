@@ -6,7 +6,7 @@ import nbformat
 import pytest
 import torch
 
-from emprl import pipeline
+from emprl.ops import pipeline
 from emprl.profiles import get_profile
 
 
@@ -118,7 +118,7 @@ COMMITTED = sorted((pipeline.REPO_ROOT / "outputs").glob("*/[0-9][0-9]_*.ipynb")
 @pytest.mark.committed_outputs
 @pytest.mark.skipif(not COMMITTED, reason="no committed rendered notebooks under outputs/")
 def test_committed_rendered_notebooks_are_current():
-    """Regenerate what this lists: `python -m emprl.pipeline --profile <profile>`."""
+    """Regenerate what this lists: `python -m emprl.ops.pipeline --profile <profile>`."""
     stale = [f"outputs/{nb.parent.name}/{reason}" for nb in COMMITTED for reason in pipeline.staleness(nb)]
     assert not stale, "stale rendered notebooks under outputs/:\n" + "\n".join(stale)
 
@@ -138,7 +138,7 @@ def test_rendered_notebooks_hold_no_machine_path(tmp_path, monkeypatch):
 
 
 def test_data_label_names_the_data_without_its_path(tmp_path, monkeypatch):
-    from emprl.evaluation import data_label
+    from emprl.eval.evaluation import data_label
 
     monkeypatch.delenv("EMPRL_DATA_DIR", raising=False)
     assert data_label() == "bundled smoke sample"

@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from emprl import generator as G
-from emprl import humaneval, llm_baseline, playground
-from emprl import identifiers as I
+from emprl.models import generator as G
+from emprl.eval import humaneval
+from emprl.llm import client as llm_baseline
+from emprl.ops import playground
+from emprl.models import identifiers as I
 from emprl.profiles import get_profile
-from emprl.scoring import EmpathyScorer
+from emprl.models.scoring import EmpathyScorer
 from test_generator import corpus, tiny_cfg
 from test_identifiers import tiny_identifier
 from test_llm_baseline import reply_of, server  # noqa: F401  (server: the fake OpenAI-compatible endpoint)
@@ -27,7 +29,7 @@ TURNS = ["I lost my job today and I do not know what to do.", "Oh no, what happe
 
 @pytest.fixture(scope="module")
 def id_tokenizer():
-    from emprl import encoders
+    from emprl.models import encoders
 
     return encoders.load_tokenizer("minilm")
 

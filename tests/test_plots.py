@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from emprl import plots  # noqa: E402
+from emprl.eval import plots  # noqa: E402
 from emprl.data import LEVELS, MECHANISMS, SPLITS  # noqa: E402
 from emprl.paper_tables import TABLE_V  # noqa: E402
 

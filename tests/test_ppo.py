@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from emprl.policy import ActorCritic, ValueHead, make_reference, response_mask_from_eos
-from emprl.ppo import gae, ppo_loss, ppo_update, rollout
-from emprl.ppo_train import train_ppo
+from emprl.models.policy import ActorCritic, ValueHead, make_reference, response_mask_from_eos
+from emprl.rl.ppo import gae, ppo_loss, ppo_update, rollout
+from emprl.rl.ppo_train import train_ppo
 from emprl.profiles import GeneratorConfig, PPOConfig
 
 # --------------------------------------------------------------------------- tiny stand-ins
@@ -227,7 +227,7 @@ def test_end_to_end_ppo_raises_a_synthetic_reward_with_bounded_kl(tmp_path):
 
 
 def test_prefix_policy_trains_only_prefix_and_value_head_and_shares_the_frozen_t5(tmp_path):
-    from emprl.prefix import Prefix, PrefixT5
+    from emprl.models.prefix import Prefix, PrefixT5
 
     tok, t5 = tiny_tokenizer(), tiny_t5(seed=2)
     policy = PrefixT5(t5, Prefix.for_t5(t5.config, encoder_len=3, decoder_len=2, hidden=8)).eval()
@@ -248,7 +248,7 @@ def test_prefix_policy_trains_only_prefix_and_value_head_and_shares_the_frozen_t
     saved = [k for k in __import__("emprl.checkpoint", fromlist=["x"]).load_state(
         res["checkpoint_dir"] / "train_state.safetensors")[0] if k.startswith("param/")]
     assert saved and all(k.startswith(("param/policy.prefix.", "param/value_head.")) for k in saved)
-    from emprl.generator import load_generator
+    from emprl.models.generator import load_generator
 
     loaded, _ = load_generator(res["checkpoint_dir"] / "policy")
     assert isinstance(loaded, PrefixT5)
@@ -368,7 +368,7 @@ def test_train_ppo_with_full_kl_estimator_logs_a_finite_nonnegative_kl(tmp_path)
 
 
 def test_kl_estimator_is_validated_and_in_the_resume_key(tmp_path):
-    from emprl.ppo_train import _resume_key
+    from emprl.rl.ppo_train import _resume_key
 
     with pytest.raises(ValueError, match="kl_estimator"):
         tiny_cfgs(kl_estimator="exact")

@@ -59,7 +59,8 @@ def _worker(out: Path) -> None:
     import torch
     from accelerate import Accelerator
 
-    from emprl import policy, ppo, ppo_train
+    from emprl.models import policy
+    from emprl.rl import ppo, ppo_train
     from emprl.profiles import GeneratorConfig, PPOConfig
 
     torch.set_num_threads(1)

@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
-from emprl import policy as P
-from emprl.ppo import gae, ppo_loss, ppo_update, rollout
+from emprl.models import policy as P
+from emprl.rl.ppo import gae, ppo_loss, ppo_update, rollout
 from emprl.profiles import GeneratorConfig, PPOConfig
-from emprl.reward import masked_whiten, reward_vector
+from emprl.rl.reward import masked_whiten, reward_vector
 
 from test_ppo import WORDS, tiny_tokenizer  # noqa: E402  (shared tiny fixtures)
 
@@ -28,7 +28,7 @@ def tiny_policy(kind: str):
     t5 = T5ForConditionalGeneration(cfg).eval()
     if kind == "full":
         return t5
-    from emprl.prefix import Prefix, PrefixT5
+    from emprl.models.prefix import Prefix, PrefixT5
 
     return PrefixT5(t5, Prefix.for_t5(cfg, 3, 2, 8)).eval()
 
@@ -198,7 +198,7 @@ def test_trimmed_micro_batches_give_the_untrimmed_update(kind, micro):
 def test_prefix_attached_once_per_generate_gives_the_same_samples():
     """The prefix memo (cross-attention keys/values, position bias and mask padded once per generate) against
     attaching it at every layer and step: same tokens, same logits, and the memo is actually hit."""
-    import emprl.prefix as prefix_module
+    import emprl.models.prefix as prefix_module
 
     model, _ = setup("prefix")
     policy, tok = model.policy, tiny_tokenizer()

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emprl import policy as P
-from emprl.ppo import ppo_update, rollout, sampler_settings
-from emprl.ppo_train import adamw, lr_at
+from emprl.models import policy as P
+from emprl.rl.ppo import ppo_update, rollout, sampler_settings
+from emprl.rl.ppo_train import adamw, lr_at
 from emprl.profiles import GeneratorConfig, PPOConfig, get_profile
-from emprl.reward import full_kl, reward_vector
+from emprl.rl.reward import full_kl, reward_vector
 
 from test_ppo import tiny_tokenizer  # noqa: E402
 from test_ppo_fast_path import CONTEXTS, setup  # noqa: E402

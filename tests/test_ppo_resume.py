@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from emprl import checkpoint as ckpt
-from emprl.ppo import NonFiniteError
-from emprl.ppo_train import train_ppo
+from emprl.rl.ppo import NonFiniteError
+from emprl.rl.ppo_train import train_ppo
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ppo import CONTEXTS, WordScorer, one_thread, tiny_cfgs, tiny_t5, tiny_tokenizer  # noqa: E402,F401
@@ -104,6 +104,26 @@ def test_crash_during_checkpoint_write_keeps_previous_state(tmp_path, reference_
     assert_same_run(reference_run, resumed)
 
 
+def kill_after_step_2(script: str, state: Path, wait_s: float = 300) -> int:
+    """Run ``script``, a 6-step training that checkpoints every step and never ends step 6, SIGKILL it
+    soon after its step-2 checkpoint, and return the step of the checkpoint it left (2 to 5)."""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + wait_s  # importing torch can take minutes on a loaded machine
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if state.exists() and ckpt.load_state(state)[1]["step"] >= 2:
+                break
+            time.sleep(0.01)
+        time.sleep(0.13)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = ckpt.load_state(state)[1]["step"]
+    assert 2 <= killed_at < 6
+    return killed_at
+
+
 def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path, reference_run):
     """A real SIGKILL of a training process (checkpoint every step, so the kill often lands in a write)."""
     script = textwrap.dedent(f"""
@@ -122,20 +142,7 @@ def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path, reference_r
         run({str(tmp_path)!r}, Slow('good'), steps=6, checkpoint_every=1)
     """)
     state = tmp_path / "checkpoints" / "ppo" / "emprl" / "train_state.safetensors"
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if state.exists() and ckpt.load_state(state)[1]["step"] >= 2:
-                break
-            time.sleep(0.01)
-        time.sleep(0.13)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    killed_at = ckpt.load_state(state)[1]["step"]
-    assert 2 <= killed_at < 6
+    killed_at = kill_after_step_2(script, state)
     resumed = run(tmp_path, checkpoint_every=1)
     assert resumed["resumed_from"] == killed_at
     assert not list(state.parent.glob("*.tmp-*"))

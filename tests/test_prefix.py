@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from emprl.prefix import Prefix, PrefixT5
+from emprl.models.prefix import Prefix, PrefixT5
 
 torch.set_num_threads(1)
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import emprl
-from emprl import pipeline, study
-from emprl.ppo_train import RESUMABLE_CHANGES, _resume_key
+from emprl.ops import pipeline
+from emprl.rl import study
+from emprl.rl.ppo_train import RESUMABLE_CHANGES, _resume_key
 from emprl.profiles import (CHOICES, PRESETS, GeneratorConfig, PPOConfig, RuntimeConfig, get_profile,
                             with_settings)
-from emprl.reward import KL_ESTIMATORS
+from emprl.rl.reward import KL_ESTIMATORS
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from emprl import reading
+from emprl.eval import reading
 from emprl.paper_tables import TABLE_II, TABLE_V
 
 
@@ -160,8 +160,8 @@ def test_rl_study_reads_the_floor_the_ceiling_the_arms_and_the_test_split():
 
 
 def test_playground_names_the_best_reply_matching_levels_and_attention_peak():
-    from emprl import playground
-    from emprl.playground import AttentionMap, Scores
+    from emprl.ops import playground
+    from emprl.ops.playground import AttentionMap, Scores
 
     # rows: EmpRL, w/o RL, the human reply; mechanisms ER, IP, EX; levels none/weak/strong
     probs = np.array([[[0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.5, 0.4, 0.1]],

@@ -1,11 +1,12 @@
 """Report: collects every table and figure by notebook, with the provenance header."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pandas as pd
 
-from emprl import report as R
+from emprl.eval import report as R
 
 
 def test_to_markdown_hand_written():
@@ -21,8 +22,9 @@ def test_format_config_one_parameter_per_line():
     cfg = get_profile("smoke").ppo
     text = R.format_config(cfg)
     lines = text.splitlines()
-    assert lines[0] == "PPOConfig" and len(lines) == 1 + len(cfg.__dataclass_fields__)
-    assert f"  beta{' ' * (len(max(cfg.__dataclass_fields__, key=len)) - 4)} = {cfg.beta!r}" in lines
+    names = [f.name for f in dataclasses.fields(cfg)]  # __dataclass_fields__ also holds the ClassVar "section"
+    assert lines[0] == "PPOConfig" and len(lines) == 1 + len(names)
+    assert f"  beta{' ' * (len(max(names, key=len)) - 4)} = {cfg.beta!r}" in lines
     assert R.format_config({"a": 1, "bb": "x"}) == "dict\n  a  = 1\n  bb = 'x'"
 
 
@@ -75,7 +77,7 @@ def test_report_cli_with_nothing_yet(tmp_path, capsys):
 def test_to_markdown_keeps_integer_columns_integer():
     import pandas as pd
 
-    from emprl.report import to_markdown
+    from emprl.eval.report import to_markdown
 
     frame = pd.DataFrame({"n": [48, 7], "f1": [0.5, 0.25]}, index=pd.Index(["a", "b"], name="sys"))
     text = to_markdown(frame)

@@ -4,27 +4,22 @@ and a run with the cache on is the run with it off, bit for bit."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from emprl import checkpoint as ckpt
-from emprl import encoders
+from emprl.models import encoders
 from emprl.data import MECHANISMS
-from emprl.ppo_train import train_ppo
-from emprl.scoring import EmpathyScorer
+from emprl.rl.ppo_train import train_ppo
+from emprl.models.scoring import EmpathyScorer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_identifiers import tiny_identifier  # noqa: E402
 from test_ppo import WORDS, one_thread, tiny_cfgs, tiny_t5, tiny_tokenizer  # noqa: E402,F401
-from test_ppo_resume import OPTS, assert_same_run  # noqa: E402
+from test_ppo_resume import OPTS, assert_same_run, kill_after_step_2  # noqa: E402
 
 # contexts of 1 to 23 words: batches pad them by different amounts, which moves a batched state's last bits
 CONTEXTS = [" ".join(WORDS[(3 * i + j) % len(WORDS)] for j in range(1 + (7 * i) % 23)) for i in range(16)]
@@ -103,20 +98,7 @@ def test_sigkill_then_resume_with_the_cache_on_is_bit_identical(tmp_path, cached
         run({str(tmp_path)!r}, Slow(), checkpoint_every=1)
     """)
     state = tmp_path / "checkpoints" / "ppo" / "emprl" / "train_state.safetensors"
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if state.exists() and ckpt.load_state(state)[1]["step"] >= 2:
-                break
-            time.sleep(0.01)
-        time.sleep(0.13)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    killed_at = ckpt.load_state(state)[1]["step"]
-    assert 2 <= killed_at < 6
+    killed_at = kill_after_step_2(script, state)
     resumed = run(tmp_path, empathy_scorer(), checkpoint_every=1)
     assert resumed["resumed_from"] == killed_at
     assert_same_run(cached_run, resumed)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from emprl.reward import (
+from emprl.rl.reward import (
     AdaptiveKLController,
     RunningMoments,
     empathy_reward,
@@ -96,7 +96,7 @@ def test_adaptive_kl_controller_by_hand():
 def test_full_kl_matches_torch_distributions_and_is_zero_on_padding():
     from torch.distributions import Categorical, kl_divergence
 
-    from emprl.reward import full_kl
+    from emprl.rl.reward import full_kl
 
     g = torch.Generator().manual_seed(0)
     logits = 3 * torch.randn(3, 4, 7, generator=g)
@@ -115,7 +115,7 @@ def test_full_kl_matches_torch_distributions_and_is_zero_on_padding():
 
 
 def test_full_kl_is_nonnegative_and_zero_when_policy_equals_reference():
-    from emprl.reward import full_kl
+    from emprl.rl.reward import full_kl
 
     g = torch.Generator().manual_seed(1)
     mask = torch.ones(4, 6)

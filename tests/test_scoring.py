@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from emprl import identifiers as I
-from emprl import scoring
+from emprl.models import identifiers as I
+from emprl.models import scoring
 from emprl.profiles import IdentifierConfig
 from test_identifiers import CONTEXTS, RESPONSES, tiny_identifier
 
@@ -18,7 +18,7 @@ MECHS = ("emotional_reactions", "interpretations", "explorations")  # the emprl.
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from emprl import encoders
+    from emprl.models import encoders
 
     return encoders.load_tokenizer("minilm")
 

@@ -1,4 +1,4 @@
-"""The RL study's statistics and criteria (emprl.study) against values computed from raw samples by hand."""
+"""The RL study's statistics and criteria (emprl.rl.study) against values computed from raw samples by hand."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emprl import study
-from emprl.metrics import PairedTest
+from emprl.rl import study
+from emprl.eval.metrics import PairedTest
 from emprl.profiles import get_profile
 
 
@@ -100,7 +100,7 @@ def test_verdicts():
 
 
 def test_paired_ppl_by_hand_and_signatures_run():
-    from emprl import metrics
+    from emprl.eval import metrics
 
     nll_a, nll_b, tok = np.array([2.0, 4.0, 6.0]), np.array([1.0, 3.0, 5.0]), np.array([2.0, 2.0, 4.0])
     t = metrics.paired_ppl(nll_a, tok, nll_b, tok, n_boot=50)

@@ -70,7 +70,7 @@ def run_dir(tmp_path_factory) -> Path:
         pytest.fail(f"EMPRL_PLAYGROUND_PROFILE={PROFILE}: EMPRL_PLAYGROUND_OUT must name a folder with that "
                     f"profile's notebooks 02-04 run (no checkpoints/ppo/emprl/policy in {reuse})")
     out = Path(reuse) if reuse else tmp_path_factory.mktemp("smoke_run")
-    subprocess.run([sys.executable, "-m", "emprl.pipeline", "--profile", "smoke", "--only", "02,03,04",
+    subprocess.run([sys.executable, "-m", "emprl.ops.pipeline", "--profile", "smoke", "--only", "02,03,04",
                     "--out", str(out)], cwd=ROOT, env=_env(out), check=True, timeout=1800)
     return out
 

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from emprl import download, llm_server
-from emprl import llm_baseline as L
+from emprl import download
+from emprl.llm import server as llm_server
+from emprl.llm import client as L
 from emprl.profiles import get_profile
 
 pytestmark = pytest.mark.llm_server
@@ -78,7 +79,7 @@ def test_real_replies_have_the_shape_and_are_cached(real_server, prompts, tmp_pa
 
 CLIENT = """
 import sys
-from emprl import llm_baseline as L
+from emprl.llm import client as L
 url, model, cache = sys.argv[1:4]
 prompts = sys.stdin.read().split("\\x00")
 L.complete_all(prompts, L.LLMEndpoint(url + "/chat/completions", model), cache, concurrency=1, progress=False)

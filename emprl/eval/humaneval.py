@@ -1,10 +1,10 @@
 """Human-evaluation kit (paper Sec. IV-D): blind rating / A-B sheets out, filled sheets in, scores.
 
-    python -m emprl.humaneval export --generations GEN.csv --systems EmpRL "w/o RL" --mode rating --n 100 --out DIR
-    python -m emprl.humaneval export --generations GEN.csv --systems EmpRL "w/o RL" --mode ab --n 100 --out DIR
-    python -m emprl.humaneval tiebreak --key DIR/ab_key.csv DIR/ab_sheet_rater*.csv --out DIR/ab_sheet_rater4.csv
-    python -m emprl.humaneval score --key DIR/rating_key.csv DIR/rating_sheet_rater*.csv
-    python -m emprl.humaneval score --key DIR/ab_key.csv DIR/ab_sheet_rater{1,2,3}.csv --tiebreak DIR/ab_sheet_rater4.csv
+    python -m emprl.eval.humaneval export --generations GEN.csv --systems EmpRL "w/o RL" --mode rating --n 100 --out DIR
+    python -m emprl.eval.humaneval export --generations GEN.csv --systems EmpRL "w/o RL" --mode ab --n 100 --out DIR
+    python -m emprl.eval.humaneval tiebreak --key DIR/ab_key.csv DIR/ab_sheet_rater*.csv --out DIR/ab_sheet_rater4.csv
+    python -m emprl.eval.humaneval score --key DIR/rating_key.csv DIR/rating_sheet_rater*.csv
+    python -m emprl.eval.humaneval score --key DIR/ab_key.csv DIR/ab_sheet_rater{1,2,3}.csv --tiebreak DIR/ab_sheet_rater4.csv
 
 ``GEN.csv`` has a ``context`` column and one column of responses per system (notebook 05 writes
 OUT/generations/test_generations.csv). Each rater fills their own copy of the sheet; the key file
@@ -303,7 +303,7 @@ def score_ab(sheet_paths: Sequence, key_path, tiebreak_path=None) -> dict:
     if split:
         if tiebreak_path is None:
             raise SheetError(f"{len(split)} item(s) have no majority ({split[:5]}...): a fourth rater must decide them; "
-                             "write their sheet with `python -m emprl.humaneval tiebreak` and pass it as tiebreak_path")
+                             "write their sheet with `python -m emprl.eval.humaneval tiebreak` and pass it as tiebreak_path")
         decided = _outcomes(read_sheet(tiebreak_path, key, subset=split), key, split)
         lookup = dict(zip(split, decided))
         final = [lookup[i] if f is None else f for i, f in zip(ids, final)]
@@ -331,7 +331,7 @@ def export_tiebreak(sheet_paths: Sequence, key_path, out_path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emprl.humaneval", description="Blind human-evaluation sheets.")
+    parser = argparse.ArgumentParser(prog="python -m emprl.eval.humaneval", description="Blind human-evaluation sheets.")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="write blind sheets and the key")
     ex.add_argument("--generations", required=True, help="CSV with a context column and one column per system")

@@ -22,14 +22,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emprl import evaluation, generator, llm_baseline, policy
-from emprl import identifiers as ident
+from emprl.eval import evaluation
+from emprl.models import generator, policy
+from emprl.llm import client as llm_baseline
+from emprl.models import identifiers as ident
 from emprl.checkpoint import atomic_path
 from emprl.data import LEVELS, MECHANISMS, format_context
-from emprl.reading import bullets, head
-from emprl.reward import empathy_reward
+from emprl.eval.reading import bullets, head
+from emprl.rl.reward import empathy_reward
 from emprl.run import SYSTEMS, Paths
-from emprl.scoring import EmpathyScorer
+from emprl.models.scoring import EmpathyScorer
 
 SHORT = {"emotional_reactions": "ER", "interpretations": "IP", "explorations": "EX"}
 GOLD = "Gold (human)"
@@ -91,7 +93,7 @@ def load_systems(out, device: str | torch.device = "cpu") -> dict[str, tuple]:
 @dataclass(frozen=True)
 class LLMSystem:
     """The LLM baseline as a playground system: the paper's 2-shot prompt (the run's two demonstrations)
-    sent to an OpenAI-compatible endpoint through ``emprl.llm_baseline``, replies cached in ``cache_path``.
+    sent to an OpenAI-compatible endpoint through ``emprl.llm.client``, replies cached in ``cache_path``.
 
     It takes the playground's temperature and seed (sent with the request and part of the cache key, so
     the same seed gives the same reply); its length limit is the baseline's ``max_tokens``, not the
@@ -116,7 +118,7 @@ class LLMSystem:
 
 
 def llm_system(profile, data_dir, out, environ=None) -> LLMSystem | None:
-    """The LLM of ``EMPRL_LLM_URL`` / ``EMPRL_LLM_MODEL`` (``python -m emprl.llm_server`` prints them for
+    """The LLM of ``EMPRL_LLM_URL`` / ``EMPRL_LLM_MODEL`` (``python -m emprl.llm.server`` prints them for
     the local SmolLM2) as a system, its replies cached in ``OUT/cache`` beside notebook 05's; None, and
     the baseline's skip message printed, when no endpoint is configured."""
     endpoint = llm_baseline.LLMEndpoint.from_env(environ)
@@ -365,7 +367,7 @@ def levels_figure(scores: Scores):
 def append_comparison(path, turns: Sequence[str], responses: dict[str, str], gold: str | None = None,
                       settings: dict | None = None) -> Path:
     """Add one row (context, gold, one column per system, the decoding ``settings``) to the generations CSV
-    at ``path``, the input of ``python -m emprl.humaneval export --generations``; written atomically.
+    at ``path``, the input of ``python -m emprl.eval.humaneval export --generations``; written atomically.
 
     Every row of one file must have the same columns: a file written with other systems or settings is
     a ValueError naming it (start a new file instead).

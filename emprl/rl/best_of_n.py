@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emprl import metrics
-from emprl.reward import empathy_reward
+from emprl.eval import metrics
+from emprl.rl.reward import empathy_reward
 
 RULES = {"oracle": "largest R_emp against the gold levels",
          "expected": "largest R_emp expected under the training split's gold level frequencies",
@@ -70,8 +70,8 @@ def sample_pool(model, tokenizer, gen_contexts: list[str], score_contexts: list[
     back by a later call with the same contexts, n, seed, decoding, generator weights and identifiers, so
     that a killed study does not sample again."""
     from emprl import checkpoint as ckpt
-    from emprl.policy import sample_responses
-    from emprl.scoring import data_fingerprint, state_fingerprint
+    from emprl.models.policy import sample_responses
+    from emprl.models.scoring import data_fingerprint, state_fingerprint
 
     N = len(gen_contexts)
     if cache is not None:
@@ -112,7 +112,7 @@ def curve(pool: list[str], logits: torch.Tensor, gold, prior: torch.Tensor, ns=(
     ``pool``: n_pool x N responses in n_pool blocks of N; ``logits`` [n_pool, N, 3, 3] their identifier logits.
     Returns (table, {"rows": [...], "chosen": {f"{rule}@{n}": indices}}) for best_of_n.json.
     """
-    from emprl.study import mean_length
+    from emprl.rl.study import mean_length
 
     n_pool, N = logits.shape[:2]
     if len(pool) != n_pool * N:

@@ -25,9 +25,9 @@ from typing import Sequence
 import torch
 
 from emprl import checkpoint as ckpt
-from emprl import identifiers as ident
+from emprl.models import identifiers as ident
 from emprl.data import MECHANISMS, format_context, length_sorted_batches
-from emprl.identifiers import EmpathyIdentifier, pad, tokenize
+from emprl.models.identifiers import EmpathyIdentifier, pad, tokenize
 
 
 def mechanisms() -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """OUT/report.md: every table (OUT/tables/*.md) and figure (OUT/figures/*.png) of the notebooks, in order,
 under a header that states profile, models, data and how many examples each number rests on.
 
-    python -m emprl.report --profile smoke [--out DIR]
+    python -m emprl.eval.report --profile smoke [--out DIR]
 
 Conventions the notebooks follow (so that the report can group and annotate):
 
@@ -100,7 +100,7 @@ def _group(name: str) -> str:
 
 def _describe_profile(profile: str) -> tuple[str, str]:
     """Models and data as the profile defines them (used when no notebook recorded provenance)."""
-    from emprl.evaluation import data_label
+    from emprl.eval.evaluation import data_label
     from emprl.profiles import get_profile
 
     p = get_profile(profile)
@@ -156,7 +156,7 @@ def write_report(out, profile: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emprl.report", description="Write OUT/report.md.")
+    parser = argparse.ArgumentParser(prog="python -m emprl.eval.report", description="Write OUT/report.md.")
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--out", default=None, help="output folder (default $EMPRL_OUTPUT_DIR or outputs/<profile>)")
     args = parser.parse_args(argv)

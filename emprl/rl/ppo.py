@@ -3,8 +3,8 @@
 trl 1.x has no PPO for encoder-decoders, so the algorithm lives here (CleanRL style): ``rollout``
 (sample responses, old log-probs, values, reference log-probs, per-token KL), ``gae`` (Eq. 9-10),
 ``ppo_loss`` (Eq. 13-15) and ``ppo_update`` (epochs of mini-batches). The model-specific parts are
-in ``emprl.policy``; the training loop (data, rewards, resume, logging, distributed) in
-``emprl.ppo_train``.
+in ``emprl.models.policy``; the training loop (data, rewards, resume, logging, distributed) in
+``emprl.rl.ppo_train``.
 
 Differences from trl 0.9.6's PPOTrainer (the authors' stack), on purpose: the value loss is Eq. 15's
 mean squared error without trl's factor 0.5 and without value clipping unless ``cfg.value_clip`` is set
@@ -25,8 +25,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from emprl import policy as P
-from emprl.reward import (full_kl, kl_penalty, masked_mean, masked_var, masked_whiten, sampling_log_probs,
+from emprl.models import policy as P
+from emprl.rl.reward import (full_kl, kl_penalty, masked_mean, masked_var, masked_whiten, sampling_log_probs,
                           warped_kl, whiten_rewards)
 
 

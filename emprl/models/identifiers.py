@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emprl import checkpoint as ckpt
-from emprl import encoders
+from emprl.models import encoders
 from emprl.data import length_sorted_batches
 from emprl.paper_tables import TABLE_I
 from emprl.profiles import IdentifierConfig

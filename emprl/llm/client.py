@@ -21,8 +21,8 @@ replies received so far stay in the cache. Replies cut by ``max_tokens`` are kep
 
 Command line (the test split of a profile, as notebook 05 evaluates it)::
 
-    python -m emprl.llm_baseline --profile offline --dry-run   # request count and the first prompt
-    python -m emprl.llm_baseline --profile offline             # OUT/generations/llm_<model>_test.csv
+    python -m emprl.llm.client --profile offline --dry-run   # request count and the first prompt
+    python -m emprl.llm.client --profile offline             # OUT/generations/llm_<model>_test.csv
 """
 
 from __future__ import annotations
@@ -533,7 +533,7 @@ def save_generations(out, examples, run: Completions, endpoint: LLMEndpoint, sam
 
     from emprl import data
     from emprl.checkpoint import atomic_write_bytes
-    from emprl.evaluation import write_generations
+    from emprl.eval.evaluation import write_generations
 
     name = f"llm_{_slug(endpoint.model)}_{split}"
     buffer = io.StringIO()
@@ -558,7 +558,7 @@ def save_generations(out, examples, run: Completions, endpoint: LLMEndpoint, sam
 def evaluate(run: Completions, score_contexts: Sequence[str], gold, scorer, eval_cfg, seed: int = 0) -> dict:
     """The LLM's Table II row through the metrics call of our systems, ``evaluation.score_responses`` (no
     PPL: the paper has none for ChatGPT). Returns {"row", "responses", "levels"} like evaluate_system."""
-    from emprl.evaluation import score_responses
+    from emprl.eval.evaluation import score_responses
 
     result = score_responses(run.responses, score_contexts, gold, scorer, eval_cfg, seed)
     result["row"]["truncated"] = run.truncated
@@ -567,7 +567,7 @@ def evaluate(run: Completions, score_contexts: Sequence[str], gold, scorer, eval
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m emprl.llm_baseline",
+        prog="python -m emprl.llm.client",
         description="The paper's 2-shot LLM baseline over a profile's test split, with any OpenAI-compatible "
                     "chat-completions endpoint. Endpoint: EMPRL_LLM_URL, EMPRL_LLM_MODEL (or --url/--model); "
                     "the key only from EMPRL_LLM_API_KEY. Replies are cached in OUT/cache/" + CACHE_NAME +

@@ -130,7 +130,7 @@ def criteria(first: Window, last: Window, emp_f1_test, dist2_test, cand_ppl: flo
 
 def mean_length(responses, tokenizer: str = "nltk") -> float:
     """Mean response length in Dist-n tokens (``metrics.TOKENIZERS[tokenizer]``)."""
-    from emprl.metrics import TOKENIZERS
+    from emprl.eval.metrics import TOKENIZERS
 
     tok = TOKENIZERS[tokenizer]
     return float(np.mean([len(tok(r)) for r in responses])) if len(responses) else 0.0
@@ -197,7 +197,7 @@ def signatures(systems: dict[str, dict], gold, tokenizer: str, n_boot: int, seed
 
     ``systems``: {Table V name: ``evaluation.evaluate_system`` result ("responses", "levels", "nll", "tokens")}.
     """
-    from emprl import metrics
+    from emprl.eval import metrics
 
     out = []
     for name, a, b, metric, paper in SIGNATURES:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from emprl import checkpoint as ckpt
-from emprl import metrics
+from emprl.eval import metrics
 from emprl.paper_tables import TABLE_II, as_frame
 
 METRIC_COLUMNS = {"ppl": "PPL", "dist1": "Dist-1", "dist2": "Dist-2", "emp_f1": "Emp-F1 (%)"}
@@ -43,7 +43,7 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
     the generations, levels and PPL there (``_evaluation_cache``), so that rendering a notebook again, or
     comparing a system in two notebooks, does not sample and score it twice.
     """
-    from emprl import generator, policy
+    from emprl.models import generator, policy
     from emprl.data import context_texts
 
     gen_contexts, score_contexts = context_texts(examples, max_context_tokens)
@@ -89,7 +89,7 @@ def _evaluation_cache(cache_dir, model, scorer, gen_contexts, examples, m, seed,
     """The cache file of one evaluation and its key (generator weights, identifier weights, data, m, seed,
     decoding, batch size). Generation, PPL and scoring are what it saves; the metrics and CIs are computed
     again from them."""
-    from emprl.scoring import data_fingerprint, state_fingerprint
+    from emprl.models.scoring import data_fingerprint, state_fingerprint
 
     key = {"generator": state_fingerprint({"g": model}), "identifiers": scorer.fingerprint,
            "data": data_fingerprint(gen_contexts, [ex.response for ex in examples]), "m": m, "seed": seed,

@@ -1,7 +1,7 @@
 """A self-contained bundle that runs the pipeline on an air-gapped GPU machine.
 
-    python -m emprl.bundle OUTDIR [--python 3.12] [--platform manylinux2014_x86_64] [--data-dir DIR]
-    python -m emprl.bundle --pack RUN_OUT DEST      (used by run.sh: archive a run's outputs)
+    python -m emprl.ops.bundle OUTDIR [--python 3.12] [--platform manylinux2014_x86_64] [--data-dir DIR]
+    python -m emprl.ops.bundle --pack RUN_OUT DEST      (used by run.sh: archive a run's outputs)
 
 OUTDIR (under 60 MB) holds:
 
@@ -33,7 +33,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from emprl import data, encoders
+from emprl import data
+from emprl.models import encoders
 from emprl.run import REPO_ROOT
 
 MAX_BUNDLE_BYTES = 60 * 10**6
@@ -135,7 +136,7 @@ def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def git_commit() -> str | None:
-    from emprl.pipeline import commit
+    from emprl.ops.pipeline import commit
 
     return commit()
 
@@ -221,7 +222,7 @@ def pack_outputs(run_out: str | Path, dest: str | Path, name: str = "emprl-outpu
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emprl.bundle", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m emprl.ops.bundle", description=__doc__.split("\n\n")[0])
     parser.add_argument("outdir", help="the bundle folder to write (or, with --pack, the archives' folder)")
     parser.add_argument("--python", default=TARGET_PYTHON, help=f"target Python (default {TARGET_PYTHON})")
     parser.add_argument("--platform", default=TARGET_PLATFORM, help=f"target platform (default {TARGET_PLATFORM})")
@@ -240,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         lacks = tuple(p.strip() for p in args.lacks.split(",") if p.strip())
         manifest = build(args.outdir, args.python, args.platform, lacks, args.data_dir, args.wheelhouse)
     except (FileNotFoundError, FileExistsError, RuntimeError, ValueError) as err:
-        print(f"[emprl.bundle] error: {err}", file=sys.stderr)
+        print(f"[emprl.ops.bundle] error: {err}", file=sys.stderr)
         return 1
-    print(f"[emprl.bundle] {args.outdir}: {manifest['size_bytes'] / 1e6:.1f} MB, {len(manifest['files'])} files, "
+    print(f"[emprl.ops.bundle] {args.outdir}: {manifest['size_bytes'] / 1e6:.1f} MB, {len(manifest['files'])} files, "
           f"Python {manifest['python']} on {manifest['platform']}; run it with ./run.sh RESULTS --profile gpu")
     return 0
 

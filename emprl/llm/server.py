@@ -1,11 +1,11 @@
 """A local LLM for the baseline: llama-cpp-python's OpenAI-compatible server on loopback, serving the
 GGUF that ``python -m emprl.download --llm smollm2`` fetched and verified.
 
-    python -m emprl.llm_server        # waits until the model answers, prints EMPRL_LLM_URL and
+    python -m emprl.llm.server        # waits until the model answers, prints EMPRL_LLM_URL and
                                       # EMPRL_LLM_MODEL, serves until Ctrl-C or SIGTERM, then stops it
 
 llama-cpp-python is the optional extra ``pip install -e ".[llm]"`` (it compiles llama.cpp: 20 min on
-two busy cores). This module only starts and stops the server; ``emprl.llm_baseline`` stays the one
+two busy cores). This module only starts and stops the server; ``emprl.llm.client`` stays the one
 way to ask an LLM.
 
 The port is fixed by default (``DEFAULT_PORT``) because the client's cache key holds the URL: the same
@@ -82,7 +82,7 @@ class LocalServer:
         return f"http://{HOST}:{self.port}/v1"
 
     def env(self) -> dict[str, str]:
-        """The variables the client (``emprl.llm_baseline``) and the notebooks read."""
+        """The variables the client (``emprl.llm.client``) and the notebooks read."""
         return {"EMPRL_LLM_URL": self.url, "EMPRL_LLM_MODEL": self.model}
 
     def command(self) -> list[str]:
@@ -173,7 +173,7 @@ def for_llm(name: str = "smollm2", **kwargs) -> LocalServer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m emprl.llm_server",
+        prog="python -m emprl.llm.server",
         description="Serve a local LLM (llama-cpp-python, OpenAI-compatible) on 127.0.0.1 for the LLM "
                     "baseline: waits until it answers, prints EMPRL_LLM_URL and EMPRL_LLM_MODEL, serves "
                     "until Ctrl-C or SIGTERM.")

@@ -1,4 +1,4 @@
-"""The PPO training loop around ``emprl.ppo``: data, rewards, resume, logging, NaN guard, distributed.
+"""The PPO training loop around ``emprl.rl.ppo``: data, rewards, resume, logging, NaN guard, distributed.
 
 One **step** = one PPO batch: roll out ``cfg.batch_size`` contexts (per process), score them, compute
 the reward vector (Eq. 7-8) and GAE, then ``cfg.ppo_epochs`` passes over the batch in mini-batches of
@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 
 from emprl import checkpoint as ckpt
-from emprl import policy as P
+from emprl.models import policy as P
 from emprl.data import context_texts
-from emprl.ppo import NonFiniteError, check_finite, ppo_update, rollout, sampler_settings
-from emprl.reward import (
+from emprl.rl.ppo import NonFiniteError, check_finite, ppo_update, rollout, sampler_settings
+from emprl.rl.reward import (
     AdaptiveKLController,
     FixedKLController,
     RunningMoments,
@@ -341,7 +341,7 @@ def _load_train_state(run: _Run):
 
 def _save_policy(model: P.ActorCritic, tokenizer, ck_dir: Path) -> None:
     """The trained policy in the generator's format (``load_generator`` reads it) and the value head."""
-    from emprl.generator import save_generator
+    from emprl.models.generator import save_generator
 
     save_generator(model.policy, tokenizer, ck_dir / "policy")
     ckpt.save_tensors(ck_dir / "value_head.safetensors", model.value_head.state_dict())

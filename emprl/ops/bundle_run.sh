@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Run the emprl pipeline from this bundle, with no network (written by `python -m emprl.bundle`).
+# Run the emprl pipeline from this bundle, with no network (written by `python -m emprl.ops.bundle`).
 #
 #   ./run.sh RESULTS [--profile gpu] [--device cuda] [--set section.param=value ...]
 #
 # Checks every file against manifest.json, installs wheels/ into a temporary folder with
-# `pip --no-index --no-deps`, unpacks the data, runs the notebooks (emprl.pipeline), and writes the
+# `pip --no-index --no-deps`, unpacks the data, runs the notebooks (emprl.ops.pipeline), and writes the
 # rendered notebooks, report, tables, figures and metrics (no checkpoints) to RESULTS as
 # archives of at most 16 MB each. PYTHON names the interpreter (default python3).
 set -euo pipefail
@@ -74,7 +74,7 @@ needed = ["torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas
 missing = [m for m in needed if importlib.util.find_spec(m) is None]
 for m in missing:
     print(f"run.sh: missing Python package {m!r}: install it on the target, or rebuild the bundle with it "
-          "(python -m emprl.bundle --lacks ...)", file=sys.stderr)
+          "(python -m emprl.ops.bundle --lacks ...)", file=sys.stderr)
 sys.exit(1 if missing else 0)
 PYEOF
 
@@ -102,10 +102,10 @@ export EMPRL_COMMIT
 ARGS=(--profile "$PROFILE" --out "$WORK/out" --notebook-dir "$HERE/notebooks")
 [ -n "$DEVICE" ] && ARGS+=(--device "$DEVICE")
 START=$(date +%s)
-"$PY" -m emprl.pipeline "${ARGS[@]}" ${REST[@]+"${REST[@]}"} || die "the pipeline failed (see above)"
+"$PY" -m emprl.ops.pipeline "${ARGS[@]}" ${REST[@]+"${REST[@]}"} || die "the pipeline failed (see above)"
 echo "run.sh: pipeline finished in $(( $(date +%s) - START )) s"
 
 # 6) the results, without checkpoints
 mkdir -p "$RESULTS"
-"$PY" -m emprl.bundle --pack "$WORK/out" --name "emprl-$PROFILE" "$RESULTS" || die "could not archive the results"
+"$PY" -m emprl.ops.bundle --pack "$WORK/out" --name "emprl-$PROFILE" "$RESULTS" || die "could not archive the results"
 echo "run.sh: results in $RESULTS"

@@ -2,9 +2,9 @@
 
 - ``build_generator``: the model by profile: ``"scratch"`` (a T5 from a ``T5Config`` with a tokenizer
   trained on the training split; offline/smoke), ``"t5-base"`` (hub; the paper) or a local path;
-  ``cfg.tuning`` picks prefix-tuning (:class:`emprl.prefix.PrefixT5`, the paper) or full fine-tuning.
+  ``cfg.tuning`` picks prefix-tuning (:class:`emprl.models.prefix.PrefixT5`, the paper) or full fine-tuning.
 - ``train_generator``: supervised training (AdamW, early stopping on validation loss, resumable).
-- ``save_generator`` / ``load_generator``: safetensors checkpoints (sampling: ``emprl.policy``).
+- ``save_generator`` / ``load_generator``: safetensors checkpoints (sampling: ``emprl.models.policy``).
 - ``perplexity``: exp(mean token cross-entropy of the gold responses) over a split.
 
 A T5 trained from scratch learns little when only a prefix is trained, so for ``model="scratch"``
@@ -30,8 +30,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5For
 
 from emprl import checkpoint as ckpt
 from emprl.data import length_sorted_batches
-from emprl.policy import collate, device_of, encode
-from emprl.prefix import Prefix, PrefixT5
+from emprl.models.policy import collate, device_of, encode
+from emprl.models.prefix import Prefix, PrefixT5
 from emprl.profiles import GeneratorConfig
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 as in T5

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emprl.best_of_n import best_by_reward, pool_rewards, sample_pool
+from emprl.rl.best_of_n import best_by_reward, pool_rewards, sample_pool
 
 KEEP = ("best", "random")
 
@@ -42,7 +42,7 @@ def fine_tune_round(model, tokenizer, gen_contexts: list[str], score_contexts: l
     Returns {"history", "kept_reward" (mean R_emp of the kept samples), "pool_reward" (mean over the pool),
     "kept": kept responses}. The pool's sampling is seeded by ``seed``.
     """
-    from emprl.generator import train_generator
+    from emprl.models.generator import train_generator
 
     pool, logits = sample_pool(model, tokenizer, gen_contexts, score_contexts, scorer, gen_cfg, k, seed=seed,
                                batch_size=batch_size, progress=progress,

@@ -1,6 +1,6 @@
 """Run the numbered notebooks in order with papermill.
 
-    python -m emprl.pipeline --profile smoke|offline|gpu|paper [--preset paper|authors|repaired]
+    python -m emprl.ops.pipeline --profile smoke|offline|gpu|paper [--preset paper|authors|repaired]
                              [--only 01,03] [--out DIR] [--jobs N] [--data-dir DIR] [--seed N]
                              [--device cpu|cuda|auto] [--set section.param=value ...]
 
@@ -189,7 +189,7 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
     timings: dict[str, float] = {}
     for nb in notebooks:
         target = out_dir / nb.name
-        print(f"[emprl.pipeline] {profile}: running {nb.name} -> {target}", flush=True)
+        print(f"[emprl.ops.pipeline] {profile}: running {nb.name} -> {target}", flush=True)
         start = time.perf_counter()
         data = None if data_dir in (None, "") else str(Path(data_dir).expanduser().resolve())
         progress = os.environ.get("EMPRL_PROGRESS") or "summary"
@@ -210,18 +210,18 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
             _relative_names(target, nb)
         record(target, run_config, code_commit)
         timings[nb.name] = round(time.perf_counter() - start, 1)
-        print(f"[emprl.pipeline] {nb.name} done in {timings[nb.name]:.1f} s", flush=True)
+        print(f"[emprl.ops.pipeline] {nb.name} done in {timings[nb.name]:.1f} s", flush=True)
     _write_timings(out_dir, timings, partial=only is not None)
     if only is None:
         try:
-            from emprl.report import write_report
+            from emprl.eval.report import write_report
         except ImportError:
             write_report = None
         if write_report is not None:
             report = write_report(out_dir, profile)
-            print(f"[emprl.pipeline] report: {report}")
+            print(f"[emprl.ops.pipeline] report: {report}")
     total = sum(timings.values())
-    print(f"[emprl.pipeline] {len(timings)} notebook(s) in {total:.1f} s; outputs in {out_dir}")
+    print(f"[emprl.ops.pipeline] {len(timings)} notebook(s) in {total:.1f} s; outputs in {out_dir}")
     return out_dir
 
 
@@ -264,14 +264,14 @@ def run_parallel(profile: str, jobs: int, only: str | None = None, out: str | No
         while ready and len(running) < jobs:
             n = ready.pop(0)
             pending.remove(n)
-            cmd = [sys.executable, "-m", "emprl.pipeline", "--profile", profile, "--preset", preset,
+            cmd = [sys.executable, "-m", "emprl.ops.pipeline", "--profile", profile, "--preset", preset,
                    "--only", n, "--out", str(out_dir), "--seed", str(seed),
                    "--notebook-dir", str(notebook_dir)]
             cmd += ["--data-dir", data_dir] if data_dir else []
             cmd += ["--device", device] if device else []
             for section, params in overrides.items():
                 cmd += [a for k, v in params.items() for a in ("--set", f"{section}.{k}={v}")]
-            print(f"[emprl.pipeline] {profile}: starting {n} ({len(running) + 1} running)", flush=True)
+            print(f"[emprl.ops.pipeline] {profile}: starting {n} ({len(running) + 1} running)", flush=True)
             running[n] = subprocess.Popen(cmd, env=env)
         if not running:
             break
@@ -284,16 +284,16 @@ def run_parallel(profile: str, jobs: int, only: str | None = None, out: str | No
         raise RuntimeError(f"notebook(s) {', '.join(failed)} failed (see the lines above); not run: "
                            f"{', '.join(pending) or 'none'}")
     if only is None:
-        from emprl.report import write_report
+        from emprl.eval.report import write_report
 
-        print(f"[emprl.pipeline] report: {write_report(out_dir, profile)}")
-    print(f"[emprl.pipeline] {len(numbers)} notebook(s) in {time.perf_counter() - start:.1f} s wall, {jobs} at a "
+        print(f"[emprl.ops.pipeline] report: {write_report(out_dir, profile)}")
+    print(f"[emprl.ops.pipeline] {len(numbers)} notebook(s) in {time.perf_counter() - start:.1f} s wall, {jobs} at a "
           f"time; outputs in {out_dir}")
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emprl.pipeline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m emprl.ops.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="smoke", help=f"one of {sorted(PROFILES)} (default smoke)")
     parser.add_argument("--preset", default="paper",
                         help=f"method settings on the profile, one of {sorted(PRESETS)} (default paper)")
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             run(args.profile, args.only, args.out, data, args.seed, notebook_dir=Path(args.notebook_dir),
                 device=args.device, overrides=args.overrides, preset=args.preset)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"[emprl.pipeline] error: {err}", file=sys.stderr)
+        print(f"[emprl.ops.pipeline] error: {err}", file=sys.stderr)
         return 1
     return 0
 

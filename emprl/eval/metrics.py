@@ -1,6 +1,6 @@
 """Automatic metrics of the paper (Dist-1/2, Emp-F1; Sec. IV-D) with bootstrap confidence intervals.
 
-PPL is ``emprl.generator.perplexity``. Everything here is plain numpy on already generated text
+PPL is ``emprl.models.generator.perplexity``. Everything here is plain numpy on already generated text
 and already predicted empathy levels, so it is cheap next to generation and scoring.
 
 * ``distinct_n``: distinct n-grams over all generated responses / all n-grams x 100 (the authors'
