@@ -258,3 +258,96 @@ def test_more_samples_per_context_shrink_the_paired_standard_error():
     mixed = M.paired_test("kappa", {"responses": None, "levels": noisy(4, 0.2)},
                           {"responses": None, "levels": noisy(1, 0.8)}, gold=gold, n_boot=200)
     assert mixed.delta > 0 and mixed.p_value < 0.05  # systems with different m are compared on the same contexts
+
+
+# --------------------------------------------------------------------------- the blind best floor, agreement
+
+
+def test_best_blind_distribution_matches_a_brute_force_grid():
+    for p in ([0.6, 0.3, 0.1], [0.85, 0.0, 0.15], [0.34, 0.33, 0.33], [0.5937, 0.3252, 0.0811], [1.0, 0.0, 0.0]):
+        p = np.asarray(p)
+        q = M.best_blind_distribution(p)
+        assert q.min() >= 0 and q.sum() == pytest.approx(1.0)
+        # independent: a plain loop over a 1/500 grid of the simplex, the formula written out per class
+        best = 0.0
+        for a in range(501):
+            for b in range(501 - a):
+                cand = (a / 500, b / 500, (500 - a - b) / 500)
+                best = max(best, sum(2 * pj * pj * qj / (pj + qj) for pj, qj in zip(p, cand) if pj + qj > 0))
+        assert M.expected_blind_f1(p, q) == pytest.approx(best, abs=2e-5)
+        assert M.expected_blind_f1(p, q) >= M.expected_blind_f1(p, p) - 1e-12  # at least the marginal draws
+
+
+def test_expected_blind_f1_against_a_monte_carlo_with_sklearn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    p, q = np.array([0.6, 0.3, 0.1]), np.array([0.7, 0.25, 0.05])
+    gold = rng.choice(3, size=200_000, p=p)
+    pred = rng.choice(3, size=200_000, p=q)
+    assert f1_score(gold, pred, average="weighted") == pytest.approx(M.expected_blind_f1(p, q), abs=3e-3)
+
+
+def test_blind_floor_needs_the_training_frequencies_and_draws_from_its_optimum():
+    rng = np.random.default_rng(1)
+    gold = rng.choice(3, size=(30_000, 3), p=[0.6, 0.3, 0.1])
+    with pytest.raises(ValueError, match="prior"):
+        M.floor_levels(gold, "blind best")
+    prior = M.level_frequencies(gold)
+    drawn = M.floor_levels(gold, "blind best", seed=2, prior=prior)
+    assert np.array_equal(drawn, M.floor_levels(gold, "blind best", seed=2, prior=prior))
+    q = M.best_blind_distribution(prior[0])
+    assert np.allclose(np.bincount(drawn[:, 0], minlength=3) / len(drawn), q, atol=0.01)
+    expected = 100 * np.mean([M.expected_blind_f1(prior[m], M.best_blind_distribution(prior[m])) for m in range(3)])
+    assert M.emp_f1(gold, drawn) == pytest.approx(expected, abs=0.8)
+    assert M.emp_f1(gold, drawn) > M.emp_f1(gold, M.floor_levels(gold, "marginal draws", seed=2))
+    cube = np.einsum("i,j,k->ijk", *prior).ravel()  # independent mechanisms: the triple prior's marginals
+    assert np.allclose(M.triple_marginals(cube), prior)
+
+
+def test_blind_floor_on_the_committed_offline_data():
+    import json
+
+    from emprl import run
+
+    metrics_dir = run.REPO_ROOT / "outputs" / "offline" / "metrics"
+    if not (metrics_dir / "best_of_n.json").is_file() or not (metrics_dir / "05_evaluation.json").is_file():
+        pytest.skip("no committed offline outputs")
+    prior = M.triple_marginals(json.loads((metrics_dir / "best_of_n.json").read_text())["prior_of_level_triples"])
+    gold = np.asarray(json.loads((metrics_dir / "05_evaluation.json").read_text())["gold_levels"])
+    score = M.emp_f1(gold, M.floor_levels(gold, "blind best", seed=0, prior=prior))
+    assert 57.5 <= score <= 59.5
+
+
+def test_agreement_macro_f1_and_tv_by_hand_and_against_sklearn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(4)
+    gold = rng.choice(3, size=(500, 3), p=[0.6, 0.3, 0.1])
+    pred = rng.choice(3, size=(500, 3), p=[0.5, 0.2, 0.3])
+    w = rng.integers(0, 3, size=500).astype(float)
+    for m in range(3):
+        assert M.macro_f1(gold, pred, w)[m] == pytest.approx(
+            100 * f1_score(gold[:, m], pred[:, m], average="macro", labels=[0, 1, 2], sample_weight=w, zero_division=0))
+        tv = 50 * np.abs(np.bincount(pred[:, m], w, 3) - np.bincount(gold[:, m], w, 3)).sum() / w.sum()
+        assert M.tv_distance(gold, pred, w)[m] == pytest.approx(tv)
+    assert M.agreement(M.confusions(gold, pred, w))["kappa"] == pytest.approx(M.cohen_kappa(gold, pred, w))
+    assert M.tv_distance(gold, gold) == [0.0, 0.0, 0.0] and M.macro_f1(gold, gold) == [100.0, 100.0, 100.0]
+
+
+def test_rows_carry_macro_f1_tv_and_per_mechanism_cis():
+    rng = np.random.default_rng(5)
+    gold = rng.integers(0, 3, size=(60, 3))
+    levels = rng.integers(0, 3, size=(120, 3))  # m = 2
+    row = M.evaluate_responses(None, levels, gold, n_boot=40)
+    pooled = np.vstack([gold, gold])
+    assert row["macro_f1"] == pytest.approx(np.mean(M.macro_f1(pooled, levels)))
+    assert row["tv"] == pytest.approx(np.mean(M.tv_distance(pooled, levels)))
+    for k, key in enumerate(M.MECHANISM_KEYS):
+        assert row[f"kappa_{key}_low"] <= row[f"kappa_{key}"] <= row[f"kappa_{key}_high"]
+        assert row[f"macro_f1_{key}"] == pytest.approx(M.macro_f1(pooled, levels)[k])
+        assert row[f"macro_f1_{key}_low"] <= row[f"macro_f1_{key}_high"]
+    assert row["macro_f1_low"] <= row["macro_f1"] <= row["macro_f1_high"]
+    paired = M.paired_test("macro_f1", {"responses": None, "levels": np.vstack([gold, gold])},
+                           {"responses": None, "levels": levels}, gold=gold, n_boot=40)
+    assert paired.delta == pytest.approx(100 - row["macro_f1"])

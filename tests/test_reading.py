@@ -145,7 +145,7 @@ def test_rl_study_reads_the_floor_the_ceiling_the_arms_and_the_test_split():
                             "SE": 0.15, "p (paired bootstrap)": 0.06} for c in comps]).set_index("Comparison")
     S = SimpleNamespace(rs_rounds=1, rs_samples=8, rs_contexts=4000, long_steps=1600)
     text = reading.rl_study(part1, floors, bon, rs, val, arms, "paper, lr 1e-3", "largest effect", test, paired,
-                            ("A", "A twin"), [{"verdict": "refuted"}, {"verdict": "consistent"}], S, smoke=False)
+                            ("A", "A twin"), [{"verdict": "undecided"}, {"verdict": "same sign, smaller"}], S, smoke=False)
     assert "the model without RL 55.00 (-0.50 points above it)" in text
     assert "(the oracle) changes Emp-F1 by +6.00 (95% CI [5.00, 7.00], p = 0.002)" in text
     assert "**lowers** Emp-F1" in text and "learning the context-to-level mapping" in text  # oracle up, expected down
@@ -153,7 +153,7 @@ def test_rl_study_reads_the_floor_the_ceiling_the_arms_and_the_test_split():
     assert "p = 0.030); against w/o RL -1.60, its twin -0.80 (an effect" in text  # twin 54.2 - w/o RL 55.0
     assert "critic explains 0.35" in text and "**paper, lr 1e-3** (largest effect)" in text
     assert "A minus its twin -0.30 (95% CI [-0.60, 0.00], SE 0.15, p = 0.060)" in text
-    assert "1 refuted, 1 consistent of 2" in text
+    assert "1 same sign, smaller; 1 undecided (of 2)" in text
     bon.loc[(16, "expected"), ["Emp-F1 diff", "Emp-F1 p"]] = [1.0, 0.01]
     assert "even without the gold levels" in reading.rl_study(part1, floors, bon, rs, val, arms, "x", "y", test, paired,
                                                                ("A", "A twin"), [], S, smoke=False)
@@ -195,9 +195,15 @@ def test_evaluation_and_ablations_read_the_floor_signatures_and_the_no_kl_ppl():
     assert "scores Emp-F1 56.45" in text and "Emp-F1 above it: EmpRL +0.75, w/o RL +0.65 points" in text
     assert "EmpRL 0.040 [0.030, 0.050]" in text and "standard error of the Emp-F1 difference: 0.18" in text
     assert "100 test contexts with 4 sampled response(s)" in text
+    floors["floor: blind best (training frequencies)"] = {"emp_f1": 58.5, "emp_f1_low": 57.8, "emp_f1_high": 59.2}
+    for r in rows.values():
+        r.update(macro_f1=34.0, tv=8.5)
+    text = reading.evaluation(rows, paired, TABLE_II, smoke=False, floors=floors)
+    assert "scores Emp-F1 58.50 [57.80, 59.20]. Emp-F1 above it: EmpRL -1.30, w/o RL -1.40 points" in text
+    assert "EmpRL 34.00 and 8.50, w/o RL 34.00 and 8.50" in text
     sig = [{"signature": "EmpRL - w/o RL: Emp-F1", "paper": 0.5, "ours": 0.1, "ci_low": -0.3, "ci_high": 0.5,
-            "verdict": "consistent"}]
+            "verdict": "undecided"}]
     no_kl = pd.DataFrame({"step": [0, 200, 400], "valid PPL": [46.0, 48.0, 50.0]})
     text = reading.ablations({"EmpRL": {}, "w/o RL": {}}, paired, TABLE_V, smoke=False, signatures=sig, no_kl_ppl=no_kl)
-    assert "consistent 1 of 1" in text and "ours +0.10 [-0.30, 0.50], **consistent**" in text
+    assert "1 undecided (of 1)" in text and "ours +0.10 [-0.30, 0.50], **undecided**" in text
     assert "46.00 at step 0, 50.00 at step 400 (least-squares slope +10.00 per 1,000 steps)" in text

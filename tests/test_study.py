@@ -89,14 +89,41 @@ def test_paper_signatures_are_table_v_differences():
     assert by_name["w/o KL Penalty / EmpRL: PPL change (%)"] == pytest.approx(100 * (28.71 / 12.87 - 1))
 
 
-def test_verdicts():
-    assert study.verdict(0.5, 0.6, 0.2, 1.0)[0] == "reproduced"
-    v, why = study.verdict(0.5, 3.0, 2.0, 4.0)
-    assert v == "reproduced" and "outside" in why  # right sign, larger than the paper's
-    assert study.verdict(0.5, 0.1, -0.4, 0.7)[0] == "consistent"
-    assert study.verdict(0.5, 0.0, -0.2, 0.2)[0] == "refuted"  # holds 0, excludes the paper's 0.5
-    assert study.verdict(0.5, -1.0, -1.5, -0.5)[0] == "refuted"  # the opposite sign
-    assert study.verdict(-20.6, -18.0, -22.0, -15.0)[0] == "reproduced"
+def test_verdicts_four_way_with_boundaries():
+    v = lambda paper, low, high: study.verdict(paper, (low + high) / 2, low, high)[0]  # noqa: E731
+    assert v(0.5, 0.2, 1.0) == "reproduced"
+    assert v(0.5, 2.0, 4.0) == "same sign, larger"
+    assert v(0.5, 0.1, 0.3) == "same sign, smaller"
+    assert v(0.5, -0.4, 0.7) == "undecided"  # holds 0 and the paper's
+    assert v(0.5, -0.2, 0.2) == "undecided"  # holds 0, not the paper's
+    assert v(0.5, -1.5, -0.5) == "opposite sign"
+    assert v(-20.6, -22.0, -15.0) == "reproduced"
+    assert v(-20.6, -18.0, -15.0) == "same sign, smaller"
+    assert v(-20.6, -30.0, -25.0) == "same sign, larger"
+    assert v(-20.6, 4.2, 4.5) == "opposite sign"
+    # boundaries: the CI is closed
+    assert v(0.5, 0.0, 1.0) == "undecided"  # an end at 0 contains 0
+    assert v(0.5, -1.0, 0.0) == "undecided"
+    assert v(0.5, 0.5, 1.0) == "reproduced"  # an end at the paper's value contains it
+    assert v(0.5, 0.1, 0.5) == "reproduced"
+    assert v(-0.5, -0.5, -0.1) == "reproduced"
+    assert v(0.5, 1e-9, 0.4999) == "same sign, smaller"
+    assert v(0.5, 0.5001, 1.0) == "same sign, larger"
+    assert v(0.0, 0.1, 0.2) == "opposite sign"  # a paper value of 0 has no sign
+    assert set(study.VERDICTS) == {"reproduced", "same sign, smaller", "same sign, larger", "undecided",
+                                   "opposite sign"}
+
+
+def test_committed_offline_signatures_carry_the_four_way_verdicts():
+    import json
+
+    from emprl import run
+
+    path = run.REPO_ROOT / "outputs" / "offline" / "metrics" / "paper_signatures.json"
+    if not path.is_file():
+        pytest.skip("no committed offline signatures")
+    for s in json.loads(path.read_text())["signatures"]:
+        assert s["verdict"] == study.verdict(s["paper"], s["ours"], s["ci_low"], s["ci_high"])[0], s["signature"]
 
 
 def test_paired_ppl_by_hand_and_signatures_run():
@@ -115,7 +142,12 @@ def test_paired_ppl_by_hand_and_signatures_run():
     rows = study.signatures(systems, gold, "word", n_boot=30, seed=0)
     assert [r["signature"] for r in rows] == [s[0] for s in study.SIGNATURES]
     assert all(r["ci_low"] <= r["ours"] <= r["ci_high"] or r["verdict"] for r in rows)
-    assert {r["verdict"] for r in rows} <= {"reproduced", "consistent", "refuted", "undecided"}
+    assert {r["verdict"] for r in rows} <= set(study.VERDICTS)
+    partial = study.signatures({k: v for k, v in systems.items() if k in ("EmpRL", "w/o RL")}, gold, "word", n_boot=30,
+                               seed=0, partial=True)
+    assert [r["signature"] for r in partial] == [s[0] for s in study.SIGNATURES if s[1:3] == ("EmpRL", "w/o RL")]
+    with pytest.raises(KeyError):
+        study.signatures({"EmpRL": systems["EmpRL"]}, gold, "word", n_boot=30, seed=0)
 
 
 def test_mean_length_counts_tokens():

@@ -10,10 +10,16 @@ levels come from the cache that ``scoring.gold_labels`` keeps (computed once per
 
 from __future__ import annotations
 
+import datetime
 import gzip
+import hashlib
 import json
 import math
+import os
+import re
+import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +27,16 @@ import pandas as pd
 
 from emprl import checkpoint as ckpt
 from emprl.eval import metrics
-from emprl.paper_tables import TABLE_II, as_frame
+from emprl.paper_tables import TABLE_II, TABLE_V, as_frame
 
 METRIC_COLUMNS = {"ppl": "PPL", "dist1": "Dist-1", "dist2": "Dist-2", "emp_f1": "Emp-F1 (%)"}
 # beyond the paper: chance-corrected agreement with the gold levels (Emp-F1's floor sits near every system)
 AGREEMENT_COLUMNS = {"kappa": "kappa (mean)", "all_match": "all 3 match (%)"}
-METRIC_LABELS = {"dist1": "Dist-1", "dist2": "Dist-2", "emp_f1": "Emp-F1 (%)", **AGREEMENT_COLUMNS}
+# beyond the paper: per-level agreement and how far the predicted level distribution is from the gold one
+DISTRIBUTION_COLUMNS = {"macro_f1": "macro-F1 (%)", "tv": "TV distance (%)"}
+METRIC_LABELS = {"dist1": "Dist-1", "dist2": "Dist-2", "emp_f1": "Emp-F1 (%)", **AGREEMENT_COLUMNS,
+                 **DISTRIBUTION_COLUMNS}
+PAIRED_METRICS = ("dist1", "dist2", "emp_f1", "kappa", "all_match")  # paired_tests' default
 
 
 def is_saved_generator(directory) -> bool:
@@ -34,7 +44,8 @@ def is_saved_generator(directory) -> bool:
 
 
 def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg, max_context_tokens=None,
-                    seed: int = 0, progress: bool = True, cache_dir=None) -> dict:
+                    seed: int = 0, progress: bool = True, cache_dir=None, split: str | None = None,
+                    system: str | None = None, ledger: "Ledger | None" = None) -> dict:
     """Sample one response per example, compute PPL on the gold responses, score the samples; on the
     model's device (the scorer on its own).
 
@@ -42,6 +53,9 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
     "nll"/"tokens": [N] the gold responses' summed token cross-entropy and token count}. ``cache_dir``: keep
     the generations, levels and PPL there (``_evaluation_cache``), so that rendering a notebook again, or
     comparing a system in two notebooks, does not sample and score it twice.
+
+    ``split="test"`` needs ``system`` (its name) and ``ledger`` (``Ledger.of(out, P)``): the evaluation appends
+    one line to the test ledger, with "cached": true when it was read back from the cache.
     """
     from emprl.models import generator, policy
     from emprl.data import context_texts
@@ -53,6 +67,7 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
                                       eval_cfg)
         cached = ckpt.load_cached(path, key)
         if cached is not None:  # generation, PPL and scoring done before; the metrics and CIs again
+            _touch(split, system, ledger, len(examples), m, cached=True)
             t = time.perf_counter()
             row = metrics.evaluate_responses(cached["responses"], cached["levels"], np.asarray(gold),
                                              ppl=cached["ppl"], tokenizer=eval_cfg.tokenizer,
@@ -61,6 +76,7 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
             return {"row": {**row, **timings, "cached": True}, "responses": cached["responses"],
                     "levels": np.asarray(cached["levels"]), "nll": np.asarray(cached["nll"]),
                     "tokens": np.asarray(cached["tokens"])}
+    _touch(split, system, ledger, len(examples), m, cached=False)
     timings = {}
     t = time.perf_counter()
     # m blocks of N: sample j of context i at j * N + i (metrics.evaluate_responses' layout)
@@ -99,13 +115,16 @@ def _evaluation_cache(cache_dir, model, scorer, gen_contexts, examples, m, seed,
     return Path(cache_dir) / f"evaluation_{ckpt.key_digest(key)[:16]}.json", key
 
 
-def score_responses(responses, score_contexts, gold, scorer, eval_cfg, seed: int = 0, ppl=None) -> dict:
+def score_responses(responses, score_contexts, gold, scorer, eval_cfg, seed: int = 0, ppl=None,
+                    split: str | None = None, system: str | None = None, ledger: "Ledger | None" = None) -> dict:
     """Levels of the responses by the identifiers, then Dist-n, Emp-F1 and agreement with CIs: the one metrics
     call every system goes through (ours, and the LLM baseline, which has no PPL). ``responses`` and
-    ``score_contexts`` hold m blocks of N (``gold`` has N rows).
+    ``score_contexts`` hold m blocks of N (``gold`` has N rows). ``split``, ``system``, ``ledger``: as
+    ``evaluate_system`` (which records its own touch and passes none here).
 
     Returns {"row": metrics.evaluate_responses(...) + timings, "responses": [...], "levels": [N, 3] array}.
     """
+    _touch(split, system, ledger, len(gold), len(responses) // max(len(gold), 1), cached=False)
     t = time.perf_counter()
     levels = scorer.levels(list(score_contexts), responses).numpy()
     scoring_s = time.perf_counter() - t
@@ -122,28 +141,45 @@ def _ci(row: dict, key: str) -> str:
     return f"[{row[key + '_low']:.2f}, {row[key + '_high']:.2f}]"
 
 
-def floor_rows(gold, eval_cfg, seed: int = 0) -> dict[str, dict]:
+def floor_rows(gold, eval_cfg, seed: int = 0, prior=None) -> dict[str, dict]:
     """The reference predictors (``metrics.FLOORS``) as table rows on the gold levels ``gold`` [N, 3]:
-    {"floor: <kind>": metrics row} (no responses: no PPL or Dist-n)."""
+    {``metrics.FLOOR_ROWS[kind]``: metrics row} (no responses: no PPL or Dist-n). ``prior``: the training split's
+    level frequencies [3 mechanisms, 3 levels] (``metrics.level_frequencies``), which the blind best floor is
+    fitted on; without it that row is left out."""
+    return {metrics.FLOOR_ROWS[kind]: metrics.evaluate_responses(None, levels, gold, n_boot=eval_cfg.bootstrap,
+                                                                 seed=seed, level=eval_cfg.ci_level)
+            for kind, levels in floor_systems_levels(gold, seed, prior).items()}
+
+
+def floor_systems_levels(gold, seed: int = 0, prior=None) -> dict[str, np.ndarray]:
+    """{floor kind: its levels [N, 3]} on ``gold``: every ``metrics.FLOORS`` kind, the blind best one only with
+    ``prior``."""
     gold = np.asarray(gold)
-    return {f"floor: {kind}": metrics.evaluate_responses(None, metrics.floor_levels(gold, kind, seed), gold,
-                                                         n_boot=eval_cfg.bootstrap, seed=seed, level=eval_cfg.ci_level)
-            for kind in metrics.FLOORS}
+    return {kind: metrics.floor_levels(gold, kind, seed, prior=prior) for kind in metrics.FLOORS
+            if kind != "blind best" or prior is not None}
+
+
+def floor_systems(gold, seed: int = 0, prior=None) -> dict[str, dict]:
+    """The floors as systems for ``paired_tests``: {row name: {"responses": None, "levels": [N, 3]}}."""
+    return {metrics.FLOOR_ROWS[kind]: {"responses": None, "levels": levels}
+            for kind, levels in floor_systems_levels(gold, seed, prior).items()}
 
 
 def comparison_table(paper: dict, ours: dict[str, dict], paper_label: str, ours_label: str,
                      extra: dict[str, dict] | None = None, floors: dict[str, dict] | None = None) -> pd.DataFrame:
     """The paper's rows as a reference block above our measured rows, in the paper's columns.
 
-    ``ours``: {system: metrics row}; our block adds 95% CIs, mean kappa and all-three-match, the number of
-    contexts n and of samples per context m. ``floors`` (``floor_rows``): reference rows below ours, and a
-    column with every row's Emp-F1 above the constant-majority floor. ``extra``: {system: {column: value}}
-    added to our rows (e.g. PPO steps).
+    ``ours``: {system: metrics row}; our block adds 95% CIs, mean kappa, macro-F1, the total variation distance
+    of the predicted level distribution from the gold one, all-three-match, the number of contexts n and of
+    samples per context m. ``floors`` (``floor_rows``): reference rows below ours, and columns with every row's
+    Emp-F1 above the constant-majority floor and above the blind best floor. ``extra``: {system: {column:
+    value}} added to our rows (e.g. PPO steps).
     """
     ref = as_frame(paper)
     ref.insert(0, "Block", paper_label)
     floors = floors or {}
-    constant = floors.get("floor: constant majority", {}).get("emp_f1")
+    constant = floors.get(metrics.FLOOR_ROWS["constant majority"], {}).get("emp_f1")
+    blind = floors.get(metrics.BLIND_FLOOR, {}).get("emp_f1")
     rows = []
     for name, r in {**ours, **floors}.items():
         row = {"Model": name, "Block": "reference (no response read)" if name in floors else ours_label,
@@ -151,9 +187,14 @@ def comparison_table(paper: dict, ours: dict[str, dict], paper_label: str, ours_
                "Dist-1 95% CI": _ci(r, "dist1"), "Dist-2 95% CI": _ci(r, "dist2"), "Emp-F1 95% CI": _ci(r, "emp_f1")}
         if constant is not None:
             row["Emp-F1 above floor"] = r["emp_f1"] - constant
+        if blind is not None:
+            row["Emp-F1 above blind floor"] = r["emp_f1"] - blind
         if "kappa" in r:
             row.update({"kappa (mean)": r["kappa"], "kappa 95% CI": _ci(r, "kappa"),
                         "all 3 match (%)": r["all_match"], "all 3 match 95% CI": _ci(r, "all_match")})
+        if "macro_f1" in r:
+            row.update({"macro-F1 (%)": r["macro_f1"], "macro-F1 95% CI": _ci(r, "macro_f1"),
+                        "TV distance (%)": r["tv"], "TV distance 95% CI": _ci(r, "tv")})
         row.update({"n": r["n_examples"], "m": r.get("samples_per_context", 1), **(extra or {}).get(name, {})})
         rows.append(row)
     measured = pd.DataFrame(rows).set_index("Model")
@@ -163,13 +204,29 @@ def comparison_table(paper: dict, ours: dict[str, dict], paper_label: str, ours_
     return table
 
 
+def per_mechanism_table(rows: dict[str, dict]) -> pd.DataFrame:
+    """Per system and mechanism: weighted F1 (Emp-F1's part), Cohen's kappa, macro-F1 and the TV distance of the
+    predicted level distribution from the gold one, each with its 95% CI (weighted F1: point only)."""
+    from emprl.data import MECHANISMS
+
+    out = []
+    for name, r in rows.items():
+        for mechanism, key in zip(MECHANISMS, metrics.MECHANISM_KEYS):
+            entry = {"Model": name, "mechanism": mechanism, "weighted F1 (%)": r[f"emp_f1_{key}"]}
+            for metric, label in (("kappa", "kappa"), ("macro_f1", "macro-F1 (%)"), ("tv", "TV distance (%)")):
+                if f"{metric}_{key}" in r:
+                    entry.update({label: r[f"{metric}_{key}"], f"{label} 95% CI": _ci(r, f"{metric}_{key}")})
+            out.append(entry)
+    return pd.DataFrame(out).set_index(["Model", "mechanism"])
+
+
 def table_ii(ours: dict[str, dict], ours_label: str, floors: dict[str, dict] | None = None) -> pd.DataFrame:
     """Table II layout: the paper's reported rows, then ours, then the floors."""
     return comparison_table(TABLE_II, ours, "paper (reported, Table II)", ours_label, floors=floors)
 
 
 def paired_tests(systems: dict[str, dict], gold, pairs, tokenizer="word", n_boot=1000, seed=0,
-                 metric_names=tuple(METRIC_LABELS)) -> pd.DataFrame:
+                 metric_names=PAIRED_METRICS) -> pd.DataFrame:
     """Paired bootstrap tests (Dist-1, Dist-2, Emp-F1, mean kappa, all-three-match) for each (A, B) in
     ``pairs``, contexts resampled with their samples; with the standard error of each difference.
 
@@ -233,18 +290,289 @@ def write_generations(path, ids, responses: dict[str, list[str]]) -> Path:
     return path
 
 
-def write_system_generations(folder, stem: str, ids, responses: dict[str, list[str]]) -> list[Path]:
-    """``write_generations`` one file per system, ``<folder>/<stem>_<system>_responses.jsonl.gz`` (the system's
-    name in lower case, other characters than letters and digits as "_"): with m samples per context one
-    file of every system would pass the size a repository should hold."""
-    import re
+def generations_path(folder, stem: str, system: str) -> Path:
+    """``<folder>/<stem>_<system stem>_responses.jsonl.gz``: where ``write_system_generations`` puts a system."""
+    return Path(folder) / f"{stem}_{system_stem(system)}_responses.jsonl.gz"
 
-    return [write_generations(Path(folder) / f"{stem}_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}"
-                                             "_responses.jsonl.gz", ids, {name: texts})
+
+def write_system_generations(folder, stem: str, ids, responses: dict[str, list[str]]) -> list[Path]:
+    """``write_generations`` one file per system, ``generations_path(folder, stem, system)`` (the system's name in
+    lower case, other characters than letters and digits as "_"): with m samples per context one file of every
+    system would pass the size a repository should hold."""
+    return [write_generations(generations_path(folder, stem, name), ids, {name: texts})
             for name, texts in responses.items()]
+
+
+def write_evaluation_records(out, split: str, ids, gold, results: dict[str, dict], stem: str | None = None,
+                             evaluator: str = "reward") -> list[Path]:
+    """The committed record of an evaluation: the gold levels (``write_gold_levels``) and, per system of
+    ``results`` ({name: ``evaluate_system`` or ``score_responses`` result}), its levels, per-example NLL and token
+    counts (``write_levels``), pointing at its generations file ``generations_path(out / "generations", stem,
+    name)`` (``stem`` as given to ``write_system_generations``; None: no generations file)."""
+    paths = [write_gold_levels(out, split, ids, {evaluator: gold})]
+    for name, r in results.items():
+        generations = (None if stem is None else
+                       generations_path(Path(out) / "generations", stem, name).relative_to(out).as_posix())
+        paths.append(write_levels(out, split, name, ids, {evaluator: r["levels"]}, nll=r.get("nll"),
+                                  tokens=r.get("tokens"), generations=generations))
+    return paths
 
 
 def read_generations(path) -> list[dict]:
     """The rows of a ``write_generations`` file."""
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f]
+
+
+# --------------------------------------------------------------------------- the test-split ledger
+
+LEDGER_NAME = "test_ledger.jsonl"
+
+
+def config_fingerprint(profile) -> str:
+    """sha256 of the profile's settings without its runtime section (device, threads, precision: where it ran,
+    not what it computes)."""
+    settings = {k: v for k, v in profile.to_dict().items() if k != "runtime"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def code_commit() -> str:
+    """``git rev-parse HEAD`` of the repository this package lives in, or "unknown" (no git, not a checkout)."""
+    from emprl.run import REPO_ROOT
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """OUT/test_ledger.jsonl: one line per evaluation on the test split, so that how often the test split was
+    touched, by which code and settings, can be audited. ``Ledger.of(run.out, run.profile)``."""
+
+    path: Path
+    fingerprint: str
+
+    @classmethod
+    def of(cls, out, profile) -> "Ledger":
+        return cls(Path(out) / LEDGER_NAME, config_fingerprint(profile))
+
+    def append(self, system: str, n_contexts: int, m: int, cached: bool = False) -> dict:
+        """Append one line {"system", "commit", "config", "n", "m", "time" (UTC, ISO), "cached"}: one write of one
+        line to a file opened for appending, flushed and fsynced, so concurrent writers never interleave lines.
+        ``cached``: the evaluation was read back from the cache (a re-render, not a new sampling and scoring)."""
+        entry = {"system": system, "commit": code_commit(), "config": self.fingerprint, "n": int(n_contexts),
+                 "m": int(m), "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 "cached": bool(cached)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return entry
+
+
+def read_ledger(path) -> list[dict]:
+    """The entries of a ledger file (none if it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _touch(split, system, ledger, n_contexts, m, cached) -> None:
+    """The ledger rule: an evaluation on the test split is recorded, and cannot be made without a ledger."""
+    if split != "test":
+        return
+    if ledger is None or system is None:
+        raise ValueError("an evaluation on the test split needs system= and ledger= (evaluation.Ledger.of(out, P)): "
+                         "every touch of the test split is recorded")
+    ledger.append(system, n_contexts, m, cached)
+
+
+# --------------------------------------------------------------------------- committed per-response levels
+
+LEVELS_FOLDER = "levels"
+
+
+def system_stem(name: str) -> str:
+    """A system's name in file names: lower case, other characters than letters and digits as "_"."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def levels_path(out, split: str, system: str) -> Path:
+    return Path(out) / LEVELS_FOLDER / f"{split}_{system_stem(system)}.json.gz"
+
+
+def gold_levels_path(out, split: str) -> Path:
+    return Path(out) / LEVELS_FOLDER / f"{split}_gold.json.gz"
+
+
+def _write_json_gz(path: Path, record: dict) -> Path:
+    with ckpt.atomic_file(path) as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:
+        f.write(json.dumps(record, separators=(",", ":")).encode())
+    return path
+
+
+def read_json_gz(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing committed file {path}")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_levels(out, split: str, system: str, ids, evaluators: dict[str, np.ndarray], nll=None, tokens=None,
+                 generations: str | None = None) -> Path:
+    """OUT/levels/<split>_<system stem>.json.gz: one system's evaluation record, enough to recompute every
+    table without a model: {"system", "split", "ids" [N], "m", "evaluators": {name: {"levels": [N][m][3]}},
+    "nll": [N] or null, "tokens": [N] or null, "generations": the responses' file relative to OUT or null}.
+
+    ``evaluators``: {evaluator ("reward": the identifiers of the empathy reward): levels [m x N, 3] in the
+    evaluation's layout (sample j of context i at row j * N + i)}. Evaluators already in the file and not
+    given here are kept (another evaluator may be added later)."""
+    n = len(ids)
+    path = levels_path(out, split, system)
+    record = {"system": system, "split": split, "ids": list(ids), "m": None, "evaluators": {},
+              "nll": None if nll is None else np.asarray(nll, dtype=float).tolist(),
+              "tokens": None if tokens is None else np.asarray(tokens, dtype=float).tolist(), "generations": generations}
+    if path.is_file():
+        old = read_json_gz(path)
+        if old["ids"] == record["ids"]:
+            record["evaluators"] = old["evaluators"]
+            for key in ("nll", "tokens", "generations"):
+                record[key] = record[key] if record[key] is not None else old.get(key)
+    for name, levels in evaluators.items():
+        levels = np.asarray(levels, dtype=np.int64)
+        if n == 0 or levels.ndim != 2 or levels.shape[1] != 3 or len(levels) % n:
+            raise ValueError(f"write_levels: {system!r}/{name}: levels of shape {levels.shape} for {n} ids "
+                             "(need [m x N, 3])")
+        m = len(levels) // n
+        if record["m"] not in (None, m) and record["evaluators"].keys() - {name}:
+            raise ValueError(f"write_levels: {system!r}/{name} has m = {m}, the file's other evaluators {record['m']}")
+        record["m"] = m
+        record["evaluators"][name] = {"levels": levels.reshape(m, n, 3).transpose(1, 0, 2).tolist()}
+    return _write_json_gz(path, record)
+
+
+def write_gold_levels(out, split: str, ids, evaluators: dict[str, np.ndarray]) -> Path:
+    """OUT/levels/<split>_gold.json.gz: {"ids" [N], "evaluators": {name: [N][3] gold levels}} (evaluators
+    already in the file and not given here are kept)."""
+    path = gold_levels_path(out, split)
+    record = {"split": split, "ids": list(ids), "evaluators": {}}
+    if path.is_file():
+        old = read_json_gz(path)
+        if old["ids"] == record["ids"]:
+            record["evaluators"] = old["evaluators"]
+    for name, gold in evaluators.items():
+        gold = np.asarray(gold, dtype=np.int64)
+        if gold.shape != (len(ids), 3):
+            raise ValueError(f"write_gold_levels: {name}: gold of shape {gold.shape} for {len(ids)} ids")
+        record["evaluators"][name] = gold.tolist()
+    return _write_json_gz(path, record)
+
+
+def read_levels(path, evaluator: str = "reward") -> dict:
+    """A ``write_levels`` file as {"system", "ids", "m", "levels" [m x N, 3] (evaluation layout), "nll", "tokens",
+    "generations"}."""
+    record = read_json_gz(path)
+    if evaluator not in record["evaluators"]:
+        raise KeyError(f"{path}: no levels of evaluator {evaluator!r} (has {sorted(record['evaluators'])})")
+    levels = np.asarray(record["evaluators"][evaluator]["levels"], dtype=np.int64)  # [N, m, 3]
+    return {**{k: record.get(k) for k in ("system", "split", "ids", "m", "nll", "tokens", "generations")},
+            "levels": levels.transpose(1, 0, 2).reshape(-1, 3)}
+
+
+# --------------------------------------------------------------------------- the paper's signatures
+
+VERDICTS = ("reproduced", "same sign, smaller", "same sign, larger", "undecided", "opposite sign")
+
+_V = {name: dict(zip(TABLE_V["columns"], values)) for name, values in TABLE_V["rows"].items()}
+
+
+def _ppl_change(a: str, b: str) -> float:
+    return 100.0 * (_V[a]["PPL"] / _V[b]["PPL"] - 1.0)
+
+
+# (name, system A, system B, metric, the paper's A - B). PPL as a relative change (%): our PPL is of another
+# tokenizer and model, so only its relative change can be compared; Dist-n and Emp-F1 as points.
+SIGNATURES = [
+    ("EmpRL - w/o RL: Emp-F1", "EmpRL", "w/o RL", "emp_f1", _V["EmpRL"]["Emp-F1 (%)"] - _V["w/o RL"]["Emp-F1 (%)"]),
+    ("EmpRL - w/o RL: Dist-1", "EmpRL", "w/o RL", "dist1", _V["EmpRL"]["Dist-1"] - _V["w/o RL"]["Dist-1"]),
+    ("EmpRL - w/o RL: Dist-2", "EmpRL", "w/o RL", "dist2", _V["EmpRL"]["Dist-2"] - _V["w/o RL"]["Dist-2"]),
+    ("EmpRL / w/o RL: PPL change (%)", "EmpRL", "w/o RL", "ppl_change", _ppl_change("EmpRL", "w/o RL")),
+    ("EmpRL - w/o Empathy Reward: Emp-F1", "EmpRL", "w/o Empathy Reward", "emp_f1",
+     _V["EmpRL"]["Emp-F1 (%)"] - _V["w/o Empathy Reward"]["Emp-F1 (%)"]),
+    ("w/o KL Penalty / EmpRL: PPL change (%)", "w/o KL Penalty", "EmpRL", "ppl_change",
+     _ppl_change("w/o KL Penalty", "EmpRL")),
+    ("w/o KL Penalty - EmpRL: Dist-2", "w/o KL Penalty", "EmpRL", "dist2",
+     _V["w/o KL Penalty"]["Dist-2"] - _V["EmpRL"]["Dist-2"]),
+    ("w/o KL Penalty - EmpRL: Emp-F1", "w/o KL Penalty", "EmpRL", "emp_f1",
+     _V["w/o KL Penalty"]["Emp-F1 (%)"] - _V["EmpRL"]["Emp-F1 (%)"]),
+]
+
+
+
+def verdict(paper: float, delta: float, low: float, high: float) -> tuple[str, str]:
+    """Our difference [low, high] (95% CI, closed) against the paper's value; returns (verdict, reason):
+
+    * *undecided*: the CI contains 0;
+    * *opposite sign*: the CI excludes 0 on the other side of 0 from the paper's value (a paper value of 0 has
+      no side: any CI that excludes 0 counts here);
+    * *reproduced*: the CI excludes 0 and contains the paper's value;
+    * *same sign, smaller* / *same sign, larger*: the CI excludes 0 and the paper's value, and lies between 0
+      and the paper's value (smaller in size) or beyond it (larger).
+    """
+    ci = f"[{low:.2f}, {high:.2f}]"
+    if low <= 0 <= high:
+        return "undecided", f"the CI {ci} contains 0 (ours {delta:+.2f}, the paper's {paper:+.2f})"
+    side = 1.0 if low > 0 else -1.0
+    if np.sign(paper) != side:
+        return "opposite sign", f"the CI {ci} excludes 0 on the other side from the paper's {paper:+.2f}"
+    if low <= paper <= high:
+        return "reproduced", f"the CI {ci} excludes 0 and contains the paper's {paper:+.2f}"
+    if abs(paper) > max(abs(low), abs(high)):
+        return "same sign, smaller", f"the CI {ci} excludes 0 and lies below the paper's {paper:+.2f} in size"
+    return "same sign, larger", f"the CI {ci} excludes 0 and lies beyond the paper's {paper:+.2f}"
+
+
+def signatures(systems: dict[str, dict], gold, tokenizer: str, n_boot: int, seed: int,
+               partial: bool = False) -> list[dict]:
+    """Each Table V signature: the paper's value, ours with its 95% CI and standard error, and the verdict.
+
+    ``systems``: {Table V name: ``evaluate_system`` result ("responses", "levels", "nll", "tokens")}.
+    ``partial``: leave out the signatures whose systems (or, for PPL, per-example NLL) are not in ``systems``
+    instead of failing.
+    """
+    out = []
+    for name, a, b, metric, paper in SIGNATURES:
+        needs_nll = metric == "ppl_change"
+        present = all(s in systems and (not needs_nll or systems[s].get("nll") is not None) for s in (a, b))
+        if not present and partial:
+            continue
+        if needs_nll:
+            t = metrics.paired_ppl(systems[a]["nll"], systems[a]["tokens"], systems[b]["nll"], systems[b]["tokens"],
+                                   n_boot=n_boot, seed=seed, relative=True)
+        else:
+            t = metrics.paired_test(metric, systems[a], systems[b], gold=gold, tokenizer=tokenizer, n_boot=n_boot,
+                                    seed=seed)
+        v, reason = verdict(paper, t.delta, t.low, t.high)
+        out.append({"signature": name, "paper": paper, "ours": t.delta, "ci_low": t.low, "ci_high": t.high,
+                    "se": t.se, "p": t.p_value, "verdict": v, "reason": reason})
+    return out
+
+
+def train_frequencies_path(out) -> Path:
+    return Path(out) / LEVELS_FOLDER / "train_frequencies.json"
+
+
+def write_train_frequencies(out, evaluators: dict[str, np.ndarray], n: int, source: str) -> Path:
+    """OUT/levels/train_frequencies.json: the training split's gold level frequencies [3 mechanisms, 3 levels]
+    per evaluator, which the blind best floor is fitted on; ``source``: which training examples they count."""
+    path = train_frequencies_path(out)
+    record = {"n": int(n), "source": source,
+              "evaluators": {k: np.asarray(v, dtype=float).tolist() for k, v in evaluators.items()}}
+    ckpt.atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    return path

@@ -10,7 +10,10 @@ and already predicted empathy levels, so it is cheap next to generation and scor
 * ``cohen_kappa`` / ``all_match``: chance-corrected agreement with the gold levels per mechanism
   (sklearn's ``cohen_kappa_score``) and the share of examples whose three levels all match (beyond the
   paper: Emp-F1's floor, a constant "none", sits within a point of every system here).
-* ``floor_levels``: the reference predictors on the same gold levels (constant majority, marginal draws).
+* ``floor_levels``: the reference predictors on the same gold levels (constant majority, marginal draws, and
+  the best context-blind predictor, ``best_blind_distribution``, fitted on the training split's frequencies).
+* ``agreement``: per mechanism kappa, macro-F1 and the total variation distance between the predicted and the
+  gold level distributions, from confusion matrices (all bootstrap resamples at once).
 * ``bootstrap_ci`` / ``paired_bootstrap``: percentile bootstrap over test contexts (beyond the paper).
 
 A system may answer each context with m sampled responses: ``responses`` and ``levels`` then hold m
@@ -252,11 +255,69 @@ def all_match(gold, pred, weights: np.ndarray | None = None) -> float:
 
 
 FLOORS = {"constant majority": "the most frequent gold level of each mechanism, for every example",
-          "marginal draws": "levels drawn independently per mechanism from the gold levels' frequencies (seeded)"}
+          "marginal draws": "levels drawn independently per mechanism from the gold levels' frequencies (seeded)",
+          "blind best": "levels drawn independently per mechanism from the distribution that maximises the "
+                        "expected weighted F1 under the training split's level frequencies (seeded)"}
+# how a table names each floor's row
+FLOOR_ROWS = {"constant majority": "floor: constant majority", "marginal draws": "floor: marginal draws",
+              "blind best": "floor: blind best (training frequencies)"}
+BLIND_FLOOR = FLOOR_ROWS["blind best"]
 
 
-def floor_levels(gold, kind: str, seed: int = 0) -> np.ndarray:
-    """The levels [N, 3] of a reference predictor that never reads a response, on these gold levels."""
+def level_frequencies(levels) -> np.ndarray:
+    """[3 mechanisms, 3 levels] relative frequencies of the levels in ``levels`` [N, 3]."""
+    levels, _ = _check_levels(levels, levels)
+    counts = np.stack([np.bincount(levels[:, m], minlength=3) for m in range(3)]).astype(np.float64)
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+def triple_marginals(prior) -> np.ndarray:
+    """[3 mechanisms, 3 levels] marginals of a distribution over the 27 level triples in
+    ``itertools.product(range(3), repeat=3)`` order (``best_of_n.level_prior``): triple (a, b, c) at 9a + 3b + c."""
+    cube = np.asarray(prior, dtype=np.float64).reshape(3, 3, 3)
+    return np.stack([cube.sum(axis=(1, 2)), cube.sum(axis=(0, 2)), cube.sum(axis=(0, 1))])
+
+
+def expected_blind_f1(p, q) -> np.ndarray:
+    """Expected weighted F1 (in [0, 1], large N) of levels drawn from q independently of gold levels of frequencies p.
+
+    Independent draws: class j's true positives are N p_j q_j, so its precision is p_j and its recall q_j, and
+    F1_j = 2 p_j q_j / (p_j + q_j); weighted by support: sum_j p_j * 2 p_j q_j / (p_j + q_j) (0 where p_j + q_j = 0).
+    ``q`` may be [..., 3] (many candidates at once).
+    """
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    denom = p + q
+    terms = np.divide(2 * p * p * q, denom, out=np.zeros(np.broadcast(p, q).shape), where=denom > 0)
+    return terms.sum(axis=-1)
+
+
+def best_blind_distribution(p, grid: int = 400) -> np.ndarray:
+    """The level distribution q maximising ``expected_blind_f1(p, q)`` over the simplex.
+
+    The objective is concave in q (each term 2 p^2 q / (p + q) is), so a grid over the 2-simplex (step
+    1 / ``grid``) finds the optimum's neighbourhood and SLSQP from the best grid point refines it.
+    """
+    from scipy.optimize import minimize
+
+    p = np.asarray(p, dtype=np.float64)
+    p = p / p.sum()
+    i, j = np.meshgrid(np.arange(grid + 1), np.arange(grid + 1), indexing="ij")
+    keep = i + j <= grid
+    cand = np.stack([i[keep], j[keep], grid - i[keep] - j[keep]], axis=1) / grid
+    start = cand[np.argmax(expected_blind_f1(p, cand))]
+    res = minimize(lambda q: -expected_blind_f1(p, q), start, method="SLSQP", bounds=[(0.0, 1.0)] * 3,
+                   constraints=[{"type": "eq", "fun": lambda q: q.sum() - 1.0}], options={"ftol": 1e-14})
+    q = np.clip(res.x, 0.0, None) if res.success else start
+    q = q / q.sum()
+    return q if expected_blind_f1(p, q) >= expected_blind_f1(p, start) else start
+
+
+def floor_levels(gold, kind: str, seed: int = 0, prior=None) -> np.ndarray:
+    """The levels [N, 3] of a reference predictor that never reads a response, on these gold levels.
+
+    "blind best" needs ``prior``: the [3 mechanisms, 3 levels] frequencies of the training split's gold levels
+    (``level_frequencies`` or ``triple_marginals``); it never sees the test gold's frequencies.
+    """
     gold, _ = _check_levels(gold, gold)
     counts = np.stack([np.bincount(gold[:, m], minlength=3) for m in range(3)])  # [3 mechanisms, 3 levels]
     if kind == "constant majority":
@@ -264,7 +325,56 @@ def floor_levels(gold, kind: str, seed: int = 0) -> np.ndarray:
     if kind == "marginal draws":
         rng = np.random.default_rng(seed)
         return np.stack([rng.choice(3, size=len(gold), p=counts[m] / counts[m].sum()) for m in range(3)], axis=1)
+    if kind == "blind best":
+        if prior is None:
+            raise ValueError("the blind best floor needs prior: the training split's level frequencies [3, 3]")
+        prior = np.asarray(prior, dtype=np.float64)
+        if prior.shape != (3, 3):
+            raise ValueError(f"prior must be [3 mechanisms, 3 levels] frequencies, got shape {prior.shape}")
+        rng = np.random.default_rng(seed)
+        return np.stack([rng.choice(3, size=len(gold), p=best_blind_distribution(prior[m])) for m in range(3)],
+                        axis=1)
     raise ValueError(f"unknown floor {kind!r}; known: {list(FLOORS)}")
+
+
+# --------------------------------------------------------------------------- agreement beyond Emp-F1
+
+
+def confusions(gold, pred, weights: np.ndarray | None = None) -> np.ndarray:
+    """[..., 3 mechanisms, 3 gold levels, 3 predicted levels] weighted confusion matrices; ``weights`` [N] or
+    [B, N] (B resamples at once)."""
+    gold, pred = _check_levels(gold, pred)
+    cells = np.zeros((len(gold), 3, 9))
+    for m in range(3):
+        cells[np.arange(len(gold)), m, gold[:, m] * 3 + pred[:, m]] = 1.0
+    w = np.ones(len(gold)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return np.tensordot(w, cells, axes=([-1], [0])).reshape(*w.shape[:-1], 3, 3, 3)
+
+
+def agreement(conf: np.ndarray) -> dict[str, np.ndarray]:
+    """Per mechanism, from confusion matrices [..., 3, 3, 3]: Cohen's kappa, macro-F1 (%, unweighted mean of
+    the three levels' F1, 0 for a level absent from both sides) and the total variation distance (%) between the
+    predicted and the gold level distributions, 1/2 sum_j |pred_j - gold_j|. Each [..., 3]."""
+    total = conf.sum(axis=(-2, -1))
+    gold_n, pred_n = conf.sum(axis=-1), conf.sum(axis=-2)
+    tp = np.diagonal(conf, axis1=-2, axis2=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(gold_n + pred_n > 0, 2 * tp / (gold_n + pred_n), 0.0)
+        p_o = tp.sum(axis=-1) / total
+        p_e = (gold_n * pred_n).sum(axis=-1) / total**2
+        kappa = np.where(np.isclose(p_e, 1.0), 0.0, (p_o - p_e) / (1 - p_e))  # one level on both sides: 0
+        tv = 0.5 * np.abs(pred_n - gold_n).sum(axis=-1) / total
+    return {"kappa": kappa, "macro_f1": 100.0 * f1.mean(axis=-1), "tv": 100.0 * tv}
+
+
+def macro_f1(gold, pred, weights: np.ndarray | None = None) -> list[float]:
+    """Macro-F1 (%) per mechanism of ``pred`` against ``gold`` ([N, 3] levels)."""
+    return agreement(confusions(gold, pred, weights))["macro_f1"].tolist()
+
+
+def tv_distance(gold, pred, weights: np.ndarray | None = None) -> list[float]:
+    """Total variation distance (%) per mechanism between the predicted and the gold level distributions."""
+    return agreement(confusions(gold, pred, weights))["tv"].tolist()
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -323,6 +433,8 @@ def distinct_n_ci(responses: Sequence[str], n: int, tokenizer: str | Callable = 
 
 
 METRICS = ("dist1", "dist2", "emp_f1", "kappa", "all_match")
+AGREEMENT_METRICS = ("macro_f1", "tv")  # means over the three mechanisms, from ``agreement``
+MECHANISM_KEYS = ("er", "ip", "ex")  # emprl.data.MECHANISMS order
 
 
 class _System:
@@ -341,6 +453,7 @@ class _System:
         self.gold, self.levels = _check_levels(np.tile(gold, (self.m, 1)), levels)
         self.responses, self.tokenizer = responses, tokenizer
         self._incidences: dict[int, list[_NgramIncidence]] = {}
+        self._cells: np.ndarray | None = None
 
     def rows(self, w: np.ndarray) -> np.ndarray:
         return np.tile(w, self.m)
@@ -348,11 +461,29 @@ class _System:
     def emp_f1(self, w: np.ndarray) -> float:
         return emp_f1(self.gold, self.levels, self.rows(w))
 
-    def kappa(self, w: np.ndarray) -> float:
-        return float(np.mean(cohen_kappa(self.gold, self.levels, self.rows(w))))
+    def kappa(self, w: np.ndarray) -> float:  # cohen_kappa's value, from the cached cells (much faster)
+        return float(np.mean(agreement((w @ self.context_cells().reshape(self.n, -1)).reshape(3, 3, 3))["kappa"]))
 
     def all_match(self, w: np.ndarray) -> float:
         return all_match(self.gold, self.levels, self.rows(w))
+
+    def macro_f1(self, w: np.ndarray) -> float:
+        return float(np.mean(agreement((w @ self.context_cells().reshape(self.n, -1)).reshape(3, 3, 3))["macro_f1"]))
+
+    def tv(self, w: np.ndarray) -> float:
+        return float(np.mean(agreement((w @ self.context_cells().reshape(self.n, -1)).reshape(3, 3, 3))["tv"]))
+
+    def context_cells(self) -> np.ndarray:
+        """[N, 3 mechanisms, 9] how many of context i's m rows fall in each (gold, predicted) cell."""
+        if self._cells is not None:
+            return self._cells
+        cells = np.zeros((self.n, 3, 9))
+        for j in range(self.m):
+            block = slice(j * self.n, (j + 1) * self.n)
+            for k in range(3):
+                cells[np.arange(self.n), k, self.gold[block, k] * 3 + self.levels[block, k]] += 1.0
+        self._cells = cells
+        return cells
 
     def incidences(self, k: int) -> list[_NgramIncidence]:
         if self.responses is None:
@@ -366,7 +497,7 @@ class _System:
         if metric in ("dist1", "dist2"):
             blocks = self.incidences(int(metric[-1]))
             return lambda w: float(np.mean([b.distinct(w) for b in blocks]))
-        if metric in ("emp_f1", "kappa", "all_match"):
+        if metric in ("emp_f1", "kappa", "all_match", *AGREEMENT_METRICS):
             return getattr(self, metric)
         raise ValueError(f"unknown metric {metric!r}: choose one of {METRICS}")
 
@@ -420,14 +551,15 @@ def paired_test(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> PairedTest:
-    """Paired bootstrap of ``metric`` (one of ``METRICS``) between systems ``a`` and ``b`` on the same contexts.
+    """Paired bootstrap of ``metric`` (one of ``METRICS`` or ``AGREEMENT_METRICS``) between systems ``a`` and ``b``
+    on the same contexts.
 
     Each system is a dict with "responses" (m x N strings, or None for a floor) and "levels" ([m x N, 3]);
     the two may have different m. ``gold`` is the [N, 3] gold levels (for Dist-n alone, a system's N is its
     number of responses).
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}: choose one of {METRICS}")
+    if metric not in METRICS + AGREEMENT_METRICS:
+        raise ValueError(f"unknown metric {metric!r}: choose one of {METRICS + AGREEMENT_METRICS}")
     if gold is None:
         if metric not in ("dist1", "dist2"):
             raise ValueError(f"paired_test({metric!r}, ...) needs gold levels")
@@ -469,9 +601,10 @@ def evaluate_responses(
     seed: int = 0,
     level: float = 0.95,
 ) -> dict:
-    """One system's row: PPL (given), Dist-1/2, Emp-F1, mean kappa and all-three-match with bootstrap CIs over
-    contexts, per-mechanism F1 and kappa, and m (samples per context). ``responses=None`` (a floor predictor):
-    no Dist-n. A flat dict, ready for a table row or json."""
+    """One system's row: PPL (given), Dist-1/2, Emp-F1, mean kappa, all-three-match, mean macro-F1 and mean TV
+    distance with bootstrap CIs over contexts; per mechanism F1, and kappa, macro-F1 and TV distance with CIs; m
+    (samples per context). ``responses=None`` (a floor predictor): no Dist-n. A flat dict, ready for a table row
+    or json."""
     system = _System(gold_levels, responses, pred_levels, tokenizer)
     row = {"n_examples": system.n, "samples_per_context": system.m, "ppl": None if ppl is None else float(ppl)}
     for name in METRICS:
@@ -483,6 +616,27 @@ def evaluate_responses(
         row.update({name: ci.value, f"{name}_low": ci.low, f"{name}_high": ci.high})
     f1 = [100.0 * weighted_f1(system.gold[:, m], system.levels[:, m]) for m in range(3)]
     kappa = cohen_kappa(system.gold, system.levels)
-    for k, key in enumerate(("er", "ip", "ex")):
+    for k, key in enumerate(MECHANISM_KEYS):
         row.update({f"emp_f1_{key}": f1[k], f"kappa_{key}": kappa[k]})
+    row.update(_agreement_cis(system, n_boot, seed, level))
     return row
+
+
+def _agreement_cis(system: _System, n_boot: int, seed: int, level: float) -> dict:
+    """Macro-F1 and TV distance (mean and per mechanism) and kappa per mechanism, with percentile CIs over the
+    same resamples of contexts as ``bootstrap_ci`` (same seed), all from one matrix product."""
+    cells = system.context_cells()
+    point = agreement(np.tensordot(np.ones(system.n), cells, axes=1).reshape(3, 3, 3))
+    boots = agreement(np.tensordot(_resample_weights(system.n, n_boot, seed), cells, axes=1)
+                      .reshape(n_boot, 3, 3, 3))
+    alpha = (1.0 - level) / 2
+    out = {}
+    for name in ("macro_f1", "tv", "kappa"):
+        per_mechanism = [(key, point[name][k], boots[name][:, k]) for k, key in enumerate(MECHANISM_KEYS)]
+        if name != "kappa":  # the mean kappa and its CI are METRICS'
+            per_mechanism.insert(0, ("", point[name].mean(), boots[name].mean(axis=1)))
+        for key, value, resampled in per_mechanism:
+            label = f"{name}_{key}" if key else name
+            low, high = np.quantile(resampled, [alpha, 1 - alpha])
+            out.update({label: float(value), f"{label}_low": float(low), f"{label}_high": float(high)})
+    return out

@@ -12,7 +12,13 @@ import math
 import numpy as np
 import pandas as pd
 
+from emprl.eval.evaluation import VERDICTS
+from emprl.eval.metrics import BLIND_FLOOR
 from emprl.paper_tables import TABLE_I
+
+VERDICT_RULE = ("reproduced: the 95% CI excludes 0 and contains the paper's value; same sign, smaller or larger: "
+                "it excludes 0 and the paper's value; undecided: it contains 0; opposite sign: it excludes 0 on the "
+                "other side")
 
 SMOKE_CAVEAT = ("**Smoke profile:** a tiny model trained for seconds on an invented sample; the text below "
                 "describes these numbers and shows that the pipeline runs, not anything about EmpRL.")
@@ -196,7 +202,7 @@ def _paired_line(paired: pd.DataFrame, comparison: str, label: str) -> tuple[flo
 
 
 def _floor_lines(rows: dict[str, dict], floors: dict[str, dict] | None) -> list[str]:
-    """How far each system sits above the constant floor, and its chance-corrected agreement."""
+    """How far each system sits above the constant and the blind best floors, and its agreement beyond Emp-F1."""
     if not floors or "floor: constant majority" not in floors:
         return []
     const = floors["floor: constant majority"]
@@ -204,12 +210,31 @@ def _floor_lines(rows: dict[str, dict], floors: dict[str, dict] | None) -> list[
     lines = [f"The floor: predicting the most frequent gold level of every mechanism for every response scores "
              f"Emp-F1 {const['emp_f1']:.2f} (kappa 0, all three levels right on {const['all_match']:.1f}% of "
              f"contexts). Emp-F1 above it: {above} points."]
+    blind = floors.get(BLIND_FLOOR)
+    if blind is not None:
+        above = ", ".join(f"{n} {_signed(r['emp_f1'] - blind['emp_f1'])}" for n, r in rows.items())
+        lines.append(f"The blind best floor, which reads neither context nor response and draws levels from the "
+                     f"distribution that maximises the expected weighted F1 under the training split's level "
+                     f"frequencies, scores Emp-F1 {blind['emp_f1']:.2f} [{blind['emp_f1_low']:.2f}, "
+                     f"{blind['emp_f1_high']:.2f}]. Emp-F1 above it: {above} points; a system below it has not shown "
+                     "on Emp-F1 that it reads the context at all.")
     if all("kappa" in r for r in rows.values()):
         kappas = ", ".join(f"{n} {r['kappa']:.3f} [{r['kappa_low']:.3f}, {r['kappa_high']:.3f}]"
                            for n, r in rows.items())
         lines.append(f"Chance-corrected agreement with the gold levels (Cohen's kappa, mean of the three "
                      f"mechanisms; 0 is chance, 1 perfect): {kappas}.")
+    if all("macro_f1" in r for r in rows.values()):
+        parts = ", ".join(f"{n} {r['macro_f1']:.2f} and {r['tv']:.2f}" for n, r in rows.items())
+        lines.append(f"Macro-F1 (%, every level counts alike) and the total variation distance (%) of the predicted "
+                     f"level distribution from the gold one, mean of the mechanisms: {parts}.")
     return lines
+
+
+def verdict_counts(signatures: list[dict]) -> str:
+    """"n verdict; ... of N" in ``evaluation.VERDICTS`` order (verdicts that do not occur left out)."""
+    counts = pd.Series([s["verdict"] for s in signatures]).value_counts()
+    order = [v for v in VERDICTS if v in counts] + [v for v in counts.index if v not in VERDICTS]
+    return "; ".join(f"{int(counts[v])} {v}" for v in order) + f" (of {len(signatures)})"
 
 
 def _se_line(paired: pd.DataFrame, comparison: str) -> str:
@@ -261,9 +286,8 @@ def ablations(rows: dict[str, dict], paired: pd.DataFrame, paper: dict, smoke: b
     lines.append(f"{agree} of {total} paired differences have a 95% CI that excludes 0 and the paper's sign.")
     lines += _floor_lines(rows, floors)
     if signatures:
-        counts = pd.Series([s["verdict"] for s in signatures]).value_counts()
-        lines.append("The paper's signatures (metrics/paper_signatures.json): " + ", ".join(
-            f"{k} {v}" for k, v in counts.items()) + " of " + str(len(signatures)) + ". " + "; ".join(
+        lines.append("The paper's signatures (metrics/paper_signatures.json; " + VERDICT_RULE + "): "
+                     + verdict_counts(signatures) + ". " + "; ".join(
             f"{s['signature']}: paper {_signed(s['paper'])}, ours {_signed(s['ours'])} [{s['ci_low']:.2f}, "
             f"{s['ci_high']:.2f}], **{s['verdict']}**" for s in signatures) + ".")
     if no_kl_ppl is not None and len(no_kl_ppl) > 1:
@@ -315,6 +339,12 @@ def rl_study(part1: pd.DataFrame, floors: dict, bon: pd.DataFrame, rs_rounds: pd
              f"{base['emp_f1']:.2f} ({_signed(base['emp_f1'] - const['emp_f1'])} points above it); its kappa is "
              f"{base['kappa']:.3f} and all three levels match on {base['all_match']:.1f}% of contexts "
              f"(constant: {const['all_match']:.1f}%)."]
+    if BLIND_FLOOR in floors:
+        blind = floors[BLIND_FLOOR]
+        lines.append(f"The blind best floor (levels drawn, reading nothing, from the distribution that maximises the "
+                     f"expected weighted F1 under the training split's level frequencies) scores Emp-F1 "
+                     f"{blind['emp_f1']:.2f} on validation; the model without RL is "
+                     f"{_signed(base['emp_f1'] - blind['emp_f1'])} points above it.")
     top = int(bon.index.get_level_values("n").max())
     oracle, expected = bon.loc[(top, "oracle")], bon.loc[(top, "expected")]
     lines.append(f"Best-of-{top} (validation): choosing by R_emp against the gold levels (the oracle) changes Emp-F1 by "
@@ -366,7 +396,5 @@ def rl_study(part1: pd.DataFrame, floors: dict, bon: pd.DataFrame, rs_rounds: pd
                  f"{_test_line(paired_test, 'RS, keep best - w/o RL')}; RS keep best minus keep random "
                  f"{_test_line(paired_test, 'RS, keep best - RS, keep random')}.")
     if signatures:
-        counts = pd.Series([sg["verdict"] for sg in signatures]).value_counts()
-        lines.append("The paper's signatures (notebook 06): " + ", ".join(f"{v} {k}" for k, v in counts.items())
-                     + f" of {len(signatures)}.")
+        lines.append(f"The paper's signatures (notebook 06): {verdict_counts(signatures)}.")
     return "\n".join(head(smoke)) + bullets(lines)

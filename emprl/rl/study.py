@@ -8,7 +8,8 @@ paper's Table V signatures when tested with enough power.
 - ``arm_settings(P, name, steps)``: the PPOConfig of an arm: its preset and overrides on the profile.
 - ``window_stats`` / ``criteria``: training R_emp rise and the three conditions, against a reference (the twin).
 - ``select``: the arm to run long, chosen on validation.
-- ``signatures`` / ``verdict``: each Table V difference of the paper against ours, with a verdict.
+- ``signatures`` / ``verdict`` (from ``emprl.eval.evaluation``): each Table V difference of the paper against ours,
+  with a verdict.
 
 Every arm starts from the same generator checkpoint and the same identifiers; selection is on the validation
 split, the test split is touched once, for the final tables.
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from emprl.paper_tables import TABLE_V
+# the paper's signatures and their verdicts live with the evaluation, so that emprl.eval.rebuild recomputes them
+# from committed files alone; the study uses them from here
+from emprl.eval.evaluation import SIGNATURES, VERDICTS, signatures, verdict  # noqa: F401
 from emprl.profiles import PPOConfig, with_settings
 
 
@@ -148,66 +151,3 @@ def select(table: pd.DataFrame) -> tuple[str, str]:
     row = pool.loc[name]
     return name, (f"{why}: {float(row['Emp-F1 effect']):+.2f} points (p = {float(row['Emp-F1 effect p']):.3f})")
 
-
-# --------------------------------------------------------------------------- the paper's signatures
-
-_V = {name: dict(zip(TABLE_V["columns"], values)) for name, values in TABLE_V["rows"].items()}
-
-
-def _ppl_change(a: str, b: str) -> float:
-    return 100.0 * (_V[a]["PPL"] / _V[b]["PPL"] - 1.0)
-
-
-# (name, system A, system B, metric, the paper's A - B). PPL as a relative change (%): our PPL is of another
-# tokenizer and model, so only its relative change can be compared; Dist-n and Emp-F1 as points.
-SIGNATURES = [
-    ("EmpRL - w/o RL: Emp-F1", "EmpRL", "w/o RL", "emp_f1", _V["EmpRL"]["Emp-F1 (%)"] - _V["w/o RL"]["Emp-F1 (%)"]),
-    ("EmpRL - w/o RL: Dist-1", "EmpRL", "w/o RL", "dist1", _V["EmpRL"]["Dist-1"] - _V["w/o RL"]["Dist-1"]),
-    ("EmpRL - w/o RL: Dist-2", "EmpRL", "w/o RL", "dist2", _V["EmpRL"]["Dist-2"] - _V["w/o RL"]["Dist-2"]),
-    ("EmpRL / w/o RL: PPL change (%)", "EmpRL", "w/o RL", "ppl_change", _ppl_change("EmpRL", "w/o RL")),
-    ("EmpRL - w/o Empathy Reward: Emp-F1", "EmpRL", "w/o Empathy Reward", "emp_f1",
-     _V["EmpRL"]["Emp-F1 (%)"] - _V["w/o Empathy Reward"]["Emp-F1 (%)"]),
-    ("w/o KL Penalty / EmpRL: PPL change (%)", "w/o KL Penalty", "EmpRL", "ppl_change",
-     _ppl_change("w/o KL Penalty", "EmpRL")),
-    ("w/o KL Penalty - EmpRL: Dist-2", "w/o KL Penalty", "EmpRL", "dist2",
-     _V["w/o KL Penalty"]["Dist-2"] - _V["EmpRL"]["Dist-2"]),
-    ("w/o KL Penalty - EmpRL: Emp-F1", "w/o KL Penalty", "EmpRL", "emp_f1",
-     _V["w/o KL Penalty"]["Emp-F1 (%)"] - _V["EmpRL"]["Emp-F1 (%)"]),
-]
-
-
-def verdict(paper: float, delta: float, low: float, high: float) -> tuple[str, str]:
-    """*reproduced*: same sign as the paper's and the CI excludes 0; *consistent*: the CI contains both the
-    paper's value and 0; *refuted*: the CI excludes the paper's value (and the sign is not reproduced).
-    Returns (verdict, reason)."""
-    has_zero, has_paper = low <= 0 <= high, low <= paper <= high
-    if not has_zero and np.sign(delta) == np.sign(paper):
-        size = "" if has_paper else f"; the paper's {paper:+.2f} lies outside [{low:.2f}, {high:.2f}]"
-        return "reproduced", f"same sign as the paper's, CI excludes 0{size}"
-    if has_zero and has_paper:
-        return "consistent", f"the CI [{low:.2f}, {high:.2f}] holds both 0 and the paper's {paper:+.2f}: undecided"
-    if not has_paper:
-        side = "the opposite sign" if not has_zero else "0 but not the paper's value"
-        return "refuted", f"the CI [{low:.2f}, {high:.2f}] holds {side} ({paper:+.2f})"
-    return "undecided", f"the CI [{low:.2f}, {high:.2f}] excludes 0 with the opposite sign and holds the paper's"
-
-
-def signatures(systems: dict[str, dict], gold, tokenizer: str, n_boot: int, seed: int) -> list[dict]:
-    """Each Table V signature: the paper's value, ours with its 95% CI and standard error, and the verdict.
-
-    ``systems``: {Table V name: ``evaluation.evaluate_system`` result ("responses", "levels", "nll", "tokens")}.
-    """
-    from emprl.eval import metrics
-
-    out = []
-    for name, a, b, metric, paper in SIGNATURES:
-        if metric == "ppl_change":
-            t = metrics.paired_ppl(systems[a]["nll"], systems[a]["tokens"], systems[b]["nll"], systems[b]["tokens"],
-                                   n_boot=n_boot, seed=seed, relative=True)
-        else:
-            t = metrics.paired_test(metric, systems[a], systems[b], gold=gold, tokenizer=tokenizer, n_boot=n_boot,
-                                    seed=seed)
-        v, reason = verdict(paper, t.delta, t.low, t.high)
-        out.append({"signature": name, "paper": paper, "ours": t.delta, "ci_low": t.low, "ci_high": t.high,
-                    "se": t.se, "p": t.p_value, "verdict": v, "reason": reason})
-    return out

@@ -1,0 +1,188 @@
+"""Every evaluation table and the paper's signatures again, from committed files alone (no model, no scoring).
+
+    python -m emprl.eval.rebuild --profile offline [--out DIR] [--split test]
+
+Reads, under the run's output folder OUT (``evaluation.write_evaluation_records`` writes them):
+
+* ``levels/<split>_gold.json.gz``: the gold levels per evaluator;
+* ``levels/<split>_<system>.json.gz``: each system's levels per evaluator, per-example NLL and token counts
+  (PPL where present), and the name of its generations file (Dist-n where present);
+* ``levels/train_frequencies.json``: the training split's level frequencies, which the blind best floor is
+  fitted on;
+* ``generations/*.jsonl.gz``: the responses.
+
+Writes, per evaluator E, ``tables/rebuilt_table_ii_E``, ``tables/rebuilt_table_v_E`` (the Table V systems
+present), ``tables/rebuilt_systems_E`` (every system) as .md and .csv, and ``metrics/rebuilt_signatures.json``
+(the paper's signatures whose systems are present). The bootstrap settings and the Dist-n tokenizer are the
+profile's (``emprl.profiles``); the seed is the profile's seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from emprl.eval import evaluation, metrics
+from emprl.eval.report import save_table
+from emprl.paper_tables import TABLE_II, TABLE_V
+from emprl.profiles import get_profile
+from emprl.run import resolve_output_dir
+
+TABLE_II_SYSTEMS = ("EmpRL", "w/o RL")  # notebook 05's systems; an LLM row ("LLM ...") joins them
+TABLE_V_SYSTEMS = tuple(TABLE_V["rows"])
+
+
+def _responses(out: Path, record: dict) -> list[str] | None:
+    """The system's responses in the evaluation layout (sample j of context i at j * N + i), or None."""
+    if not record.get("generations"):
+        return None
+    path = out / record["generations"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{record['system']}: its generations file {path} is missing")
+    index = {cid: i for i, cid in enumerate(record["ids"])}
+    n, m = len(record["ids"]), record["m"]
+    responses: list[str | None] = [None] * (n * m)
+    rows = evaluation.read_generations(path)
+    names = {row["system"] for row in rows}
+    # a file of one system may name it otherwise (the LLM's file names its model)
+    name = record["system"] if record["system"] in names or len(names) != 1 else next(iter(names))
+    for row in rows:
+        if row["system"] == name and row["id"] in index and row["sample"] < m:
+            responses[row["sample"] * n + index[row["id"]]] = row["response"]
+    missing = sum(r is None for r in responses)
+    if missing:
+        raise ValueError(f"{path}: {missing} of {n * m} responses of {record['system']!r} are missing")
+    return responses  # type: ignore[return-value]
+
+
+def load(out, split: str = "test") -> dict:
+    """Every committed evaluation record of ``split`` under OUT: {"gold": {evaluator: [N, 3]}, "ids",
+    "train_frequencies": {evaluator: [3, 3]} or {}, "systems": {name: {"ids", "m", "levels": {evaluator:
+    [m x N, 3]}, "responses", "nll", "tokens"}}}. A missing gold file, or a system on other ids, is an error
+    that names the file."""
+    out = Path(out)
+    gold_record = evaluation.read_json_gz(evaluation.gold_levels_path(out, split))
+    ids = gold_record["ids"]
+    freq_path = evaluation.train_frequencies_path(out)
+    frequencies = json.loads(freq_path.read_text())["evaluators"] if freq_path.is_file() else {}
+    systems = {}
+    gold_name = evaluation.gold_levels_path(out, split).name
+    for path in sorted((out / evaluation.LEVELS_FOLDER).glob(f"{split}_*.json.gz")):
+        if path.name == gold_name:
+            continue
+        record = evaluation.read_json_gz(path)
+        if record["ids"] != ids:
+            raise ValueError(f"{path}: its ids are not those of {gold_name}")
+        levels = {name: np.asarray(e["levels"], dtype=np.int64).transpose(1, 0, 2).reshape(-1, 3)
+                  for name, e in record["evaluators"].items()}
+        systems[record["system"]] = {"ids": ids, "m": record["m"], "levels": levels, "nll": record.get("nll"),
+                                     "tokens": record.get("tokens"), "responses": _responses(out, record)}
+    if not systems:
+        raise FileNotFoundError(f"no system's levels under {out / evaluation.LEVELS_FOLDER} for split {split!r}")
+    return {"gold": {k: np.asarray(v, dtype=np.int64) for k, v in gold_record["evaluators"].items()}, "ids": ids,
+            "train_frequencies": {k: np.asarray(v) for k, v in frequencies.items()}, "systems": systems}
+
+
+def _ppl(system: dict) -> float | None:
+    if system.get("nll") is None or system.get("tokens") is None:
+        return None
+    return math.exp(float(np.sum(system["nll"]) / np.sum(system["tokens"])))
+
+
+def rows(data: dict, evaluator: str, eval_cfg, seed: int) -> tuple[dict[str, dict], dict[str, dict]]:
+    """({system: metrics row}, {floor: metrics row}) of one evaluator, as the notebooks compute them."""
+    if evaluator not in data["gold"]:
+        raise KeyError(f"no gold levels of evaluator {evaluator!r} (have {sorted(data['gold'])})")
+    gold = data["gold"][evaluator]
+    ours = {}
+    for name, s in data["systems"].items():
+        if evaluator not in s["levels"]:
+            continue
+        ours[name] = metrics.evaluate_responses(s["responses"], s["levels"][evaluator], gold, ppl=_ppl(s),
+                                                tokenizer=eval_cfg.tokenizer, n_boot=eval_cfg.bootstrap, seed=seed,
+                                                level=eval_cfg.ci_level)
+    floors = evaluation.floor_rows(gold, eval_cfg, seed, prior=data["train_frequencies"].get(evaluator))
+    return ours, floors
+
+
+def signatures(data: dict, evaluator: str, eval_cfg, seed: int) -> list[dict]:
+    """The paper's signatures whose systems are present (PPL ones: with their NLL)."""
+    systems = {n: {"responses": s["responses"], "levels": s["levels"][evaluator], "nll": s["nll"],
+                   "tokens": s["tokens"]}
+               for n, s in data["systems"].items() if evaluator in s["levels"] and s["responses"] is not None}
+    return evaluation.signatures(systems, data["gold"][evaluator], eval_cfg.tokenizer, eval_cfg.bootstrap, seed,
+                                 partial=True)
+
+
+def rebuild(out, profile: str, split: str = "test") -> dict[str, Path]:
+    """Write the rebuilt tables and signatures under OUT; returns {what: path}."""
+    out = Path(out)
+    P = get_profile(profile)
+    E, seed = P.evaluation, P.seed
+    data = load(out, split)
+    label = f"rebuilt from committed levels ({profile}, {split} split) | Dist-n tokens: {E.tokenizer}"
+    note = (f"Rebuilt by python -m emprl.eval.rebuild from OUT/levels and OUT/generations; CIs: {E.bootstrap} "
+            f"bootstrap resamples of contexts with their samples, seed {seed}. Emp-F1 above blind floor: minus the "
+            "blind best floor's Emp-F1 (levels drawn from the distribution that maximises the expected weighted F1 "
+            "under the training split's level frequencies). PPL only where the per-example NLL is committed.")
+    written, sigs = {}, {}
+    for evaluator in data["gold"]:
+        ours, floors = rows(data, evaluator, E, seed)
+        n, m = len(data["ids"]), {r["samples_per_context"] for r in ours.values()}
+        suffix = f" | evaluator {evaluator} | n={n}, m={'/'.join(map(str, sorted(m)))}"
+        tables = {
+            "table_ii": ({k: v for k, v in ours.items() if k in TABLE_II_SYSTEMS or k.startswith("LLM")},
+                         TABLE_II, "paper (reported, Table II)"),
+            "table_v": ({k: v for k, v in ours.items() if k in TABLE_V_SYSTEMS}, TABLE_V, "paper (reported, Table V)"),
+            "systems": (ours, TABLE_V, "paper (reported, Table V)"),
+        }
+        for name, (subset, paper, paper_label) in tables.items():
+            if not subset:
+                continue
+            frame = evaluation.comparison_table(paper, subset, paper_label, label + suffix, floors=floors)
+            key = f"rebuilt_{name}_{evaluator}"
+            save_table(out, key, frame, title=f"{key}: {split} split, evaluator {evaluator}", note=note,
+                       smoke=P.is_smoke)
+            written[key] = out / "tables" / f"{key}.md"
+        sigs[evaluator] = signatures(data, evaluator, E, seed)
+        if sigs[evaluator]:
+            key = f"rebuilt_signatures_{evaluator}"
+            save_table(out, key, pd.DataFrame(sigs[evaluator]).set_index("signature"), digits=3, smoke=P.is_smoke,
+                       title=f"The paper's signatures, rebuilt ({split} split, evaluator {evaluator})")
+            written[key] = out / "tables" / f"{key}.md"
+    path = out / "metrics" / "rebuilt_signatures.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"profile": profile, "split": split, "n": len(data["ids"]),
+                                "bootstrap": E.bootstrap, "signatures": sigs}, indent=1) + "\n")
+    written["signatures"] = path
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emprl.eval.rebuild",
+                                     description="Rebuild the evaluation tables and signatures from committed files.")
+    parser.add_argument("--profile", default="smoke")
+    parser.add_argument("--out", default=None, help="output folder (default $EMPRL_OUTPUT_DIR or outputs/<profile>)")
+    parser.add_argument("--split", default="test")
+    args = parser.parse_args(argv)
+    t = time.perf_counter()
+    try:
+        written = rebuild(resolve_output_dir(args.profile, args.out), args.profile, args.split)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"rebuild: {e}", file=sys.stderr)
+        return 2
+    for key, path in written.items():
+        print(f"{key}: {path}")
+    print(f"rebuilt in {time.perf_counter() - t:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

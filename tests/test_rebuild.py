@@ -1,0 +1,70 @@
+"""python -m emprl.eval.rebuild: the tables and signatures from committed levels files alone."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emprl.eval import evaluation, metrics, rebuild
+from emprl.profiles import get_profile
+
+
+def _write_run(out, n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = [f"conv{i}" for i in range(n)]
+    gold = rng.choice(3, size=(n, 3), p=[0.6, 0.3, 0.1])
+    systems = {}
+    for k, name in enumerate(("EmpRL", "w/o RL")):
+        m = 2
+        responses = [f"reply {name} {i % 7} {rng.integers(20)} words here" for i in range(m * n)]
+        levels = np.where(rng.random((m * n, 3)) < 0.5 + 0.2 * k, np.tile(gold, (m, 1)), rng.integers(0, 3, (m * n, 3)))
+        nll, tokens = rng.uniform(10, 20, n), rng.integers(3, 9, n).astype(float)
+        systems[name] = {"responses": responses, "levels": levels, "nll": nll, "tokens": tokens}
+    evaluation.write_system_generations(out / "generations", "05_test", ids,
+                                        {k: v["responses"] for k, v in systems.items()})
+    evaluation.write_evaluation_records(out, "test", ids, gold, systems, stem="05_test")
+    prior = metrics.level_frequencies(rng.choice(3, size=(200, 3), p=[0.6, 0.3, 0.1]))
+    evaluation.write_train_frequencies(out, {"reward": prior}, n=200, source="synthetic")
+    return gold, systems, prior
+
+
+def test_rebuild_gives_the_numbers_metrics_computes_directly(tmp_path, capsys):
+    gold, systems, prior = _write_run(tmp_path)
+    assert rebuild.main(["--profile", "smoke", "--out", str(tmp_path)]) == 0
+    E, seed = get_profile("smoke").evaluation, get_profile("smoke").seed
+    table = pd.read_csv(tmp_path / "tables" / "rebuilt_table_ii_reward.csv", index_col=0)
+    for name, s in systems.items():
+        direct = metrics.evaluate_responses(s["responses"], s["levels"], gold,
+                                            ppl=math.exp(s["nll"].sum() / s["tokens"].sum()), tokenizer=E.tokenizer,
+                                            n_boot=E.bootstrap, seed=seed, level=E.ci_level)
+        row = table[table["Block"].str.startswith("rebuilt")].loc[name]
+        for column, key in (("Emp-F1 (%)", "emp_f1"), ("kappa (mean)", "kappa"), ("macro-F1 (%)", "macro_f1"),
+                            ("TV distance (%)", "tv"), ("all 3 match (%)", "all_match"), ("Dist-1", "dist1"),
+                            ("Dist-2", "dist2"), ("PPL", "ppl")):
+            assert float(row[column]) == pytest.approx(direct[key]), column
+    blind = metrics.emp_f1(gold, metrics.floor_levels(gold, "blind best", seed, prior=prior))
+    assert float(table.loc[metrics.BLIND_FLOOR, "Emp-F1 (%)"]) == pytest.approx(blind)
+    row = table[table["Block"].str.startswith("rebuilt")].loc["EmpRL"]
+    assert float(row["Emp-F1 above blind floor"]) == pytest.approx(float(row["Emp-F1 (%)"]) - blind)
+    sigs = json.loads((tmp_path / "metrics" / "rebuilt_signatures.json").read_text())["signatures"]["reward"]
+    assert [s["signature"] for s in sigs] == [s[0] for s in evaluation.SIGNATURES if s[1:3] == ("EmpRL", "w/o RL")]
+    direct = metrics.paired_test("emp_f1", systems["EmpRL"], systems["w/o RL"], gold=gold, tokenizer=E.tokenizer,
+                                 n_boot=E.bootstrap, seed=seed)
+    assert sigs[0]["ours"] == pytest.approx(direct.delta) and sigs[0]["ci_low"] == pytest.approx(direct.low)
+    assert (tmp_path / "tables" / "rebuilt_table_v_reward.md").is_file()
+
+
+def test_a_missing_file_is_a_clear_error_naming_it(tmp_path, capsys):
+    _write_run(tmp_path)
+    (tmp_path / "generations" / "05_test_w_o_rl_responses.jsonl.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="05_test_w_o_rl_responses.jsonl.gz"):
+        rebuild.load(tmp_path)
+    assert rebuild.main(["--profile", "smoke", "--out", str(tmp_path)]) == 2
+    assert "05_test_w_o_rl_responses.jsonl.gz" in capsys.readouterr().err
+    (tmp_path / "levels" / "test_gold.json.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="test_gold.json.gz"):
+        rebuild.load(tmp_path)
