@@ -1,0 +1,75 @@
+"""python -m emprl.eval.rescore: committed generations scored by an evaluator into the levels files."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from emprl import data
+from emprl.eval import evaluation, rescore
+from emprl.profiles import get_profile
+
+
+class TextScorer:
+    """Stand-in evaluator: levels are a checksum of (context, response), so any mix-up of pairs shows."""
+
+    def levels(self, contexts, responses):
+        return torch.tensor([[zlib.crc32(f"{k}|{c}|{r}".encode()) % 3 for k in range(3)]
+                             for c, r in zip(contexts, responses)])
+
+
+@pytest.fixture()
+def out(tmp_path, monkeypatch):
+    monkeypatch.delenv("EMPRL_DATA_DIR", raising=False)  # the bundled smoke sample
+    monkeypatch.setattr(rescore, "load_evaluator", lambda *a, **k: TextScorer())
+    return tmp_path
+
+
+def smoke_test_split():
+    P = get_profile("smoke")
+    test = data.load_split(P, "test", data.dataset_dir("smoke"))
+    return test, data.context_texts(test, P.data.max_context_tokens)[1]
+
+
+def test_rescore_writes_each_pairs_levels_then_skips_what_is_done(out):
+    test, contexts = smoke_test_split()
+    ids = [ex.id for ex in test]
+    a = [f"reply {j} to {i}" for j in range(2) for i in range(len(ids))]  # m = 2 blocks of N
+    b = [f"other {i}" for i in range(len(ids))]
+    evaluation.write_system_generations(out / "generations", "05_test", ids, {"A": a})
+    evaluation.write_system_generations(out / "generations", "06_test", ids, {"A": a, "B": b})  # A again, same
+    written = rescore.rescore("smoke", "reward", out=out)
+    assert set(written) == {"gold", "A", "B"}
+    record = evaluation.read_json_gz(evaluation.levels_path(out, "test", "A"))
+    assert record["m"] == 2 and record["ids"] == ids
+    levels = np.asarray(record["evaluators"]["reward"]["levels"])  # [N, m, 3]
+    for i in (0, len(ids) - 1):
+        for j in range(2):
+            expected = [zlib.crc32(f"{k}|{contexts[i]}|reply {j} to {i}".encode()) % 3 for k in range(3)]
+            assert levels[i, j].tolist() == expected
+    gold = evaluation.read_json_gz(evaluation.gold_levels_path(out, "test"))["evaluators"]["reward"]
+    assert gold[1] == [zlib.crc32(f"{k}|{contexts[1]}|{test[1].response}".encode()) % 3 for k in range(3)]
+    ledger = evaluation.read_ledger(out / evaluation.LEDGER_NAME)
+    assert [e["system"] for e in ledger] == ["A [reward on committed generations]",
+                                             "B [reward on committed generations]"]
+    assert rescore.rescore("smoke", "reward", out=out) == {}  # all present: nothing scored, nothing logged
+    assert len(evaluation.read_ledger(out / evaluation.LEDGER_NAME)) == 2
+
+
+def test_a_system_in_two_files_must_agree_and_every_pair_must_be_there(out):
+    test, _ = smoke_test_split()
+    ids = [ex.id for ex in test]
+    evaluation.write_system_generations(out / "generations", "05_test", ids, {"A": ["x"] * len(ids)})
+    evaluation.write_system_generations(out / "generations", "06_test", ids, {"A": ["y"] * len(ids)})
+    with pytest.raises(ValueError, match="both hold 'A' but differ"):
+        rescore.rescore("smoke", "reward", out=out)
+    (out / "generations" / "06_test_a_responses.jsonl.gz").unlink()
+    path = out / "generations" / "05_test_a_responses.jsonl.gz"
+    lines = gzip.decompress(path.read_bytes()).splitlines(keepends=True)
+    path.write_bytes(gzip.compress(b"".join(lines[:-1])))  # one (context, sample) lost
+    with pytest.raises(ValueError, match="1 of .* responses are missing"):
+        rescore.rescore("smoke", "reward", out=out)
