@@ -201,6 +201,30 @@ class StudyConfig(_Section):
 
 
 @dataclass(frozen=True)
+class JudgeConfig(_Section):
+    section: ClassVar[str] = "judge"
+
+    # An independent judge (emprl.models.judge): empathy levels from a pretrained backbone the reward never
+    # sees, frozen, with one small head per mechanism trained on the identifiers' EPITOME split.
+    # "smollm2": SmolLM2-135M-Instruct from the verified GGUF (offline); "roberta-base": the hub (a RoBERTa
+    # encoder, as the EPITOME authors used); "tiny-random": a 2-layer random Llama (smoke only)
+    backbone: str = "smollm2"
+    max_context_len: int = 128  # tokens of the context kept (its end)
+    max_response_len: int = 64  # tokens of the response kept (its start)
+    pooling: str = "mean"  # over the response's tokens, which have read the context
+    batch_size: int = 32  # texts per forward pass (length-sorted), and pairs per step of the heads
+    # the backbone's dtype: "auto" is bfloat16 on CUDA and on CPUs with native bf16 (run.native_bf16), else
+    # float32; the features, and so the levels, depend on it, so a trained judge keeps the one it was trained in
+    dtype: str = "auto"
+    head: str = "linear"  # "linear" | "mlp" (Linear -> Tanh -> Dropout -> Linear), on standardised features
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    epochs: int = 100  # a head on frozen features is cheap: many epochs, early stopping on validation F1
+    patience: int = 10
+    class_weighting: str = "inverse_sqrt"  # as identifiers.class_weighting
+
+
+@dataclass(frozen=True)
 class RuntimeConfig(_Section):
     section: ClassVar[str] = "runtime"
 
@@ -231,6 +255,7 @@ class Profile:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     @property
     def is_smoke(self) -> bool:
@@ -248,6 +273,7 @@ SECTIONS = {
     "ppo": PPOConfig,
     "evaluation": EvalConfig,
     "study": StudyConfig,
+    "judge": JudgeConfig,
 }
 
 # --------------------------------------------------------------------------- the profiles
@@ -267,6 +293,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "evaluation": {"max_examples": 24, "bootstrap": 100, "ablation_no_kl_steps": 2, "n_random_cases": 2,
                        "human_eval_contexts": 8, "no_kl_ppl_every": 1},
         "study": {"arm_steps": 2, "long_steps": 3, "bon_samples": 4, "rs_contexts": 16, "rs_samples": 2},
+        # float32: the checked cells of notebook 02 must not depend on whether the CPU has native bf16
+        "judge": {"backbone": "tiny-random", "max_context_len": 48, "max_response_len": 32, "epochs": 20,
+                  "patience": 5, "dtype": "float32"},
     },
     # Real data, offline MiniLM identifiers, T5 trained from scratch: CPU or GPU, minutes to hours.
     "offline": {
@@ -282,6 +311,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # four samples per test context: the paired standard error of EmpRL - w/o RL falls toward 0.2 points;
         # the study (notebook 08) selects on 1,000 validation examples
         "evaluation": {"samples_per_context": 4, "study_max_examples": 1000},
+        # the identifiers' lengths; SmolLM2 features of all 3,023 EPITOME pairs: see docs/method.md
+        "judge": {"max_context_len": 64, "max_response_len": 48},
     },
     # Real data on one GPU (an H100) in at most 7 minutes for notebooks 01-07. The arithmetic, from the GPU
     # figures in NOTES.md section 5 (t5-base eager forward+backward 93 ms at batch 8, launch-bound, so a
@@ -312,12 +343,14 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                       "eval_every": 100, "eval_examples": 1000, "patience": 3},
         "ppo": {"steps": 50, "batch_size": 32, "mini_batch_size": 32, "checkpoint_every": 25},
         "evaluation": {"batch_size": 256, "ablation_ppo_steps": None, "ablation_no_kl_steps": 25},
+        "judge": {"max_context_len": 256, "max_response_len": 64, "batch_size": 64},
     },
     # The paper: t5-base from the hub, the paper's hyper-parameters, GPUs.
     "paper": {
         "identifiers": {"encoder": "t5-base", "max_context_len": 256, "max_response_len": 64, "epochs": 10, "patience": 3},
         "generator": {"model": "t5-base", "max_source_len": 256, "max_target_len": 40, "epochs": 20, "patience": 3},
         "ppo": {"steps": 24000},
+        "judge": {"backbone": "roberta-base", "max_context_len": 256, "max_response_len": 64},
     },
 }
 
@@ -353,6 +386,9 @@ RANGES: dict[str, tuple] = {
     "evaluation.ci_level": OPEN_UNIT, "evaluation.no_kl_ppl_every": POSITIVE,
     **{f"study.{k}": POSITIVE for k in ("arm_steps", "long_steps", "bon_samples", "rs_contexts", "rs_samples",
                                        "rs_rounds")},
+    **{f"judge.{k}": POSITIVE for k in ("max_context_len", "max_response_len", "batch_size", "lr", "epochs",
+                                       "patience")},
+    "judge.weight_decay": NON_NEGATIVE,
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "runtime.precision": ("auto", "bf16", "fp32"),
@@ -366,6 +402,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ppo.whiten_rewards_padding": ("zero", "trl"),
     "ppo.lr_schedule": ("constant", "linear"),
     "ppo.ratio": ("raw", "sampler"),
+    "judge.backbone": ("smollm2", "roberta-base", "tiny-random"),  # emprl.models.judge.BACKBONES
+    "judge.pooling": ("mean", "max"),
+    "judge.dtype": ("auto", "float32", "bfloat16"),
+    "judge.head": ("linear", "mlp"),
+    "judge.class_weighting": ("none", "inverse", "inverse_sqrt"),
 }
 
 

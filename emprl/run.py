@@ -8,6 +8,7 @@ else chooses a device, creates the standard output folders or prints the run's s
 Checkpoints live under ``<out>/checkpoints/`` (git-ignored)::
 
     identifiers/<mechanism>/               the three empathy identifiers (notebook 02)
+    judge/                                 the independent judge's heads (notebook 02)
     generator/{full,prefix}/               the generator by tuning (notebook 03)
     generator/_tokenizer/                  the scratch generator's tokenizer
     generator/_train_state/{full,prefix}/  the generator's resume state
@@ -72,6 +73,10 @@ class Paths:
     @property
     def identifiers(self) -> Path:
         return self.checkpoints / "identifiers"
+
+    @property
+    def judge(self) -> Path:
+        return self.checkpoints / "judge"
 
     def generator(self, tuning: str) -> Path:
         """The saved generator by tuning: "prefix" (the paper's) or "full"."""
