@@ -72,7 +72,10 @@ def test_run_passes_device_and_overrides_and_records_the_configuration(tmp_path,
     assert recorded["resolved"]["device"] == "cpu" and "commit" in recorded
     assert str(tmp_path) not in json.dumps(recorded)  # no machine paths
     assert json.loads((out / "metrics" / "config.json").read_text())["config"] == recorded["config"]
-    assert pipeline.staleness(out / "01_ok.ipynb") == ["01_ok.ipynb: ppo.steps recorded 3, current 4"]
+    # its source reads no PPO setting, so a changed ppo.steps leaves it current; one that names P.ppo does not
+    assert pipeline.staleness(out / "01_ok.ipynb", nbdir) == []
+    _notebook(nbdir / "01_ok.ipynb", "steps = P.ppo.steps")
+    assert pipeline.staleness(out / "01_ok.ipynb", nbdir) == ["01_ok.ipynb: ppo.steps recorded 3, current 4"]
 
 
 def test_cli_errors_name_the_parameter_and_the_missing_cuda(tmp_path, monkeypatch, capsys):
@@ -106,6 +109,10 @@ def test_staleness_compares_the_recorded_configuration_with_the_profile(tmp_path
     assert pipeline.staleness(_rendered(tmp_path / "04_d.ipynb", gone)) == [
         "04_d.ipynb: ppo.kl_estimator recorded '(absent)', current 'sampled'",
         "04_d.ipynb: ppo.old_knob recorded 1, current '(absent)'"]
+    # a section its source does not read (notebook 01 reads no PPO setting) cannot make it stale
+    assert pipeline.staleness(_rendered(tmp_path / "01_data_exploration.ipynb", changed)) == []
+    assert pipeline.sections_read(pipeline.NOTEBOOK_DIR / "02_empathy_identifiers.ipynb") == {
+        "data", "identifiers", "judge"}
     assert pipeline.staleness(_rendered(tmp_path / "05_e.ipynb")) == [
         "05_e.ipynb: records no configuration (rendered before configurations were recorded)"]
     assert "unknown profile 'nope'" in pipeline.staleness(

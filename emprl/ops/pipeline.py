@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from emprl.checkpoint import atomic_write_text
-from emprl.profiles import PRESETS, PROFILES, get_profile, parse_overrides
+from emprl.profiles import PRESETS, PROFILES, SECTIONS, get_profile, parse_overrides
 from emprl.run import REPO_ROOT, setup
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -122,12 +123,22 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def staleness(rendered: str | Path) -> list[str]:
+def sections_read(notebook: str | Path) -> set[str] | None:
+    """The profile sections a notebook's code names (``P.<section>``), with "data", which every notebook reads
+    through its loaders: the settings its outputs can depend on. None when the notebook is not there."""
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        return None
+    return {"data"} | set(re.findall(r"\bP\.([a-z_]+)\b", notebook.read_text())) & set(SECTIONS)
+
+
+def staleness(rendered: str | Path, notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
     """Why a rendered notebook is not current for its profile ([] when it is).
 
-    It is stale when it records no configuration, or when its recorded configuration (all sections
-    but ``runtime``) differs from what ``get_profile`` builds today for the recorded profile and preset
-    (the paper's where none is recorded).
+    It is stale when it records no configuration, or when its recorded configuration differs from what
+    ``get_profile`` builds today for the recorded profile and preset (the paper's where none is recorded)
+    in a section its source in ``notebook_dir`` reads (``sections_read``; every section but ``runtime`` when
+    the source is gone): a setting it never reads, such as a section added since, cannot change it.
     """
     import nbformat
 
@@ -140,6 +151,10 @@ def staleness(rendered: str | Path) -> list[str]:
     except ValueError as err:
         return [f"{Path(rendered).name}: {err}"]
     old, new = _flatten(_comparable(recorded["config"])), _flatten(_comparable(current))
+    read = sections_read(Path(notebook_dir) / Path(rendered).name)
+    if read is not None:
+        old = {k: v for k, v in old.items() if k.split(".")[0] in read}
+        new = {k: v for k, v in new.items() if k.split(".")[0] in read}
     absent = "(absent)"
     return [f"{Path(rendered).name}: {key} recorded {old.get(key, absent)!r}, current {new.get(key, absent)!r}"
             for key in sorted(set(old) | set(new)) if old.get(key, absent) != new.get(key, absent)]
