@@ -57,6 +57,7 @@ def test_rescore_writes_each_pairs_levels_then_skips_what_is_done(out):
     assert [e["system"] for e in ledger] == ["A [reward on committed generations]",
                                              "B [reward on committed generations]"]
     assert rescore.rescore("smoke", "reward", out=out) == {}  # all present: nothing scored, nothing logged
+    assert set(rescore.rescore("smoke", "reward", out=out, force=True, gold_only=True)) == {"gold"}
     assert len(evaluation.read_ledger(out / evaluation.LEDGER_NAME)) == 2
 
 

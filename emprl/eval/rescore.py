@@ -74,7 +74,7 @@ def load_evaluator(name: str, checkpoints: Path, device, cache_dir: Path):
 
 
 def rescore(profile: str, evaluator: str, out=None, checkpoints=None, data_dir=None, systems=None,
-            force: bool = False) -> dict[str, Path]:
+            force: bool = False, gold_only: bool = False) -> dict[str, Path]:
     if evaluator not in EVALUATORS:
         raise ValueError(f"evaluator must be one of {EVALUATORS}, got {evaluator!r}")
     # not run.setup: it would overwrite the rendered run's metrics/config.json in OUT
@@ -100,7 +100,7 @@ def rescore(profile: str, evaluator: str, out=None, checkpoints=None, data_dir=N
         written["gold"] = evaluation.write_gold_levels(out, "test", ids, {evaluator: gold})
 
     for system, path in generation_files(out).items():
-        if systems and system not in systems:
+        if gold_only or (systems and system not in systems):
             continue
         target = evaluation.levels_path(out, "test", system)
         if not force and target.is_file() and evaluator in evaluation.read_json_gz(target)["evaluators"]:
@@ -125,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="data folder (default $EMPRL_DATA_DIR)")
     parser.add_argument("--system", action="append", help="only this system (repeatable)")
     parser.add_argument("--force", action="store_true", help="score again what the files already hold")
+    parser.add_argument("--gold-only", action="store_true", help="only the human responses' levels")
     args = parser.parse_args(argv)
-    rescore(args.profile, args.evaluator, args.out, args.checkpoints, args.data_dir, args.system, args.force)
+    rescore(args.profile, args.evaluator, args.out, args.checkpoints, args.data_dir, args.system, args.force,
+            args.gold_only)
     return 0
 
 
