@@ -68,3 +68,19 @@ def test_a_missing_file_is_a_clear_error_naming_it(tmp_path, capsys):
     (tmp_path / "levels" / "test_gold.json.gz").unlink()
     with pytest.raises(FileNotFoundError, match="test_gold.json.gz"):
         rebuild.load(tmp_path)
+
+
+def test_a_second_evaluators_gold_is_compared_with_the_first(tmp_path, capsys):
+    from sklearn.metrics import cohen_kappa_score
+
+    gold, _, _ = _write_run(tmp_path)
+    ids = [f"conv{i}" for i in range(len(gold))]
+    judge = gold.copy()
+    judge[::3, 0] = (judge[::3, 0] + 1) % 3  # disagrees on a third of the emotional reactions
+    evaluation.write_gold_levels(tmp_path, "test", ids, {"judge": judge})  # beside the reward's
+    assert rebuild.main(["--profile", "smoke", "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "tables" / "rebuilt_gold_agreement.csv", index_col=[0, 1])
+    row = table.loc[("judge vs reward", "emotional_reactions")]
+    assert row["Cohen's kappa"] == pytest.approx(cohen_kappa_score(judge[:, 0], gold[:, 0]))
+    assert row["agreement (%)"] == pytest.approx(100 * np.mean(judge[:, 0] == gold[:, 0]))
+    assert table.loc[("judge vs reward", "interpretations"), "Cohen's kappa"] == pytest.approx(1.0)

@@ -121,6 +121,25 @@ def signatures(data: dict, evaluator: str, eval_cfg, seed: int) -> list[dict]:
                                  partial=True)
 
 
+def gold_agreement(gold: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per pair of evaluators and mechanism: Cohen's kappa, agreement and each side's level shares (%)."""
+    from emprl.data import LEVELS, MECHANISMS
+
+    rows_ = []
+    names = sorted(gold)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            kappa = metrics.cohen_kappa(gold[a], gold[b])
+            for k, mechanism in enumerate(MECHANISMS):
+                row = {"evaluators": f"{a} vs {b}", "mechanism": mechanism, "Cohen's kappa": kappa[k],
+                       "agreement (%)": 100 * float(np.mean(gold[a][:, k] == gold[b][:, k]))}
+                for name in (a, b):
+                    row.update({f"{level} (%), {name}": 100 * float(np.mean(gold[name][:, k] == v))
+                                for v, level in enumerate(LEVELS)})
+                rows_.append(row)
+    return pd.DataFrame(rows_).set_index(["evaluators", "mechanism"])
+
+
 def rebuild(out, profile: str, split: str = "test") -> dict[str, Path]:
     """Write the rebuilt tables and signatures under OUT; returns {what: path}."""
     out = Path(out)
@@ -157,6 +176,12 @@ def rebuild(out, profile: str, split: str = "test") -> dict[str, Path]:
             save_table(out, key, pd.DataFrame(sigs[evaluator]).set_index("signature"), digits=3, smoke=P.is_smoke,
                        title=f"The paper's signatures, rebuilt ({split} split, evaluator {evaluator})")
             written[key] = out / "tables" / f"{key}.md"
+    if len(data["gold"]) > 1:  # the evaluators against each other, on the human responses
+        key = "rebuilt_gold_agreement"
+        save_table(out, key, gold_agreement(data["gold"]), smoke=P.is_smoke,
+                   title=f"The evaluators' levels of the human responses against each other ({split} split, "
+                         f"n={len(data['ids'])})")
+        written[key] = out / "tables" / f"{key}.md"
     path = out / "metrics" / "rebuilt_signatures.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"profile": profile, "split": split, "n": len(data["ids"]),
