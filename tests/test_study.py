@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from emprl.eval import evaluation
 from emprl.rl import study
 from emprl.eval.metrics import PairedTest
 from emprl.profiles import get_profile
@@ -80,7 +81,7 @@ def test_arm_settings_and_selection():
 
 
 def test_paper_signatures_are_table_v_differences():
-    by_name = {s[0]: s[4] for s in study.SIGNATURES}
+    by_name = {s[0]: s[4] for s in evaluation.SIGNATURES}
     assert by_name["EmpRL - w/o RL: Emp-F1"] == pytest.approx(66.40 - 65.90)
     assert by_name["EmpRL - w/o RL: Dist-2"] == pytest.approx(27.71 - 26.09)
     assert by_name["EmpRL / w/o RL: PPL change (%)"] == pytest.approx(100 * (12.87 / 11.99 - 1))
@@ -90,7 +91,7 @@ def test_paper_signatures_are_table_v_differences():
 
 
 def test_verdicts_four_way_with_boundaries():
-    v = lambda paper, low, high: study.verdict(paper, (low + high) / 2, low, high)[0]  # noqa: E731
+    v = lambda paper, low, high: evaluation.verdict(paper, (low + high) / 2, low, high)[0]  # noqa: E731
     assert v(0.5, 0.2, 1.0) == "reproduced"
     assert v(0.5, 2.0, 4.0) == "same sign, larger"
     assert v(0.5, 0.1, 0.3) == "same sign, smaller"
@@ -110,7 +111,7 @@ def test_verdicts_four_way_with_boundaries():
     assert v(0.5, 1e-9, 0.4999) == "same sign, smaller"
     assert v(0.5, 0.5001, 1.0) == "same sign, larger"
     assert v(0.0, 0.1, 0.2) == "opposite sign"  # a paper value of 0 has no sign
-    assert set(study.VERDICTS) == {"reproduced", "same sign, smaller", "same sign, larger", "undecided",
+    assert set(evaluation.VERDICTS) == {"reproduced", "same sign, smaller", "same sign, larger", "undecided",
                                    "opposite sign"}
 
 
@@ -123,7 +124,7 @@ def test_committed_offline_signatures_carry_the_four_way_verdicts():
     if not path.is_file():
         pytest.skip("no committed offline signatures")
     for s in json.loads(path.read_text())["signatures"]:
-        assert s["verdict"] == study.verdict(s["paper"], s["ours"], s["ci_low"], s["ci_high"])[0], s["signature"]
+        assert s["verdict"] == evaluation.verdict(s["paper"], s["ours"], s["ci_low"], s["ci_high"])[0], s["signature"]
 
 
 def test_paired_ppl_by_hand_and_signatures_run():
@@ -139,15 +140,15 @@ def test_paired_ppl_by_hand_and_signatures_run():
     systems = {name: {"responses": [f"reply {i} {name} {rng.integers(9)}" for i in range(100)],
                       "levels": rng.integers(0, 3, size=(100, 3)), "nll": rng.uniform(1, 3, 50),
                       "tokens": np.full(50, 3.0)} for name in ("EmpRL", "w/o RL", "w/o Empathy Reward", "w/o KL Penalty")}
-    rows = study.signatures(systems, gold, "word", n_boot=30, seed=0)
-    assert [r["signature"] for r in rows] == [s[0] for s in study.SIGNATURES]
+    rows = evaluation.signatures(systems, gold, "word", n_boot=30, seed=0)
+    assert [r["signature"] for r in rows] == [s[0] for s in evaluation.SIGNATURES]
     assert all(r["ci_low"] <= r["ours"] <= r["ci_high"] or r["verdict"] for r in rows)
-    assert {r["verdict"] for r in rows} <= set(study.VERDICTS)
-    partial = study.signatures({k: v for k, v in systems.items() if k in ("EmpRL", "w/o RL")}, gold, "word", n_boot=30,
+    assert {r["verdict"] for r in rows} <= set(evaluation.VERDICTS)
+    partial = evaluation.signatures({k: v for k, v in systems.items() if k in ("EmpRL", "w/o RL")}, gold, "word", n_boot=30,
                                seed=0, partial=True)
-    assert [r["signature"] for r in partial] == [s[0] for s in study.SIGNATURES if s[1:3] == ("EmpRL", "w/o RL")]
+    assert [r["signature"] for r in partial] == [s[0] for s in evaluation.SIGNATURES if s[1:3] == ("EmpRL", "w/o RL")]
     with pytest.raises(KeyError):
-        study.signatures({"EmpRL": systems["EmpRL"]}, gold, "word", n_boot=30, seed=0)
+        evaluation.signatures({"EmpRL": systems["EmpRL"]}, gold, "word", n_boot=30, seed=0)
 
 
 def test_mean_length_counts_tokens():

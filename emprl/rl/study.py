@@ -8,8 +8,9 @@ paper's Table V signatures when tested with enough power.
 - ``arm_settings(P, name, steps)``: the PPOConfig of an arm: its preset and overrides on the profile.
 - ``window_stats`` / ``criteria``: training R_emp rise and the three conditions, against a reference (the twin).
 - ``select``: the arm to run long, chosen on validation.
-- ``signatures`` / ``verdict`` (from ``emprl.eval.evaluation``): each Table V difference of the paper against ours,
-  with a verdict.
+
+The paper's Table V signatures and their verdicts are ``emprl.eval.evaluation.signatures`` / ``verdict``: they
+live with the evaluation so that ``emprl.eval.rebuild`` recomputes them from committed files alone.
 
 Every arm starts from the same generator checkpoint and the same identifiers; selection is on the validation
 split, the test split is touched once, for the final tables.
@@ -23,9 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-# the paper's signatures and their verdicts live with the evaluation, so that emprl.eval.rebuild recomputes them
-# from committed files alone; the study uses them from here
-from emprl.eval.evaluation import SIGNATURES, VERDICTS, signatures, verdict  # noqa: F401
 from emprl.profiles import PPOConfig, with_settings
 
 
