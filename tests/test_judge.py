@@ -84,6 +84,20 @@ def test_features_are_the_same_bits_with_the_cache_warm_and_cold(tiny, tmp_path,
     assert not torch.equal(other, cold) and len(list(tmp_path.glob("judge_features_*"))) == 2
 
 
+def test_shared_context_features_equal_each_whole_text_alone(tiny):
+    # the reference: each text in one pass of its own, unpadded, the response's states averaged by hand
+    contexts = ["I lost my job today", "my dog is ill", "I lost my job today", "exams next week, scared",
+                "my dog is ill", "I lost my job today"]
+    responses = ["so sorry", "why? what happened to him, is he at the vet now or at home with you?", "ok",
+                 "you will do fine", "oh no", "that is awful, how are you coping with it all?"]
+    got = tiny.features(contexts, responses, 16, 16, "mean", 2)
+    ids, starts = tiny.token_ids(contexts, responses, 16, 16)
+    with torch.inference_mode():
+        for i, (x, s) in enumerate(zip(ids, starts)):
+            hidden = tiny.model(input_ids=torch.tensor([x])).last_hidden_state[0]
+            torch.testing.assert_close(got[i], hidden[s:].mean(dim=0), rtol=1e-5, atol=1e-5)
+
+
 def test_the_context_is_cut_from_the_left_and_the_response_from_the_right(tiny):
     ids, starts = tiny.token_ids(["one two three four five six"], ["alpha beta gamma delta"], 3, 4)
     tok = tiny.tokenizer
@@ -110,6 +124,10 @@ def test_load_round_trips_resumes_and_refuses_another_backbone(trained, tiny):
     (folder / "ckpt" / judge.CONFIG).write_text(json.dumps({**saved, "backbone_hash": "0" * 64}))
     try:
         with pytest.raises(ValueError, match="retrain the judge"):
+            judge.Judge.load(folder / "ckpt", backbone=tiny)
+        # heads trained on features computed another way (a judge from before the context was shared)
+        (folder / "ckpt" / judge.CONFIG).write_text(json.dumps({k: v for k, v in saved.items() if k != "encoding"}))
+        with pytest.raises(ValueError, match="features computed as .*retrain the judge"):
             judge.Judge.load(folder / "ckpt", backbone=tiny)
     finally:
         (folder / "ckpt" / judge.CONFIG).write_text(json.dumps(saved))

@@ -28,7 +28,7 @@ def _write_run(out, n=40, seed=0):
                                         {k: v["responses"] for k, v in systems.items()})
     evaluation.write_evaluation_records(out, "test", ids, gold, systems, stem="05_test")
     prior = metrics.level_frequencies(rng.choice(3, size=(200, 3), p=[0.6, 0.3, 0.1]))
-    evaluation.write_train_frequencies(out, {"reward": prior}, n=200, source="synthetic")
+    evaluation.write_train_frequencies(out, "reward", prior, n=200, source="synthetic")
     return gold, systems, prior
 
 

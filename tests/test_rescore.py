@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 
 import numpy as np
@@ -35,30 +36,40 @@ def smoke_test_split():
     return test, data.context_texts(test, P.data.max_context_tokens)[1]
 
 
-def test_rescore_writes_each_pairs_levels_then_skips_what_is_done(out):
+@pytest.mark.parametrize("slice_size", [4, 250])  # slices that cut the test split, and one that holds it all
+def test_rescore_writes_each_pairs_levels_then_skips_what_is_done(out, slice_size):
     test, contexts = smoke_test_split()
+    assert len(test) > 4 and len(test) % 4  # a last slice shorter than the others
     ids = [ex.id for ex in test]
     a = [f"reply {j} to {i}" for j in range(2) for i in range(len(ids))]  # m = 2 blocks of N
     b = [f"other {i}" for i in range(len(ids))]
     evaluation.write_system_generations(out / "generations", "05_test", ids, {"A": a})
     evaluation.write_system_generations(out / "generations", "06_test", ids, {"A": a, "B": b})  # A again, same
-    written = rescore.rescore("smoke", "reward", out=out)
+    written = rescore.rescore("smoke", "reward", out=out, slice_size=slice_size)
     assert set(written) == {"gold", "A", "B"}
     record = evaluation.read_json_gz(evaluation.levels_path(out, "test", "A"))
     assert record["m"] == 2 and record["ids"] == ids
     levels = np.asarray(record["evaluators"]["reward"]["levels"])  # [N, m, 3]
-    for i in (0, len(ids) - 1):
+    for i in range(len(ids)):
         for j in range(2):
             expected = [zlib.crc32(f"{k}|{contexts[i]}|reply {j} to {i}".encode()) % 3 for k in range(3)]
             assert levels[i, j].tolist() == expected
     gold = evaluation.read_json_gz(evaluation.gold_levels_path(out, "test"))["evaluators"]["reward"]
-    assert gold[1] == [zlib.crc32(f"{k}|{contexts[1]}|{test[1].response}".encode()) % 3 for k in range(3)]
+    assert gold == [[zlib.crc32(f"{k}|{contexts[i]}|{test[i].response}".encode()) % 3 for k in range(3)]
+                    for i in range(len(ids))]
+    b_levels = np.asarray(
+        evaluation.read_json_gz(evaluation.levels_path(out, "test", "B"))["evaluators"]["reward"]["levels"])
+    assert b_levels[-1, 0].tolist() == [zlib.crc32(f"{k}|{contexts[-1]}|{b[-1]}".encode()) % 3 for k in range(3)]
     ledger = evaluation.read_ledger(out / evaluation.LEDGER_NAME)
     assert [e["system"] for e in ledger] == ["A [reward on committed generations]",
                                              "B [reward on committed generations]"]
     assert rescore.rescore("smoke", "reward", out=out) == {}  # all present: nothing scored, nothing logged
-    assert set(rescore.rescore("smoke", "reward", out=out, force=True, gold_only=True)) == {"gold"}
-    assert len(evaluation.read_ledger(out / evaluation.LEDGER_NAME)) == 2
+    assert set(rescore.rescore("smoke", "reward", out=out, force=True, systems=["gold"])) == {"gold"}
+    assert set(rescore.rescore("smoke", "reward", out=out, force=True, systems=["B"])) == {"B"}  # gold not named
+    assert set(rescore.rescore("smoke", "reward", out=out, force=True, systems=["gold", "B"])) == {"gold", "B"}
+    with pytest.raises(ValueError, match=r"--system \['C'\]: no generations file"):
+        rescore.rescore("smoke", "reward", out=out, systems=["C"])
+    assert len(evaluation.read_ledger(out / evaluation.LEDGER_NAME)) == 4  # B twice more
 
 
 def test_a_system_in_two_files_must_agree_and_every_pair_must_be_there(out):
@@ -74,3 +85,20 @@ def test_a_system_in_two_files_must_agree_and_every_pair_must_be_there(out):
     path.write_bytes(gzip.compress(b"".join(lines[:-1])))  # one (context, sample) lost
     with pytest.raises(ValueError, match="1 of .* responses are missing"):
         rescore.rescore("smoke", "reward", out=out)
+
+
+def test_train_frequencies_count_the_ppo_contexts_and_keep_the_other_evaluators(out):
+    P = get_profile("smoke")
+    evaluation.write_train_frequencies(out, "judge", np.full((3, 3), 1 / 3), n=7, source="another evaluator's")
+    path = rescore.train_frequencies("smoke", "reward", out=out, slice_size=5)
+    record = json.loads(path.read_text())
+    train = data.visited_subset(data.load_split(P, "train", data.dataset_dir("smoke")), P.ppo.steps,
+                                P.ppo.batch_size, P.seed)
+    contexts = data.context_texts(train, P.data.max_context_tokens)[1]
+    levels = np.array([[zlib.crc32(f"{k}|{c}|{ex.response}".encode()) % 3 for k in range(3)]
+                       for c, ex in zip(contexts, train)])
+    expected = [[float(np.mean(levels[:, k] == v)) for v in range(3)] for k in range(3)]
+    assert np.allclose(record["evaluators"]["reward"], expected)
+    assert record["counted"]["reward"] == {"n": len(train), "source": evaluation.TRAIN_SOURCE}
+    assert record["evaluators"]["judge"] == np.full((3, 3), 1 / 3).tolist()
+    assert record["counted"]["judge"]["n"] == 7

@@ -564,15 +564,21 @@ def signatures(systems: dict[str, dict], gold, tokenizer: str, n_boot: int, seed
     return out
 
 
+# which training examples the blind floor's frequencies count (notebook 05 and rescore count the same ones)
+TRAIN_SOURCE = "gold levels of notebook 04's PPO contexts (data.visited_subset of the training split)"
+
+
 def train_frequencies_path(out) -> Path:
     return Path(out) / LEVELS_FOLDER / "train_frequencies.json"
 
 
-def write_train_frequencies(out, evaluators: dict[str, np.ndarray], n: int, source: str) -> Path:
-    """OUT/levels/train_frequencies.json: the training split's gold level frequencies [3 mechanisms, 3 levels]
-    per evaluator, which the blind best floor is fitted on; ``source``: which training examples they count."""
+def write_train_frequencies(out, evaluator: str, frequencies, n: int, source: str) -> Path:
+    """Into OUT/levels/train_frequencies.json, keeping the other evaluators': ``evaluator``'s level frequencies
+    [3 mechanisms, 3 levels] of the training split's human responses, which its blind best floor is fitted
+    on; ``n`` and ``source``: how many training examples they count, and which."""
     path = train_frequencies_path(out)
-    record = {"n": int(n), "source": source,
-              "evaluators": {k: np.asarray(v, dtype=float).tolist() for k, v in evaluators.items()}}
+    record = json.loads(path.read_text()) if path.is_file() else {"evaluators": {}, "counted": {}}
+    record["evaluators"][evaluator] = np.asarray(frequencies, dtype=float).tolist()
+    record["counted"][evaluator] = {"n": int(n), "source": source}
     ckpt.atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return path

@@ -8,7 +8,9 @@ contexts (id, system, sample, response). This scores them, and the human respons
 writes ``OUT/levels/test_<system>.json.gz`` and ``OUT/levels/test_gold.json.gz`` (``evaluation.write_levels``),
 keeping the other evaluators' levels there; ``python -m emprl.eval.rebuild`` then rebuilds the tables from those
 files alone. Nothing is sampled again: a system whose file already holds the evaluator's levels is skipped
-(``--force`` scores it again), so an interrupted run continues where it stopped. Each system scored appends a
+(``--force`` scores it again). What is left is scored together, a slice of the contexts at a time (``--slice``):
+the judge encodes each context once for all its responses and caches each slice's features, so an interrupted
+run continues from its last finished slice. Each system scored appends a
 line to the test ledger (system "<name> [<evaluator> on committed generations]"): it is a look at the test
 split by another evaluator, not a new sample."""
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ from emprl.profiles import get_profile
 from emprl.run import Paths, resolve_device, resolve_output_dir, set_threads
 
 EVALUATORS = ("reward", "judge")
+GOLD = "gold"  # the human responses
 
 
 def generation_files(out: Path) -> dict[str, Path]:
@@ -73,8 +77,47 @@ def load_evaluator(name: str, checkpoints: Path, device, cache_dir: Path):
     return Judge.load(checkpoints / "judge", device, cache_dir=cache_dir)
 
 
+def score_in_slices(scorer, contexts: list[str], jobs: dict[str, list[str]], slice_size: int) -> dict[str, np.ndarray]:
+    """{name: levels [len(responses), 3]} of every job's responses (m blocks of N: response j * N + i answers
+    ``contexts[i]``), scored together, ``slice_size`` contexts at a time. Together: the judge then encodes each
+    context once for all the responses to it (``models.judge.Backbone.features``); by slices: it caches each
+    slice's features, so an interrupted run continues from its last finished slice."""
+    n = len(contexts)
+    levels = {name: np.zeros((len(responses), 3), dtype=np.int64) for name, responses in jobs.items()}
+    for start in range(0, n if jobs else 0, slice_size):
+        began, stop = time.time(), min(start + slice_size, n)
+        where = [(name, j * n + i) for name, responses in jobs.items()
+                 for j in range(len(responses) // n) for i in range(start, stop)]
+        scored = scorer.levels([contexts[k % n] for _, k in where], [jobs[name][k] for name, k in where])
+        for (name, k), row in zip(where, scored.numpy()):
+            levels[name][k] = row
+        print(f"contexts {start}-{stop} of {n}: {len(where)} responses in {time.time() - began:.0f} s", flush=True)
+    return levels
+
+
+def train_frequencies(profile: str, evaluator: str, out=None, checkpoints=None, data_dir=None,
+                      slice_size: int = 250) -> Path:
+    """The evaluator's level frequencies of the human responses of the PPO run's training contexts
+    (``data.visited_subset``, as notebook 05 counts the reward's), into ``levels/train_frequencies.json``:
+    the blind best floor of that evaluator is fitted on them."""
+    from emprl.eval import metrics
+
+    P = get_profile(profile)
+    set_threads(P)
+    out = resolve_output_dir(profile, out)
+    paths = Paths(out)
+    checkpoints = Path(checkpoints) if checkpoints else paths.checkpoints
+    train = data.visited_subset(data.load_split(P, "train", data.dataset_dir(profile, data_dir)), P.ppo.steps,
+                                P.ppo.batch_size, P.seed)
+    _, contexts = data.context_texts(train, P.data.max_context_tokens)
+    scorer = load_evaluator(evaluator, checkpoints, resolve_device(P.runtime.device), paths.cache / "judge_features")
+    levels = score_in_slices(scorer, contexts, {GOLD: [ex.response for ex in train]}, slice_size)[GOLD]
+    return evaluation.write_train_frequencies(out, evaluator, metrics.level_frequencies(levels), len(train),
+                                              evaluation.TRAIN_SOURCE)
+
+
 def rescore(profile: str, evaluator: str, out=None, checkpoints=None, data_dir=None, systems=None,
-            force: bool = False, gold_only: bool = False) -> dict[str, Path]:
+            force: bool = False, slice_size: int = 250) -> dict[str, Path]:
     if evaluator not in EVALUATORS:
         raise ValueError(f"evaluator must be one of {EVALUATORS}, got {evaluator!r}")
     # not run.setup: it would overwrite the rendered run's metrics/config.json in OUT
@@ -90,29 +133,45 @@ def rescore(profile: str, evaluator: str, out=None, checkpoints=None, data_dir=N
     scorer = load_evaluator(evaluator, checkpoints, resolve_device(P.runtime.device), paths.cache / "judge_features")
     written = {}
 
+    # what to score: the human responses unless their levels are there, and each system without them
     gold_path = evaluation.gold_levels_path(out, "test")
     gold_record = evaluation.read_json_gz(gold_path) if gold_path.is_file() else {"evaluators": {}}
-    if force or evaluator not in gold_record["evaluators"]:
-        gold = scorer.levels(score_contexts, [ex.response for ex in test]).numpy()
-        if evaluator in gold_record["evaluators"]:
-            before = np.asarray(gold_record["evaluators"][evaluator])
-            print(f"gold ({evaluator}): {int((before != gold).sum())} of {gold.size} levels changed", flush=True)
-        written["gold"] = evaluation.write_gold_levels(out, "test", ids, {evaluator: gold})
-
-    for system, path in generation_files(out).items():
-        if gold_only or (systems and system not in systems):
+    jobs: dict[str, list[str]] = {}  # name -> responses, m blocks of N (sample j of context i at j * N + i)
+    if (force or evaluator not in gold_record["evaluators"]) and (not systems or GOLD in systems):
+        jobs[GOLD] = [ex.response for ex in test]
+    files, found = {}, generation_files(out)
+    unknown = sorted(set(systems or ()) - set(found) - {GOLD})
+    if unknown:
+        raise ValueError(f"--system {unknown}: no generations file of that system under {out / 'generations'} "
+                         f"(there: {sorted(found)} and {GOLD!r})")
+    for system, path in found.items():
+        if systems and system not in systems:
             continue
         target = evaluation.levels_path(out, "test", system)
         if not force and target.is_file() and evaluator in evaluation.read_json_gz(target)["evaluators"]:
             print(f"{system}: {evaluator} levels present, skipped", flush=True)
             continue
-        responses = responses_by_sample(path, ids)
-        m = len(responses) // len(ids)
-        ledger.append(f"{system} [{evaluator} on committed generations]", len(ids), m)
-        levels = scorer.levels(score_contexts * m, responses).numpy()
-        written[system] = evaluation.write_levels(out, "test", system, ids, {evaluator: levels},
-                                                  generations=path.relative_to(out).as_posix())
-        print(f"{system}: {m} x {len(ids)} responses scored by the {evaluator}", flush=True)
+        jobs[system], files[system] = responses_by_sample(path, ids), path
+    levels = score_in_slices(scorer, score_contexts, jobs, slice_size)
+    n = len(ids)
+    for name, found in levels.items():
+        if name == GOLD:
+            if evaluator in gold_record["evaluators"]:
+                before = np.asarray(gold_record["evaluators"][evaluator])
+                print(f"gold ({evaluator}): {int((before != found).sum())} of {found.size} levels changed",
+                      flush=True)
+            written[GOLD] = evaluation.write_gold_levels(out, "test", ids, {evaluator: found})
+            continue
+        m = len(jobs[name]) // n
+        ledger.append(f"{name} [{evaluator} on committed generations]", n, m)
+        target = evaluation.levels_path(out, "test", name)
+        if evaluator in (evaluation.read_json_gz(target)["evaluators"] if target.is_file() else {}):
+            before = np.asarray(evaluation.read_json_gz(target)["evaluators"][evaluator])
+            print(f"{name} ({evaluator}): {int((before != found).sum())} of {found.size} levels changed",
+                  flush=True)
+        written[name] = evaluation.write_levels(out, "test", name, ids, {evaluator: found},
+                                                generations=files[name].relative_to(out).as_posix())
+        print(f"{name}: {m} x {n} responses scored by the {evaluator}", flush=True)
     return written
 
 
@@ -123,12 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="the output folder holding generations/ and levels/ (default outputs/<profile>)")
     parser.add_argument("--checkpoints", help="the folder holding identifiers/ and judge/ (default OUT/checkpoints)")
     parser.add_argument("--data-dir", help="data folder (default $EMPRL_DATA_DIR)")
-    parser.add_argument("--system", action="append", help="only this system (repeatable)")
+    parser.add_argument("--system", action="append",
+                        help="only this system (repeatable; 'gold': the human responses)")
     parser.add_argument("--force", action="store_true", help="score again what the files already hold")
-    parser.add_argument("--gold-only", action="store_true", help="only the human responses' levels")
+    parser.add_argument("--train-frequencies", action="store_true",
+                        help="instead: the level frequencies of the PPO run's training contexts (the blind floor's)")
+    parser.add_argument("--slice", type=int, default=250, help="contexts per slice (a judge caches each slice)")
     args = parser.parse_args(argv)
+    if args.slice < 1:
+        parser.error(f"--slice must be at least 1, got {args.slice}")
+    if args.train_frequencies:
+        print(train_frequencies(args.profile, args.evaluator, args.out, args.checkpoints, args.data_dir, args.slice))
+        return 0
     rescore(args.profile, args.evaluator, args.out, args.checkpoints, args.data_dir, args.system, args.force,
-            args.gold_only)
+            args.slice)
     return 0
 
 
