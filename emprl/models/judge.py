@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -168,6 +169,8 @@ class Backbone:
             raise ValueError(f"judge dtype must be one of {tuple(DTYPES)} (or 'auto'), got {dtype!r}")
         self.name, self.tokenizer, self.device, self.dtype = name, tokenizer, torch.device(device), dtype
         self.causal = CAUSAL[name]
+        # transformers 5 renamed past_key_values to cache (the old name still works there, with a warning)
+        self.cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         # of the float32 weights, before the cast: the same model has one hash in every dtype
         self.hash = state_fingerprint({"backbone": model}, {"backbone": name, "vocab": len(tokenizer)})
         self.model = model.to(self.device, DTYPES[dtype]).eval().requires_grad_(False)
@@ -265,7 +268,7 @@ class Backbone:
                                for batch in (group[k: k + batch_size] for k in range(0, len(group), batch_size))]
             for batch in bar(context_batches, desc=desc, disable=not progress, leave=False):
                 head_ids = torch.tensor([heads[h] for h in batch], device=self.device)
-                context = self.model(input_ids=head_ids, use_cache=True).past_key_values
+                context = getattr(self.model(input_ids=head_ids, use_cache=True), self.cache_name)
                 pairs = [(row, i) for row, h in enumerate(batch) for i in by_context[heads[h]]]
                 tails = [ids[i][starts[i]:] for _, i in pairs]
                 for sub in length_sorted_batches([len(t) for t in tails], batch_size):
@@ -273,7 +276,8 @@ class Backbone:
                     cache.batch_select_indices(torch.tensor([pairs[j][0] for j in sub], device=self.device))
                     input_ids, mask = ident.pad([tails[j] for j in sub], self.pad_id, self.device)
                     seen = torch.cat([mask.new_ones(len(sub), head_ids.shape[1]), mask], dim=1)
-                    hidden = self.model(input_ids=input_ids, attention_mask=seen, cache=cache).last_hidden_state
+                    hidden = self.model(input_ids=input_ids, attention_mask=seen,
+                                        **{self.cache_name: cache}).last_hidden_state
                     out[torch.as_tensor([pairs[j][1] for j in sub])] = ident.pool(hidden.float(), mask,
                                                                                 pooling).cpu()
         if path is not None:
