@@ -12,7 +12,7 @@ Checkpoints live under ``<out>/checkpoints/`` (git-ignored)::
     generator/{full,prefix}/               the generator by tuning (notebook 03)
     generator/_tokenizer/                  the scratch generator's tokenizer
     generator/_train_state/{full,prefix}/  the generator's resume state
-    ppo/<variant>/policy/                  a PPO policy by variant (emprl, no_kl, no_emp; notebooks 04, 06)
+    ppo/<variant>/policy/                  a PPO policy by variant (emprl, no_kl, no_emp, placebo; notebooks 04, 06)
 """
 
 from __future__ import annotations

@@ -375,3 +375,61 @@ def test_kl_estimator_is_validated_and_in_the_resume_key(tmp_path):
     gen = tiny_cfgs()[1]
     assert _resume_key(tiny_cfgs()[0], gen, "emprl", 0, 16, 1)["ppo"]["kl_estimator"] == "sampled"
     assert _resume_key(tiny_cfgs(kl_estimator="full")[0], gen, "emprl", 0, 16, 1)["ppo"]["kl_estimator"] == "full"
+
+
+def test_placebo_order_is_a_fixed_permutation_without_fixed_points():
+    from emprl.rl.ppo_train import placebo_order
+
+    for n in (2, 3, 16, 1001):
+        order = placebo_order(n, seed=0)
+        assert sorted(order.tolist()) == list(range(n))  # every gold row used once: the same distribution
+        assert all(order[i] != i for i in range(n))  # never an example's own gold
+        assert (placebo_order(n, seed=0) == order).all()
+    assert (placebo_order(1001, seed=1) != placebo_order(1001, seed=0)).any()
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        placebo_order(1, seed=0)
+
+
+class OwnGoldScorer:
+    """Stand-in identifiers that always predict, confidently, the gold levels of the context they read."""
+
+    def __init__(self, gold_of):
+        self.gold_of = gold_of
+
+    def logits(self, contexts, responses):
+        out = torch.zeros(len(contexts), 3, 3)
+        for i, c in enumerate(contexts):
+            out[i, torch.arange(3), torch.as_tensor(self.gold_of[c])] = 20.0
+        return out
+
+
+def test_the_placebo_rewards_against_another_contexts_gold(tmp_path):
+    contexts = CONTEXTS[:8]  # distinct
+    gold = torch.tensor([[a, b, c] for a, b, c in [(0, 0, 0), (1, 0, 0), (2, 0, 0), (0, 1, 0), (0, 2, 0),
+                                                   (0, 0, 1), (0, 0, 2), (1, 1, 1)]])  # every pair differs
+    scorer = OwnGoldScorer({c: g.tolist() for c, g in zip(contexts, gold)})
+    means = {}
+    for variant in ("emprl", "placebo"):
+        tok, t5 = tiny_tokenizer(), tiny_t5(seed=4)
+        cfg, gen = tiny_cfgs(steps=2, checkpoint_every=2)
+        res = train_ppo(t5, None, tok, scorer, contexts, gold, cfg, gen, tmp_path / variant, seed=0,
+                        variant=variant, progress=False, save_policy=False)
+        means[variant] = [row["emp_reward_mean"] for row in res["log"]]
+    assert all(m == pytest.approx(1.0, abs=1e-6) for m in means["emprl"])  # its own gold: exp(-0)
+    assert all(m < 1e-6 for m in means["placebo"])  # always another's, which differs: exp(-about 20)
+
+
+def test_a_constant_reward_gives_zero_advantages_and_no_policy_gradient():
+    tok, t5 = tiny_tokenizer(), tiny_t5()
+    vh = ValueHead(16)
+    torch.nn.init.normal_(vh.linear.weight)  # a critic far from right: GAE alone would return its errors
+    model = ActorCritic(t5, vh).eval()
+    cfg, gen = tiny_cfgs(ppo_epochs=1)
+    torch.manual_seed(0)
+    ro = rollout(model, make_reference(t5), tok, CONTEXTS[:4], gen, cfg)
+    for constant, expect_zero in ((0.0, True), (0.3, True), (None, False)):
+        rewards = torch.full_like(ro.logprobs, constant) if constant is not None else torch.randn_like(ro.logprobs)
+        stats = ppo_update(model, None, torch.optim.SGD(model.parameters(), lr=0.0), ro.query_ids, ro.query_mask,
+                           ro.response_ids, ro.response_mask, ro.logprobs, ro.values, rewards * ro.response_mask, cfg)
+        assert (stats["advantages_mean"] == 0.0 and stats["policy_loss"] == 0.0) == expect_zero, (constant, stats)
+        assert stats["value_loss"] > 0  # the critic still learns the returns

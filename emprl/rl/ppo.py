@@ -209,7 +209,8 @@ def ppo_update(
     """GAE on the reward vector, then ``cfg.ppo_epochs`` passes of clipped PPO over mini-batches.
 
     Rewards may be whitened (``cfg.whiten_rewards``, trl's ``shift_mean=False``) before GAE and the
-    advantages are whitened once per batch when ``cfg.whiten_advantages`` (trl's behaviour).
+    advantages are whitened once per batch when ``cfg.whiten_advantages`` (trl's behaviour); a reward equal on
+    every real token of the batch gives advantages of exactly 0 instead (the critic still trains).
     ``before_optimizer_step(model)`` is called after the backward passes and before each optimizer step
     (e.g. to record gradients). Returns the mean stats of all mini-batches plus advantage/return means and
     the share of the returns' variance the old values explain.
@@ -232,7 +233,13 @@ def ppo_update(
     if cfg.whiten_rewards:
         rewards = whiten_rewards(rewards, mask, keep_padding=trl_padding)
     advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam, mask_rewards=not trl_padding)  # Eq. 9-10
-    if cfg.whiten_advantages:
+    real = rewards[mask.bool()]
+    if real.numel() and bool((real == real[0]).all()):
+        # A reward equal on every token of every response (the zero-reward twin with the KL in the loss) makes
+        # every action as good as any other: the advantage is exactly 0. GAE would return only the critic's
+        # errors, and whitening would scale them to unit variance: a policy gradient of pure noise.
+        advantages = torch.zeros_like(advantages)
+    elif cfg.whiten_advantages:
         advantages = masked_whiten(advantages, mask) * mask
     B, mb, accum = query_ids.shape[0], cfg.mini_batch_size, cfg.grad_accum
     if B % (mb * accum):

@@ -37,7 +37,7 @@ from emprl.rl.reward import (
     scale_scores,
 )
 
-VARIANTS = ("emprl", "no_kl", "no_emp")
+VARIANTS = ("emprl", "no_kl", "no_emp", "placebo")
 LOG_FIELDS = (
     "step", "reward_mean", "reward_std", "emp_reward_mean", "emp_reward_std", "score_mean", "kl", "kl_coef",
     "entropy", "policy_loss", "value_loss", "loss", "clip_frac", "approx_kl", "ratio", "value_clip_frac",
@@ -92,7 +92,8 @@ def train_ppo(
     ``reference``: the frozen generator (``make_reference(policy)`` if None). ``scorer``: any object
     with ``.logits(contexts, responses) -> [B, 3, 3]``. ``examples``: DialogueExamples (contexts by
     ``emprl.data.context_texts``) or context strings; ``gold`` [N, 3] their gold levels. ``variant``:
-    "emprl", "no_kl" (beta = 0) or "no_emp" (R_emp = 0). Writes ``out_dir/checkpoints/ppo/<variant>/``
+    "emprl", "no_kl" (beta = 0), "no_emp" (R_emp = 0) or "placebo" (R_emp against the gold levels of another
+    example, ``placebo_order``: the reward keeps its distribution and loses its link to the context). Writes ``out_dir/checkpoints/ppo/<variant>/``
     (``train_state.safetensors`` every ``cfg.checkpoint_every`` steps; ``policy/`` and
     ``value_head.safetensors`` at the end) and ``out_dir/runs/ppo_<variant>/log.csv``. With
     ``accelerator`` (accelerate), each process rolls out its own ``cfg.batch_size`` contexts,
@@ -102,6 +103,8 @@ def train_ppo(
     Returns {"log": rows, "checkpoint_dir", "log_path", "resumed_from", "model"}.
     """
     gold = _check_arguments(cfg, variant, examples, gold)
+    if variant == "placebo":
+        gold = gold[torch.as_tensor(placebo_order(len(examples), seed))]
     run = _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, len(examples), out_dir,
                  accelerator, reward_dtype=getattr(scorer, "dtype", "float32"))
     gold = gold.to(run.device)
@@ -188,6 +191,18 @@ def ppo_step(run: _Run, tokenizer, scorer, contexts, score_contexts, gold, cfg, 
     run.kl_ctl.update(_mean_all(seq_kl, run.accelerator), cfg.batch_size * run.world)
     return {"rewards": rewards, "r_emp": r_emp, "score": score, "seq_kl": seq_kl, "mask": mask, "beta": beta,
             "stats": stats}
+
+
+def placebo_order(n: int, seed: int) -> np.ndarray:
+    """A fixed permutation of n examples with no fixed point: example i is rewarded against the gold levels of
+    example ``order[i]``, never its own. Built as one cycle through a seeded shuffle (each example takes the
+    next one's gold), so it depends on n and the seed alone."""
+    if n < 2:
+        raise ValueError(f"the placebo needs at least 2 examples to swap gold levels between, got {n}")
+    cycle = np.random.default_rng([seed, 26]).permutation(n)  # 26: a stream apart from the data order's
+    order = np.empty(n, dtype=np.int64)
+    order[cycle] = np.roll(cycle, -1)
+    return order
 
 
 # --------------------------------------------------------------------------- set-up and resume
