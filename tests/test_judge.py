@@ -11,7 +11,7 @@ import torch
 
 from emprl import download
 from emprl.data import MECHANISMS, EpitomeRecord
-from emprl.models import judge
+from emprl.models import judge, smollm2
 from emprl.profiles import CHOICES, JudgeConfig, get_profile
 
 # each response carries the level of each mechanism as a word: the rule a judge must learn
@@ -159,6 +159,9 @@ def test_the_profile_section_rejects_bad_values_by_name():
 
 
 GGUF = download.llm_path("smollm2")
+# the judge's backbone hash of SmolLM2 (scoring.state_fingerprint of its base model), which the offline judge's
+# checkpoint records: the same from the base-only copy the conversion used to save
+SMOLLM2_HASH = "bd463f19defd54d326c751f9e5760666b0a9a19f48ad7935633fbc1d9c9a2464"
 
 
 @pytest.mark.slow
@@ -170,23 +173,26 @@ def test_smollm2_converts_from_the_gguf_and_its_copy_is_verified(tmp_path):
         (tmp_path / "llm").mkdir()
         os.symlink(GGUF, tmp_path / "llm" / GGUF.name)
         backbone = judge.Backbone.load("smollm2", dtype="float32", cache_root=tmp_path)
-        folder = tmp_path / "llm" / judge.CONVERTED
+        folder = tmp_path / "llm" / smollm2.CONVERTED
         assert "quantization_config" not in json.loads((folder / "config.json").read_text())
-        manifest = json.loads((folder / judge.MANIFEST).read_text())
+        manifest = json.loads((folder / smollm2.MANIFEST).read_text())
         assert manifest["source_sha256"] == download.LLMS["smollm2"].gguf_sha256
         assert backbone.dim == 576
+        assert backbone.hash == SMOLLM2_HASH  # judges trained on the base-only copy load on this one
         features = backbone.features(["I failed my exam."], ["Oh no, I am so sorry. How are you feeling?"], 64, 48)
         assert features.shape == (1, 576) and torch.isfinite(features).all()
 
-        # the dequantised weights are the model: it still knows its facts
+        # the copy is the whole causal LM, its head tied to the embeddings, and it still knows its facts
         from transformers import AutoModelForCausalLM
         lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        assert manifest["architecture"] == "LlamaForCausalLM"
+        assert lm.lm_head.weight.data_ptr() == lm.model.embed_tokens.weight.data_ptr()
         ids = backbone.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
         with torch.no_grad():
             next_token = lm(input_ids=ids).logits[0, -1].argmax()
         assert backbone.tokenizer.decode(next_token).strip() == "Paris"
 
-        with open(folder / judge.WEIGHTS, "r+b") as f:  # one byte changed: the copy is refused
+        with open(folder / smollm2.WEIGHTS, "r+b") as f:  # one byte changed: the copy is refused
             f.seek(-1, os.SEEK_END)
             last = f.read(1)
             f.seek(-1, os.SEEK_END)

@@ -1,14 +1,19 @@
 """Reward equations (Eq. 2-8) and the authors'-code reward options against hand computations."""
 
+import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from emprl.rl.best_of_n import level_prior
 from emprl.rl.reward import (
     AdaptiveKLController,
     RunningMoments,
+    chance_corrected_reward,
     empathy_reward,
+    expected_reward,
     kl_penalty,
     masked_whiten,
     reward_vector,
@@ -35,6 +40,55 @@ def test_empathy_reward_is_one_for_certain_correct_prediction_and_bad_shapes_rai
         empathy_reward(torch.zeros(2, 3, 3), torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="logits"):
         empathy_reward(torch.zeros(2, 9), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_expected_reward_is_the_prior_weighted_sum_of_rewards():
+    gold_train = np.random.default_rng(0).choice(3, size=(500, 3), p=[0.6, 0.3, 0.1])
+    prior = level_prior(gold_train)
+    assert prior.sum() == pytest.approx(1.0)
+    assert prior[0] == pytest.approx(np.mean((gold_train == 0).all(axis=1)))  # (none, none, none) first
+    logits = torch.randn(4, 5, 3, 3, generator=torch.Generator().manual_seed(1)) * 2
+    brute = sum(prior[c] * empathy_reward(logits.reshape(-1, 3, 3), torch.tensor([t] * 20))
+                for c, t in enumerate(itertools.product(range(3), repeat=3)))
+    assert torch.allclose(expected_reward(logits, prior).reshape(-1), brute.double(), atol=1e-12)
+    with pytest.raises(ValueError, match="prior must be"):
+        expected_reward(logits, prior[:9])
+
+
+def _chance_corrected_by_hand(logits: list[list[list[float]]], gold: list[int], prior: list[float]) -> float:
+    """exp(-sum_i CE) against ``gold`` less sum over the 27 triples t of prior(t) exp(-sum_i CE against t),
+    from explicit softmax probabilities."""
+    probs = [[math.exp(v) / sum(math.exp(w) for w in row) for v in row] for row in logits]
+
+    def reward(levels):
+        return math.exp(-sum(-math.log(probs[i][levels[i]]) for i in range(3)))
+
+    triples = list(itertools.product(range(3), repeat=3))
+    return reward(gold) - sum(prior[k] * reward(t) for k, t in enumerate(triples))
+
+
+def test_chance_corrected_reward_by_hand():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 3, 3, generator=g) * 2
+    gold = torch.randint(0, 3, (6, 3), generator=g)
+    prior = level_prior(torch.randint(0, 3, (200, 3), generator=g))
+    out = chance_corrected_reward(logits, gold, prior)
+    assert out.shape == (6,) and out.dtype == torch.float32
+    for b in range(6):
+        by_hand = _chance_corrected_by_hand(logits[b].tolist(), gold[b].tolist(), prior.tolist())
+        assert out[b].item() == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_a_response_blind_to_the_gold_earns_zero_on_average_over_the_prior():
+    """Whatever the identifiers see in a response, if that does not depend on the gold levels, its chance-
+    corrected reward averaged over gold triples drawn from the prior is 0 (its plain R_emp is not)."""
+    g = torch.Generator().manual_seed(4)
+    prior = level_prior(np.random.default_rng(4).choice(3, size=(300, 3), p=[0.5, 0.3, 0.2]))
+    triples = torch.tensor(list(itertools.product(range(3), repeat=3)))
+    for logits in (torch.randn(1, 3, 3, generator=g) * 3, torch.zeros(1, 3, 3)):
+        rewards = chance_corrected_reward(logits.expand(27, 3, 3), triples, prior)
+        assert (prior.double() @ rewards.double()).item() == pytest.approx(0.0, abs=1e-6)
+        assert (prior.double() @ empathy_reward(logits.expand(27, 3, 3), triples).double()).item() > 0.01
 
 
 def test_kl_penalty_and_reward_vector_by_hand():

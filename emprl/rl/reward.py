@@ -1,5 +1,8 @@
 """EmpRL reward: empathy reward (Eq. 2-5), KL penalty (Eq. 6) and the reward vector (Eq. 7-8).
 
+The empathy reward's expectation when the gold levels are drawn from the training split's frequencies
+(``expected_reward``), and the reward less that expectation (``chance_corrected_reward``).
+
 Also the reward options of the authors' released code (which used trl 0.9.6): running score
 scaling / normalisation (``RunningMoments``, ``scale_scores``), masked whitening, and the fixed and
 adaptive KL controllers (Ziegler et al. 2019). Tensors are right-padded: ``mask`` [B, T] is 1 for the
@@ -8,6 +11,7 @@ real generated tokens of each response, then 0.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -15,6 +19,9 @@ import torch.nn.functional as F
 
 __all__ = [
     "empathy_reward",
+    "TRIPLES",
+    "expected_reward",
+    "chance_corrected_reward",
     "kl_penalty",
     "full_kl",
     "sampling_log_probs",
@@ -48,6 +55,32 @@ def empathy_reward(logits: torch.Tensor, gold_labels: torch.Tensor) -> torch.Ten
     logp = F.log_softmax(logits.float(), dim=-1)
     ce = -logp.gather(-1, gold_labels.long().unsqueeze(-1)).squeeze(-1)  # [B, 3], Eq. 3 terms
     return torch.exp(-ce.sum(dim=-1))  # Eq. 2
+
+
+TRIPLES = torch.tensor(list(itertools.product(range(3), repeat=3)))  # the 27 level triples (ER, IP, EX)
+
+
+def expected_reward(logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """E_{l ~ prior}[R_emp(logits, l)] = sum over triples l of prior(l) prod_i p_i(l_i); logits [..., 3, 3],
+    ``prior`` [27] (``best_of_n.level_prior``). Float64 [...]."""
+    if prior.shape != (len(TRIPLES),):
+        raise ValueError(f"prior must be [27] (the level triples in TRIPLES order), got shape {tuple(prior.shape)}")
+    p = torch.softmax(logits.double(), dim=-1)  # [..., 3 mechanisms, 3 levels]
+    per_triple = p[..., 0, TRIPLES[:, 0]] * p[..., 1, TRIPLES[:, 1]] * p[..., 2, TRIPLES[:, 2]]  # [..., 27]
+    return per_triple @ prior.double()
+
+
+def chance_corrected_reward(logits: torch.Tensor, gold_labels: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """R_emp against the gold levels less its expectation when the gold triple is drawn from ``prior``, [B].
+
+    R_emp pays a response for the levels the identifiers see in it whatever its context: levels common in the
+    training split match the gold often, so a response aiming at them earns a reward without reading its
+    context. Less that expectation, a response whose predicted distribution does not depend on the gold earns
+    0 on average over the prior, and only matching its own context's levels pays. Per response, not a constant
+    per prompt: a group baseline (GRPO) does not remove it. ``logits`` [B, 3, 3], ``gold_labels`` [B, 3],
+    ``prior`` [27] (``best_of_n.level_prior`` of the training split). Float32, as ``empathy_reward``.
+    """
+    return (empathy_reward(logits, gold_labels).double() - expected_reward(logits, prior)).float()
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
