@@ -156,6 +156,10 @@ class PPOConfig(_Section):
     critic_warmup_steps: int = 0  # first steps train the value head only (the policy is not stepped)
     ratio: str = "raw"  # "sampler": the ratio of Eq. 14 under the top-k/temperature distribution that sampled
     kl_in_loss: bool = False  # the exact per-token KL(pi||rho), times beta, in the loss instead of the reward
+    # "paper": R_emp (Eq. 2); "chance_corrected": R_emp less its expectation when the gold triple is drawn from
+    # the training examples' level-triple frequencies (reward.chance_corrected_reward), so that matching the
+    # common levels earns nothing and only matching the context's own does
+    reward: str = "paper"
     checkpoint_every: int = 500
     log_every: int = 1
 
@@ -399,6 +403,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "identifiers.head": ("linear", "mlp"),
     # reward.KL_ESTIMATORS (tests/test_profiles.py keeps the two equal)
     "ppo.kl_estimator": ("sampled", "full", "warped", "warped_full"),
+    "ppo.reward": ("paper", "chance_corrected"),
     "ppo.whiten_rewards_padding": ("zero", "trl"),
     "ppo.lr_schedule": ("constant", "linear"),
     "ppo.ratio": ("raw", "sampler"),

@@ -403,20 +403,26 @@ class OwnGoldScorer:
         return out
 
 
-def test_the_placebo_rewards_against_another_contexts_gold(tmp_path):
+def test_the_placebo_and_the_chance_corrected_reward_score_as_defined(tmp_path):
     contexts = CONTEXTS[:8]  # distinct
     gold = torch.tensor([[a, b, c] for a, b, c in [(0, 0, 0), (1, 0, 0), (2, 0, 0), (0, 1, 0), (0, 2, 0),
                                                    (0, 0, 1), (0, 0, 2), (1, 1, 1)]])  # every pair differs
     scorer = OwnGoldScorer({c: g.tolist() for c, g in zip(contexts, gold)})
-    means = {}
+    rows = {}
     for variant in ("emprl", "placebo"):
-        tok, t5 = tiny_tokenizer(), tiny_t5(seed=4)
-        cfg, gen = tiny_cfgs(steps=2, checkpoint_every=2)
-        res = train_ppo(t5, None, tok, scorer, contexts, gold, cfg, gen, tmp_path / variant, seed=0,
-                        variant=variant, progress=False, save_policy=False)
-        means[variant] = [row["emp_reward_mean"] for row in res["log"]]
-    assert all(m == pytest.approx(1.0, abs=1e-6) for m in means["emprl"])  # its own gold: exp(-0)
-    assert all(m < 1e-6 for m in means["placebo"])  # always another's, which differs: exp(-about 20)
+        for reward in ("paper", "chance_corrected"):
+            tok, t5 = tiny_tokenizer(), tiny_t5(seed=4)
+            cfg, gen = tiny_cfgs(steps=2, checkpoint_every=2, reward=reward)
+            res = train_ppo(t5, None, tok, scorer, contexts, gold, cfg, gen, tmp_path / variant / reward, seed=0,
+                            variant=variant, progress=False, save_policy=False)
+            rows[variant, reward] = res["log"]
+    for reward in ("paper", "chance_corrected"):  # R_emp, the paper's, is what emp_reward_mean logs
+        assert all(r["emp_reward_mean"] == pytest.approx(1.0, abs=1e-6) for r in rows["emprl", reward])  # exp(-0)
+        assert all(r["emp_reward_mean"] < 1e-6 for r in rows["placebo", reward])  # another's gold: exp(-about 20)
+    # chance-corrected: less the prior's share of the triple the scorer predicts (each of the 8 triples: 1/8)
+    assert all(r["score_mean"] == pytest.approx(1 - 1 / 8, abs=1e-5) for r in rows["emprl", "chance_corrected"])
+    assert all(r["score_mean"] == pytest.approx(-1 / 8, abs=1e-5) for r in rows["placebo", "chance_corrected"])
+    assert all(r["score_mean"] == pytest.approx(1.0, abs=1e-5) for r in rows["emprl", "paper"])
 
 
 def test_a_constant_reward_gives_zero_advantages_and_no_policy_gradient():

@@ -28,10 +28,12 @@ from emprl import checkpoint as ckpt
 from emprl.models import policy as P
 from emprl.data import context_texts
 from emprl.rl.ppo import NonFiniteError, check_finite, ppo_update, rollout, sampler_settings
+from emprl.rl.best_of_n import level_prior
 from emprl.rl.reward import (
     AdaptiveKLController,
     FixedKLController,
     RunningMoments,
+    chance_corrected_reward,
     empathy_reward,
     reward_vector,
     scale_scores,
@@ -63,6 +65,7 @@ class _Run:
     state_path: Path
     log_path: Path
     key: dict
+    prior: torch.Tensor | None = None  # the level-triple frequencies of the chance-corrected reward
 
 
 def train_ppo(
@@ -103,10 +106,12 @@ def train_ppo(
     Returns {"log": rows, "checkpoint_dir", "log_path", "resumed_from", "model"}.
     """
     gold = _check_arguments(cfg, variant, examples, gold)
-    if variant == "placebo":
-        gold = gold[torch.as_tensor(placebo_order(len(examples), seed))]
     run = _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, len(examples), out_dir,
                  accelerator, reward_dtype=getattr(scorer, "dtype", "float32"))
+    if cfg.reward == "chance_corrected":
+        run.prior = level_prior(gold).to(run.device)  # the placebo's permuted gold has the same frequencies
+    if variant == "placebo":
+        gold = gold[torch.as_tensor(placebo_order(len(examples), seed))]
     gold = gold.to(run.device)
     start_step, rows = _resume(run, cfg, seed, resume)
     is_main = run.rank == 0
@@ -168,7 +173,12 @@ def ppo_step(run: _Run, tokenizer, scorer, contexts, score_contexts, gold, cfg, 
     check_finite("scorer logits", logits)
     r_emp = empathy_reward(logits.to(run.device), gold)
     check_finite("empathy reward", r_emp)
-    score = r_emp if variant != "no_emp" else torch.zeros_like(r_emp)
+    if variant == "no_emp":
+        score = torch.zeros_like(r_emp)
+    elif run.prior is not None:  # ppo.reward "chance_corrected"; r_emp, the paper's, is still what is logged
+        score = chance_corrected_reward(logits.to(run.device), gold, run.prior)
+    else:
+        score = r_emp
     if cfg.reward_scaling:
         score = scale_scores(score, run.running, normalize=cfg.reward_norm, clip=cfg.score_clip)
     mask = ro.response_mask.to(ro.logprobs.dtype)
