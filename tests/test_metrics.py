@@ -351,3 +351,41 @@ def test_rows_carry_macro_f1_tv_and_per_mechanism_cis():
     paired = M.paired_test("macro_f1", {"responses": None, "levels": np.vstack([gold, gold])},
                            {"responses": None, "levels": levels}, gold=gold, n_boot=40)
     assert paired.delta == pytest.approx(100 - row["macro_f1"])
+
+
+def _system_with_agreement(gold, share, rng):
+    """Levels that equal the gold on about ``share`` of the rows, else a random other level."""
+    levels = gold.copy()
+    wrong = rng.random(gold.shape) > share
+    levels[wrong] = (gold[wrong] + rng.integers(1, 3, size=int(wrong.sum()))) % 3
+    return {"responses": None, "levels": levels}
+
+
+def test_seed_paired_test_with_one_seed_is_the_paired_test():
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, size=(300, 3))
+    a, b = _system_with_agreement(gold, 0.7, rng), _system_with_agreement(gold, 0.6, rng)
+    for metric in ("emp_f1", "kappa"):
+        one = M.seed_paired_test(metric, [a], [b], gold, n_boot=200, seed=3)
+        ref = M.paired_test(metric, a, b, gold=gold, n_boot=200, seed=3)
+        assert (one.delta, one.low, one.high, one.p_value) == pytest.approx((ref.delta, ref.low, ref.high, ref.p_value))
+        assert one.per_seed == (pytest.approx(ref.delta),) and np.isnan(one.seed_sd)
+
+
+def test_seed_paired_test_carries_the_spread_between_seeds():
+    # three seeds of A whose effects over B differ a lot (agreement 0.55, 0.70, 0.85 against B's 0.55) on many
+    # contexts: the context bootstrap of one seed is narrow, the interval over seeds must span their spread
+    rng = np.random.default_rng(1)
+    gold = rng.integers(0, 3, size=(4000, 3))
+    b = _system_with_agreement(gold, 0.55, rng)
+    a_runs = [_system_with_agreement(gold, share, rng) for share in (0.55, 0.70, 0.85)]
+    test = M.seed_paired_test("emp_f1", a_runs, [b], gold, n_boot=400, seed=0)
+    per_seed = [M.paired_test("emp_f1", a, b, gold=gold, n_boot=10).delta for a in a_runs]
+    assert test.per_seed == pytest.approx(tuple(per_seed))
+    assert test.delta == pytest.approx(np.mean(per_seed)) and test.seed_sd == pytest.approx(np.std(per_seed, ddof=1))
+    single = M.paired_test("emp_f1", a_runs[1], b, gold=gold, n_boot=400, seed=0)
+    assert single.high - single.low < 3  # one seed: contexts alone, narrow
+    assert test.high - test.low > 15  # seeds drawn with replacement: about the range of the seeds' effects
+    assert test.low < per_seed[0] + 3 and test.high > per_seed[2] - 3
+    with pytest.raises(ValueError, match="3 runs of A need 1 or 3 runs of B"):
+        M.seed_paired_test("emp_f1", a_runs, [b, b], gold)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -571,6 +572,51 @@ def paired_test(
                       else np.zeros((len(s["responses"]), 3), dtype=np.int64), tokenizer) for s in (a, b))
     return paired_bootstrap(sa.statistic(metric), sb.statistic(metric), len(np.asarray(gold)), n_boot, seed,
                             bias_correct=metric in ("dist1", "dist2"))
+
+
+@dataclass(frozen=True)
+class SeedPairedTest(PairedTest):
+    """A paired comparison over training seeds and contexts: ``delta`` is the mean over seeds of the per-seed
+    differences, the CI and p-value include the spread between seeds."""
+
+    per_seed: tuple[float, ...] = ()  # metric(A_s) - metric(B_s) on all contexts, per training seed
+    seed_sd: float = float("nan")  # their standard deviation (nan with one seed)
+
+
+def seed_paired_test(metric: str, a_runs: Sequence[dict], b_runs: Sequence[dict], gold, tokenizer="word",
+                     n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> SeedPairedTest:
+    """Paired bootstrap of ``metric`` between A and B when each was trained with several seeds: a resample
+    draws training seeds with replacement and, for all of them alike, contexts with replacement (the same
+    contexts for A and B), and takes the mean over the drawn seeds of metric(A_s) - metric(B_s).
+
+    ``a_runs[s]`` and ``b_runs[s]`` are seed s of each system, as ``paired_test``'s systems ("responses",
+    "levels"); a B with a single run (a system trained without RL) stands beside every seed of A. With one
+    seed this is ``paired_test`` (the same context resamples). The seeds' draws come from a stream of their own."""
+    if metric not in METRICS + AGREEMENT_METRICS:
+        raise ValueError(f"unknown metric {metric!r}: choose one of {METRICS + AGREEMENT_METRICS}")
+    if not a_runs or len(b_runs) not in (1, len(a_runs)):
+        raise ValueError(f"{len(a_runs)} runs of A need 1 or {len(a_runs)} runs of B, got {len(b_runs)}")
+    b_runs = list(b_runs) * len(a_runs) if len(b_runs) == 1 else list(b_runs)
+    gold = np.asarray(gold)
+    n, k = len(gold), len(a_runs)
+
+    def stat(run: dict):
+        return _System(gold, run["responses"], run["levels"], tokenizer).statistic(metric)
+
+    pairs = [(stat(a), stat(b)) for a, b in zip(a_runs, b_runs)]
+    ones = np.ones(n)
+    per_seed = [fa(ones) - fb(ones) for fa, fb in pairs]
+    drawn = np.random.default_rng([seed, 1]).integers(0, k, size=(n_boot, k))
+    deltas = np.array([np.mean([pairs[s][0](w) - pairs[s][1](w) for s in seeds])
+                       for w, seeds in zip(_resample_weights(n, n_boot, seed), drawn)])
+    if metric in ("dist1", "dist2"):  # as paired_bootstrap: resampled Dist-n is biased low
+        deltas = deltas - (deltas.mean() - float(np.mean(per_seed)))
+    below, above = np.count_nonzero(deltas <= 0), np.count_nonzero(deltas >= 0)
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(deltas, [alpha, 1 - alpha])
+    return SeedPairedTest(float(np.mean(per_seed)), float(low), float(high),
+                          min(1.0, 2.0 * (min(below, above) + 1) / (n_boot + 1)), float(deltas.std(ddof=1)),
+                          tuple(float(d) for d in per_seed), float(np.std(per_seed, ddof=1)) if k > 1 else math.nan)
 
 
 def paired_ppl(nll_a, tokens_a, nll_b, tokens_b, n_boot: int = 1000, seed: int = 0,
