@@ -8,6 +8,8 @@ paper's Table V signatures when tested with enough power.
 - ``arm_settings(P, name, steps)``: the PPOConfig of an arm: its preset and overrides on the profile.
 - ``window_stats`` / ``criteria``: training R_emp rise and the three conditions, against a reference (the twin).
 - ``select``: the arm to run long, chosen on validation.
+- ``CONTROLS``, ``CONTROL_SEEDS``, ``select_control``: issue 26's configurations, each beside its placebo twin at
+  several seeds (``emprl.rl.controls`` runs them), and the rule that picks the headline, fixed before the runs.
 
 The paper's Table V signatures and their verdicts are ``emprl.eval.evaluation.signatures`` / ``verdict``: they
 live with the evaluation so that ``emprl.eval.rebuild`` recomputes them from committed files alone.
@@ -45,6 +47,17 @@ ARMS: dict[str, Arm] = {
                              "ratio, exact KL in the loss), prefix lr 1e-4"),
     "repaired, lr 1e-3": Arm("repaired", {"lr": 1e-3}, "all repairs, prefix lr 1e-3"),
 }
+# Issue 26: does the reward make the policy read the context? Each configuration runs beside its placebo twin
+# (the same reward against another context's gold) at every seed of CONTROL_SEEDS (emprl.rl.controls).
+CONTROLS: dict[str, Arm] = {
+    "paper": ARMS["paper"],
+    "paper, lr 1e-4": ARMS["paper, lr 1e-4"],
+    "repaired, lr 1e-4": ARMS["repaired, lr 1e-4"],
+    "repaired, chance-corrected": Arm("repaired", {"reward": "chance_corrected"},
+                                      "all repairs, prefix lr 1e-4, paid R_emp less its expectation under the "
+                                      "training split's level frequencies"),
+}
+CONTROL_SEEDS = (0, 1, 2)
 MIN_MEAN_LENGTH = 8.0  # tokens, criterion (c)
 MAX_PPL_RATIO = 1.25  # criterion (c): PPL within +25% of the reference
 
@@ -53,9 +66,10 @@ def arm_settings(P, name: str, steps: int | None = None) -> PPOConfig:
     """The PPO settings of arm ``name`` on profile ``P`` for ``steps`` steps (the profile's if None): the
     arm's preset, then its overrides, on ``P`` (``profiles.with_settings``, as ``emprl.setup`` layers
     them)."""
-    if name not in ARMS:
-        raise ValueError(f"unknown study arm {name!r}; known: {list(ARMS)}")
-    arm = ARMS[name]
+    arms = {**ARMS, **CONTROLS}
+    if name not in arms:
+        raise ValueError(f"unknown study arm {name!r}; known: {list(arms)}")
+    arm = arms[name]
     overrides = dict(arm.overrides)
     if steps is not None:
         overrides["steps"] = int(steps)
@@ -149,3 +163,19 @@ def select(table: pd.DataFrame) -> tuple[str, str]:
     row = pool.loc[name]
     return name, (f"{why}: {float(row['Emp-F1 effect']):+.2f} points (p = {float(row['Emp-F1 effect p']):.3f})")
 
+
+
+def select_control(table: pd.DataFrame) -> tuple[str, str]:
+    """The configuration to headline, and why. The rule, fixed before any run (issue 26): on the validation
+    split, the largest lower bound of the 95% CI (seeds and contexts, ``metrics.seed_paired_test``) of the
+    effect over the placebo twin on the judge's kappa (mean of the three mechanisms), among the configurations
+    whose responses stay sound at every seed (mean length >= 8 tokens, Dist-2 not below the placebo's, PPL
+    <= 1.25 x w/o RL's); if none is sound, among all. Every configuration is reported on the test split
+    alike; the headline is the one the README's sentence is about. ``table``: one row per configuration with
+    "kappa effect low" and "sound"."""
+    sound = table[table["sound"].astype(bool)]
+    pool, why = (sound, "largest lower CI bound of the judge-kappa effect over the placebo, sound responses")
+    if sound.empty:
+        pool, why = table, "no configuration kept its responses sound; largest lower CI bound of the judge-kappa effect"
+    name = str(pool["kappa effect low"].idxmax())
+    return name, f"{why}: {float(pool.loc[name, 'kappa effect low']):+.3f}"

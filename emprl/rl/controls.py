@@ -1,0 +1,154 @@
+"""Does the empathy reward make the policy read the context? The runs behind the answer (issue 26).
+
+    python -m emprl.rl.controls --profile offline --list                     # every run, done or not
+    python -m emprl.rl.controls --profile offline --config "repaired, lr 1e-4" --seed 1 --variant placebo
+    python -m emprl.rl.controls --profile offline --next 2 --worker 0         # the runs left, split in two
+
+A run is one configuration of ``study.CONTROLS`` (a preset and overrides), one variant, one training seed:
+PPO from the prefix-tuned generator for ``study.long_steps`` steps, then the validation split (m samples per
+context) through ``evaluation.evaluate_system``, the one evaluation of every system. The variants: "emprl"
+(the configuration's reward) and its **placebo twin** ("placebo": the same reward scored against the gold
+levels of another training context, ``ppo_train.placebo_order``), at the same seed, so the difference is what
+reading the context buys. The training seed changes the value head's initialisation, the data order and the
+sampling; every run starts from the same generator and visits the same contexts. "w/o RL" (the generator
+itself) is evaluated once, alike.
+
+Checkpoints go under ``--root`` (outside the work tree: a run is resumable, and a killed one continues from
+its last checkpoint); what is committed goes under OUT: the training log (``controls/<run>/log.csv``), the
+validation generations and per-response levels with per-example NLL (``evaluation.write_evaluation_records``,
+split "valid"), from which the tables are rebuilt. Nothing here touches the test split: that happens once,
+after the selection rule (``study.select_control``), through the ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+from emprl import data
+from emprl.eval import evaluation
+from emprl.models import generator, scoring
+from emprl.profiles import get_profile, parse_overrides
+from emprl.rl import ppo_train, study
+from emprl.run import (Paths, Run, banner, resolve_device, resolve_output_dir, resolve_precision,
+                       resolve_reward_dtype, set_threads)
+
+VARIANTS = ("emprl", "placebo")
+BASE = "w/o RL"  # the generator itself, evaluated once beside the runs
+
+
+def run_name(config: str, variant: str, seed: int) -> str:
+    """The system's name in tables and levels files: "<config> | <variant> | seed <s>"."""
+    return f"{config} | {variant} | seed {seed}"
+
+
+def all_runs(seeds=study.CONTROL_SEEDS) -> list[tuple[str, str, int]]:
+    """Every (config, variant, seed), seeds outermost: after each seed, every configuration has a result."""
+    return [(c, v, s) for s in seeds for c in study.CONTROLS for v in VARIANTS]
+
+
+def is_done(out: Path, name: str) -> bool:
+    return evaluation.levels_path(out, "valid", name).is_file()
+
+
+def run_control(profile: str, config: str | None, variant: str, seed: int, out=None, root=None, checkpoints=None,
+                data_dir=None, overrides=None, progress: bool = False) -> dict:
+    """Train (or resume) one run and evaluate it on the validation split; returns its evaluation row.
+    ``config`` None: the generator without RL (``BASE``). ``overrides``: as ``emprl.setup``'s (e.g.
+    "runtime.precision=bf16": every run alike)."""
+    if config is not None and config not in study.CONTROLS:
+        raise ValueError(f"unknown control configuration {config!r}; known: {list(study.CONTROLS)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    P = get_profile(profile, parse_overrides(overrides))
+    out = resolve_output_dir(profile, out)
+    paths = Paths(out)
+    device = resolve_device(P.runtime.device)
+    # not run.setup: it would overwrite the rendered notebooks' metrics/config.json in OUT
+    run = Run(profile=P, out=out, data_root=None, device=device,
+              precision=resolve_precision(P.runtime.precision, device), threads=set_threads(P), banner=banner(P),
+              paths=paths, reward_dtype=resolve_reward_dtype(P.runtime.reward_dtype, device))
+    checkpoints = Path(checkpoints) if checkpoints else paths.checkpoints
+    root = Path(root) if root else paths.checkpoints / "controls"
+    E, S = P.evaluation, P.study
+    name = BASE if config is None else run_name(config, variant, seed)
+
+    scorer = scoring.EmpathyScorer.load(checkpoints / "identifiers", device=device,
+                                        batch_size=2 * P.identifiers.batch_size)
+    reward_scorer = scorer.with_dtype(run.reward_dtype)  # PPO's reward; gold levels and metrics: float32
+    valid = data.load_split(P, "valid", data.dataset_dir(profile, data_dir))[: E.study_max_examples or E.max_examples]
+    gold_valid = scoring.gold_labels(scorer, valid, paths.cache).numpy()
+    gen_dir = checkpoints / "generator" / "prefix"
+    policy, tokenizer = generator.load_generator(gen_dir)
+    policy = policy.to(device)
+    t = time.perf_counter()
+    log = None
+    if config is not None:
+        cfg = study.arm_settings(P, config, S.long_steps)
+        train = data.visited_subset(data.load_split(P, "train", data.dataset_dir(profile, data_dir)), cfg.steps,
+                                    cfg.batch_size, P.seed)  # the same contexts for every run
+        gold_train = scoring.gold_labels(scorer, train, paths.cache)
+        run_root = root / study.arm_folder(config) / f"seed{seed}"
+        with run.autocast():
+            res = ppo_train.train_ppo(policy, None, tokenizer, reward_scorer, train, gold_train, cfg, P.generator,
+                                      run_root, seed=seed, variant=variant,
+                                      max_context_tokens=P.data.max_context_tokens, progress=progress)
+        policy, log = res["model"].policy, res["log_path"]
+    train_s = time.perf_counter() - t
+    with run.autocast():
+        result = evaluation.evaluate_system(policy, tokenizer, valid, gold_valid, scorer, P.generator, E,
+                                            P.data.max_context_tokens, seed=P.seed, progress=progress,
+                                            cache_dir=paths.cache, split="valid", system=name)
+    evaluation.write_evaluation_records(out, "valid", [ex.id for ex in valid], gold_valid, {name: result},
+                                        stem="controls_valid")
+    if log is not None:  # the curve beside the levels, committed
+        target = out / "controls" / evaluation.system_stem(name) / "log.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, target)
+    print(f"{name}: trained in {train_s:.0f} s; validation Emp-F1 {result['row']['emp_f1']:.2f}, "
+          f"kappa {result['row']['kappa']:.3f}", flush=True)
+    return result["row"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emprl.rl.controls", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="offline")
+    parser.add_argument("--out", help="the output folder (default outputs/<profile>)")
+    parser.add_argument("--root", help="where the runs' checkpoints go (default OUT/checkpoints/controls)")
+    parser.add_argument("--checkpoints", help="the folder holding identifiers/ and generator/ (default "
+                                              "OUT/checkpoints)")
+    parser.add_argument("--data-dir", help="data folder (default $EMPRL_DATA_DIR)")
+    parser.add_argument("--config", help=f"one of {list(study.CONTROLS)}, or {BASE!r}")
+    parser.add_argument("--variant", default="emprl", choices=VARIANTS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--list", action="store_true", help="list every run and whether it is done")
+    parser.add_argument("--next", type=int, metavar="K", help="run the runs not done yet, as worker --worker of K")
+    parser.add_argument("--worker", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.PARAM=VALUE",
+                        help="override one profile parameter for every run alike, e.g. --set runtime.precision=bf16")
+    args = parser.parse_args(argv)
+    out = resolve_output_dir(args.profile, args.out)
+    runs = [(None, "emprl", 0)] + all_runs()
+    if args.list:
+        for config, variant, seed in runs:
+            name = BASE if config is None else run_name(config, variant, seed)
+            print(f"{'done' if is_done(out, name) else 'to do':6} {name}")
+        return 0
+    common = dict(out=args.out, root=args.root, checkpoints=args.checkpoints, data_dir=args.data_dir,
+                  overrides=args.overrides)
+    if args.next is not None:
+        if not 0 <= args.worker < args.next:
+            parser.error(f"--worker must be in [0, {args.next}), got {args.worker}")
+        todo = [r for r in runs if not is_done(out, BASE if r[0] is None else run_name(*r))]
+        for config, variant, seed in todo[args.worker:: args.next]:
+            run_control(args.profile, config, variant, seed, **common)
+        return 0
+    config = None if args.config in (None, BASE) else args.config
+    run_control(args.profile, config, args.variant, args.seed, progress=True, **common)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
