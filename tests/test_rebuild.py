@@ -84,3 +84,29 @@ def test_a_second_evaluators_gold_is_compared_with_the_first(tmp_path, capsys):
     assert row["Cohen's kappa"] == pytest.approx(cohen_kappa_score(judge[:, 0], gold[:, 0]))
     assert row["agreement (%)"] == pytest.approx(100 * np.mean(judge[:, 0] == gold[:, 0]))
     assert table.loc[("judge vs reward", "interpretations"), "Cohen's kappa"] == pytest.approx(1.0)
+
+
+def test_every_system_under_both_evaluators_side_by_side(tmp_path, capsys):
+    gold, systems, prior = _write_run(tmp_path)
+    ids = [f"conv{i}" for i in range(len(gold))]
+    rng = np.random.default_rng(5)
+    judge_gold = rng.integers(0, 3, size=gold.shape)
+    evaluation.write_gold_levels(tmp_path, "test", ids, {"judge": judge_gold})
+    judge_levels = {}
+    for name in systems:  # m = 2 blocks of N, as the reward's
+        judge_levels[name] = rng.integers(0, 3, size=(2 * len(ids), 3))
+        evaluation.write_levels(tmp_path, "test", name, ids, {"judge": judge_levels[name]})
+    evaluation.write_train_frequencies(tmp_path, "judge", metrics.level_frequencies(judge_gold), n=40,
+                                       source="synthetic")
+    assert rebuild.main(["--profile", "smoke", "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "tables" / "rebuilt_systems_by_evaluator.csv", index_col=0)
+    for name in systems:
+        assert table.loc[name, "Emp-F1 (judge)"] == pytest.approx(
+            metrics.emp_f1(np.tile(judge_gold, (2, 1)), judge_levels[name]), abs=1e-6)
+        assert table.loc[name, "Emp-F1 (reward)"] == pytest.approx(
+            metrics.emp_f1(np.tile(gold, (2, 1)), systems[name]["levels"]), abs=1e-6)
+        assert table.loc[name, "kappa (judge)"] == pytest.approx(
+            np.mean(metrics.cohen_kappa(np.tile(judge_gold, (2, 1)), judge_levels[name])), abs=1e-6)
+    blind = table.loc[metrics.BLIND_FLOOR, "Emp-F1 (judge)"]
+    above = float(table.loc["EmpRL", "above blind (judge)"])
+    assert above == pytest.approx(table.loc["EmpRL", "Emp-F1 (judge)"] - blind, abs=0.01)

@@ -121,6 +121,24 @@ def signatures(data: dict, evaluator: str, eval_cfg, seed: int) -> list[dict]:
                                  partial=True)
 
 
+def side_by_side(by_evaluator: dict[str, dict[str, dict]]) -> pd.DataFrame:
+    """One row per system (floors included), per evaluator: Emp-F1, its CI, its distance above that evaluator's
+    blind best floor, mean kappa and its CI. ``by_evaluator``: {evaluator: {system: metrics row}} as ``rows``."""
+    table: dict[str, dict] = {}
+    for evaluator, systems in by_evaluator.items():
+        blind = systems.get(metrics.BLIND_FLOOR, {}).get("emp_f1")
+        for name, r in systems.items():
+            row = table.setdefault(name, {})
+            row[f"Emp-F1 ({evaluator})"] = r["emp_f1"]
+            row[f"Emp-F1 95% CI ({evaluator})"] = evaluation._ci(r, "emp_f1")
+            row[f"above blind ({evaluator})"] = "-" if blind is None else f"{r['emp_f1'] - blind:+.2f}"
+            row[f"kappa ({evaluator})"] = r["kappa"]
+            row[f"kappa 95% CI ({evaluator})"] = evaluation._ci(r, "kappa")
+    frame = pd.DataFrame.from_dict(table, orient="index")
+    frame.index.name = "system"
+    return frame
+
+
 def gold_agreement(gold: dict[str, np.ndarray]) -> pd.DataFrame:
     """Per pair of evaluators and mechanism: Cohen's kappa, agreement and each side's level shares (%)."""
     from emprl.data import LEVELS, MECHANISMS
@@ -151,9 +169,10 @@ def rebuild(out, profile: str, split: str = "test") -> dict[str, Path]:
             f"bootstrap resamples of contexts with their samples, seed {seed}. Emp-F1 above blind floor: minus the "
             "blind best floor's Emp-F1 (levels drawn from the distribution that maximises the expected weighted F1 "
             "under the training split's level frequencies). PPL only where the per-example NLL is committed.")
-    written, sigs = {}, {}
+    written, sigs, by_evaluator = {}, {}, {}
     for evaluator in data["gold"]:
         ours, floors = rows(data, evaluator, E, seed)
+        by_evaluator[evaluator] = {**ours, **floors}
         n, m = len(data["ids"]), {r["samples_per_context"] for r in ours.values()}
         suffix = f" | evaluator {evaluator} | n={n}, m={'/'.join(map(str, sorted(m)))}"
         tables = {
@@ -176,6 +195,14 @@ def rebuild(out, profile: str, split: str = "test") -> dict[str, Path]:
             save_table(out, key, pd.DataFrame(sigs[evaluator]).set_index("signature"), digits=3, smoke=P.is_smoke,
                        title=f"The paper's signatures, rebuilt ({split} split, evaluator {evaluator})")
             written[key] = out / "tables" / f"{key}.md"
+    if len(data["gold"]) > 1:  # every system under each evaluator, side by side
+        key = "rebuilt_systems_by_evaluator"
+        save_table(out, key, side_by_side(by_evaluator), smoke=P.is_smoke,
+                   title=f"Every system under each evaluator ({split} split, n={len(data['ids'])})",
+                   note="Emp-F1 and mean Cohen's kappa against each evaluator's own gold levels, with 95% CIs; "
+                        "above blind: minus that evaluator's blind best floor (fitted on its levels of the training "
+                        "split), '-' where those frequencies are not committed.")
+        written[key] = out / "tables" / f"{key}.md"
     if len(data["gold"]) > 1:  # the evaluators against each other, on the human responses
         key = "rebuilt_gold_agreement"
         save_table(out, key, gold_agreement(data["gold"]), smoke=P.is_smoke,
