@@ -3,6 +3,7 @@ validation split into the committed levels files; resumable, listed, and run by 
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from emprl.eval import evaluation
 from emprl.models import encoders, generator as G
 from emprl.models import identifiers as I
-from emprl.profiles import IdentifierConfig
+from emprl.profiles import IdentifierConfig, get_profile
 from emprl.rl import controls, study
 from test_generator import corpus, tiny_cfg
 from test_identifiers import tiny_identifier
@@ -62,3 +63,49 @@ def test_the_run_list_and_its_split_between_workers(tmp_path, capsys):
     assert len(listed) == 1 + len(runs) and all(line.startswith("to do") for line in listed)
     with pytest.raises(ValueError, match="unknown control configuration"):
         controls.run_control("smoke", "nope", "emprl", 0, out=tmp_path)
+
+
+def _agreeing(gold, share, rng, m=2):
+    """m blocks of N levels equal to the gold on about ``share`` of the rows."""
+    tiled = np.tile(gold, (m, 1))
+    return np.where(rng.random(tiled.shape) < share, tiled, rng.integers(0, 3, tiled.shape))
+
+
+def test_summary_reads_the_committed_records_and_picks_the_headline(tmp_path):
+    from emprl.eval import metrics
+
+    rng = np.random.default_rng(0)
+    n = 300
+    ids = [f"v{i}" for i in range(n)]
+    gold = {"reward": rng.integers(0, 3, (n, 3)), "judge": rng.integers(0, 3, (n, 3))}
+    evaluation.write_gold_levels(tmp_path, "valid", ids, gold)
+    for e in gold:
+        evaluation.write_train_frequencies(tmp_path, e, metrics.level_frequencies(gold[e]), n, "synthetic")
+    # "paper" reads its context under the judge (agreement 0.6 vs its placebo's 0.3); "paper, lr 1e-4" does not
+    shares = {("paper", "emprl"): 0.6, ("paper", "placebo"): 0.3, ("paper, lr 1e-4", "emprl"): 0.3,
+              ("paper, lr 1e-4", "placebo"): 0.3}
+    levels = {}
+
+    def write(name, share):
+        responses = [f"a reply of about ten words to context {i % n} number {j}" for j in range(2) for i in range(n)]
+        levels[name] = {e: _agreeing(gold[e], share, rng) for e in gold}
+        evaluation.write_system_generations(tmp_path / "generations", "controls_valid", ids, {name: responses})
+        evaluation.write_levels(tmp_path, "valid", name, ids, levels[name], nll=np.full(n, 20.0),
+                                tokens=np.full(n, 10.0), generations=evaluation.generations_path(
+                                    tmp_path / "generations", "controls_valid", name).relative_to(tmp_path).as_posix())
+
+    write(controls.BASE, 0.3)
+    for seed in (0, 1):
+        for (config, variant), share in shares.items():
+            write(controls.run_name(config, variant, seed), share)
+    table, selected, why = controls.summary(tmp_path, "smoke")
+    assert list(table.index) == ["paper", "paper, lr 1e-4"] and (table["seeds"] == 2).all()
+    expected = metrics.seed_paired_test(
+        "kappa", [{"responses": None, "levels": levels[controls.run_name("paper", "emprl", s)]["judge"]} for s in (0, 1)],
+        [{"responses": None, "levels": levels[controls.run_name("paper", "placebo", s)]["judge"]} for s in (0, 1)],
+        gold["judge"], n_boot=get_profile("smoke").evaluation.bootstrap, seed=0)
+    assert table.loc["paper", "kappa over placebo (judge)"] == pytest.approx(expected.delta)
+    assert table.loc["paper", "kappa effect low"] == pytest.approx(expected.low)
+    assert table.loc["paper", "kappa over placebo (judge)"] > 0.2
+    assert abs(table.loc["paper, lr 1e-4", "kappa over placebo (judge)"]) < 0.1
+    assert selected == "paper" and "kappa" in why

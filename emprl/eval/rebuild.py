@@ -90,7 +90,8 @@ def load(out, split: str = "test") -> dict:
             "train_frequencies": {k: np.asarray(v) for k, v in frequencies.items()}, "systems": systems}
 
 
-def _ppl(system: dict) -> float | None:
+def ppl_of(system: dict) -> float | None:
+    """exp(sum of the per-example NLL / sum of the tokens) of a loaded system, or None without its NLL."""
     if system.get("nll") is None or system.get("tokens") is None:
         return None
     return math.exp(float(np.sum(system["nll"]) / np.sum(system["tokens"])))
@@ -105,7 +106,7 @@ def rows(data: dict, evaluator: str, eval_cfg, seed: int) -> tuple[dict[str, dic
     for name, s in data["systems"].items():
         if evaluator not in s["levels"]:
             continue
-        ours[name] = metrics.evaluate_responses(s["responses"], s["levels"][evaluator], gold, ppl=_ppl(s),
+        ours[name] = metrics.evaluate_responses(s["responses"], s["levels"][evaluator], gold, ppl=ppl_of(s),
                                                 tokenizer=eval_cfg.tokenizer, n_boot=eval_cfg.bootstrap, seed=seed,
                                                 level=eval_cfg.ci_level)
     floors = evaluation.floor_rows(gold, eval_cfg, seed, prior=data["train_frequencies"].get(evaluator))

@@ -27,6 +27,9 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from emprl import data
 from emprl.eval import evaluation
 from emprl.models import generator, scoring
@@ -101,8 +104,21 @@ def run_control(profile: str, config: str | None, variant: str, seed: int, out=N
         result = evaluation.evaluate_system(policy, tokenizer, valid, gold_valid, scorer, P.generator, E,
                                             P.data.max_context_tokens, seed=P.seed, progress=progress,
                                             cache_dir=paths.cache, split="valid", system=name)
-    evaluation.write_evaluation_records(out, "valid", [ex.id for ex in valid], gold_valid, {name: result},
-                                        stem="controls_valid")
+    ids = [ex.id for ex in valid]
+    evaluation.write_system_generations(out / "generations", "controls_valid", ids, {name: result["responses"]})
+    evaluation.write_evaluation_records(out, "valid", ids, gold_valid, {name: result}, stem="controls_valid")
+    if (checkpoints / "judge").is_dir():  # the independent judge's levels beside the reward identifiers'
+        from emprl.models.judge import Judge
+
+        judge = Judge.load(checkpoints / "judge", device, cache_dir=paths.cache / "judge_features")
+        _, score_contexts = data.context_texts(valid, P.data.max_context_tokens)
+        m = len(result["responses"]) // len(valid)
+        gold_record = evaluation.gold_levels_path(out, "valid")
+        if "judge" not in evaluation.read_json_gz(gold_record)["evaluators"]:
+            evaluation.write_gold_levels(out, "valid", ids,
+                                         {"judge": judge.levels(score_contexts, [ex.response for ex in valid]).numpy()})
+        evaluation.write_levels(out, "valid", name, ids,
+                                {"judge": judge.levels(score_contexts * m, result["responses"]).numpy()})
     if log is not None:  # the curve beside the levels, committed
         target = out / "controls" / evaluation.system_stem(name) / "log.csv"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +126,70 @@ def run_control(profile: str, config: str | None, variant: str, seed: int, out=N
     print(f"{name}: trained in {train_s:.0f} s; validation Emp-F1 {result['row']['emp_f1']:.2f}, "
           f"kappa {result['row']['kappa']:.3f}", flush=True)
     return result["row"]
+
+
+def summary(out, profile: str) -> tuple[pd.DataFrame, str | None, str]:
+    """Per configuration with both variants at one seed or more, from the committed validation records alone
+    (``eval.rebuild.load``): under each evaluator, the effect on mean kappa over the placebo twin and over w/o
+    RL, and Emp-F1 above that evaluator's blind best floor, each with its 95% CI over seeds and contexts
+    (``metrics.seed_paired_test``); PPL over w/o RL's; whether the responses stay sound at every seed. Returns
+    (table, the headline configuration by ``study.select_control`` or None, why)."""
+    from emprl.eval import metrics, rebuild
+
+    P = get_profile(profile)
+    E = P.evaluation
+    records = rebuild.load(out, "valid")
+    systems, gold = records["systems"], records["gold"]
+    if BASE not in systems:
+        raise FileNotFoundError(f"no validation record of {BASE!r} under {out}: python -m emprl.rl.controls "
+                                f"--config {BASE!r}")
+    evaluators = sorted(gold, key=lambda e: e != "judge")  # the judge first: the headline reads it
+    test = dict(tokenizer=E.tokenizer, n_boot=E.bootstrap, seed=P.seed)
+    base_ppl = rebuild.ppl_of(systems[BASE])
+    rows = {}
+    for config in study.CONTROLS:
+        seeds = [s for s in study.CONTROL_SEEDS
+                 if all(run_name(config, v, s) in systems for v in VARIANTS)]
+        if not seeds:
+            continue
+        arms = [systems[run_name(config, "emprl", s)] for s in seeds]
+        twins = [systems[run_name(config, "placebo", s)] for s in seeds]
+        row = {"seeds": len(seeds)}
+        for e in evaluators:
+            def as_system(record):
+                return {"responses": record["responses"], "levels": record["levels"][e]}
+
+            a, t = [as_system(r) for r in arms], [as_system(r) for r in twins]
+            blind = metrics.floor_levels(gold[e], "blind best", P.seed, prior=records["train_frequencies"].get(e)) \
+                if e in records["train_frequencies"] else None
+            effects = {"kappa over placebo": metrics.seed_paired_test("kappa", a, t, gold[e], **test),
+                       "kappa over w/o RL": metrics.seed_paired_test("kappa", a, [as_system(systems[BASE])],
+                                                                     gold[e], **test)}
+            if blind is not None:
+                effects["Emp-F1 above blind floor"] = metrics.seed_paired_test(
+                    "emp_f1", a, [{"responses": None, "levels": blind}], gold[e], **test)
+            for what, r in effects.items():
+                row[f"{what} ({e})"] = r.delta
+                row[f"{what} 95% CI ({e})"] = f"[{r.low:.3f}, {r.high:.3f}]"
+                row[f"{what} seed SD ({e})"] = r.seed_sd
+            if e == evaluators[0]:
+                row["kappa effect low"] = effects["kappa over placebo"].low
+        ppl = [rebuild.ppl_of(r) for r in arms]
+        lengths = [study.mean_length(r["responses"], E.tokenizer) for r in arms]
+        dist2 = [(metrics.distinct_n(x["responses"], 2, E.tokenizer), metrics.distinct_n(y["responses"], 2, E.tokenizer))
+                 for x, y in zip(arms, twins)]
+        row["PPL / w/o RL"] = float(np.mean(ppl)) / base_ppl if base_ppl and None not in ppl else float("nan")
+        row["mean length"] = float(np.mean(lengths))
+        row["sound"] = bool(all(n >= study.MIN_MEAN_LENGTH for n in lengths) and all(x >= y for x, y in dist2)
+                            and base_ppl is not None and None not in ppl
+                            and all(v <= study.MAX_PPL_RATIO * base_ppl for v in ppl))
+        rows[config] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "configuration"
+    if table.empty:
+        return table, None, "no configuration has both variants at any seed yet"
+    selected, why = study.select_control(table)
+    return table, selected, why
 
 
 def main(argv: list[str] | None = None) -> int:
