@@ -109,3 +109,7 @@ def test_summary_reads_the_committed_records_and_picks_the_headline(tmp_path):
     assert table.loc["paper", "kappa over placebo (judge)"] > 0.2
     assert abs(table.loc["paper, lr 1e-4", "kappa over placebo (judge)"]) < 0.1
     assert selected == "paper" and "kappa" in why
+    from emprl.eval import reading
+
+    text = reading.controls(table, selected, why, smoke=False)
+    assert "read its context" in text and "in: paper." in text and "No evidence either way for: paper, lr 1e-4" in text

@@ -398,3 +398,51 @@ def rl_study(part1: pd.DataFrame, floors: dict, bon: pd.DataFrame, rs_rounds: pd
     if signatures:
         lines.append(f"The paper's signatures (notebook 06): {verdict_counts(signatures)}.")
     return "\n".join(head(smoke)) + bullets(lines)
+
+
+def _effect_words(delta: float, low: float, high: float, digits: int = 3) -> tuple[str, int]:
+    """("+0.012 [0.004, 0.020]", sign of the CI: 1 above 0, -1 below, 0 containing it)."""
+    sign = 1 if low > 0 else -1 if high < 0 else 0
+    return f"{_signed(delta, digits)} [{low:.{digits}f}, {high:.{digits}f}]", sign
+
+
+def controls(table: pd.DataFrame, selected: str | None, why: str, smoke: bool, evaluator: str = "judge") -> str:
+    """Issue 26's verdict: per configuration, its effect over its placebo twin and over w/o RL on ``evaluator``'s
+    mean kappa, Emp-F1 above that evaluator's blind floor and PPL, with CIs over seeds and contexts; then whether
+    the empathy reward makes the policy read the context. ``table``: ``rl.controls.summary``'s."""
+    if table.empty:
+        return "".join(head(smoke)) + bullets(["No configuration has both variants at any seed yet."])
+    reads, lines = [], []
+    for config, row in table.iterrows():
+        placebo, s_placebo = _effect_words(row[f"kappa over placebo ({evaluator})"],
+                                           row[f"kappa over placebo low ({evaluator})"],
+                                           row[f"kappa over placebo high ({evaluator})"])
+        base, _ = _effect_words(row[f"kappa over w/o RL ({evaluator})"], row[f"kappa over w/o RL low ({evaluator})"],
+                                row[f"kappa over w/o RL high ({evaluator})"])
+        line = (f"**{config}** ({int(row['seeds'])} seed(s)): mean kappa ({evaluator}) over its placebo {placebo}, "
+                f"over w/o RL {base}")
+        if f"Emp-F1 above blind floor ({evaluator})" in row and not pd.isna(row[f"Emp-F1 above blind floor ({evaluator})"]):
+            blind, _ = _effect_words(row[f"Emp-F1 above blind floor ({evaluator})"],
+                                     row[f"Emp-F1 above blind floor low ({evaluator})"],
+                                     row[f"Emp-F1 above blind floor high ({evaluator})"], digits=2)
+            line += f"; Emp-F1 above the blind floor {blind}"
+        if not pd.isna(row["PPL / w/o RL"]):
+            line += f"; PPL {row['PPL / w/o RL']:.2f}x w/o RL's"
+        line += "" if row["sound"] else "; its responses did not stay sound at every seed"
+        lines.append(line + ".")
+        reads.append((config, s_placebo))
+    yes = [c for c, s in reads if s > 0]
+    no = [c for c, s in reads if s == 0]
+    less = [c for c, s in reads if s < 0]
+    verdict = ("The empathy reward makes the policy read its context, beyond what the placebo's reward (its "
+               f"distribution without the link to the context) does, in: {', '.join(yes)}." if yes else
+               "In no configuration does the empathy reward make the policy read its context more than its placebo "
+               "twin does (95% CIs over seeds and contexts).")
+    if no:
+        verdict += f" No evidence either way for: {', '.join(no)} (the CI contains 0)."
+    if less:
+        verdict += f" Less than the placebo: {', '.join(less)}."
+    lines.append(verdict)
+    if selected is not None:
+        lines.append(f"Headline configuration by the rule fixed before the runs: **{selected}** ({why}).")
+    return "".join(head(smoke)) + bullets(lines)

@@ -169,9 +169,8 @@ def summary(out, profile: str) -> tuple[pd.DataFrame, str | None, str]:
                 effects["Emp-F1 above blind floor"] = metrics.seed_paired_test(
                     "emp_f1", a, [{"responses": None, "levels": blind}], gold[e], **test)
             for what, r in effects.items():
-                row[f"{what} ({e})"] = r.delta
-                row[f"{what} 95% CI ({e})"] = f"[{r.low:.3f}, {r.high:.3f}]"
-                row[f"{what} seed SD ({e})"] = r.seed_sd
+                row.update({f"{what} ({e})": r.delta, f"{what} low ({e})": r.low, f"{what} high ({e})": r.high,
+                            f"{what} seed SD ({e})": r.seed_sd})
             if e == evaluators[0]:
                 row["kappa effect low"] = effects["kappa over placebo"].low
         ppl = [rebuild.ppl_of(r) for r in arms]
