@@ -166,8 +166,20 @@ def check_key(path: Path, saved_key: Any, key: Any, restart: bool = False) -> bo
         return True
     if restart:
         return False
-    raise ValueError(f"{path} was written by a different run configuration (settings, seed or data); "
-                     f"delete it or pass resume=False.\nsaved: {saved_key}\nnow:   {key}")
+    differing = "; ".join(f"{name} (saved {a!r}, now {b!r})" for name, a, b in _differences(saved_key, key))
+    raise ValueError(f"{path} was written by a different run configuration (settings, seed or data): "
+                     f"{differing or 'the keys differ'}; delete it or pass resume=False."
+                     f"\nsaved: {saved_key}\nnow:   {key}")
+
+
+def _differences(saved: Any, now: Any, name: str = "the key") -> list[tuple[str, Any, Any]]:
+    """(dotted name, saved, now) of every leaf where two keys differ: a key is a few dozen settings, and the
+    error should say which of them changed rather than leave the reader to compare two long lines."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now), key=str)
+                for d in _differences(saved.get(k, "(absent)"), now.get(k, "(absent)"),
+                                    str(k) if name == "the key" else f"{name}.{k}")]
+    return [] if saved == now else [(name, saved, now)]
 
 
 # --------------------------------------------------------------------------- trainable parameters

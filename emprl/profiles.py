@@ -229,6 +229,49 @@ class JudgeConfig(_Section):
 
 
 @dataclass(frozen=True)
+class GRPOSettings(_Section):  # not "GRPOConfig": that is trl's, which emprl.rl.grpo builds from this
+    section: ClassVar[str] = "grpo"
+
+    # An instruct LLM trained on the empathy reward with trl's GRPO and a LoRA adapter on every linear layer
+    # (emprl.rl.grpo). Validation replies for comparing it with its base: evaluation.study_max_examples contexts,
+    # evaluation.samples_per_context replies each, as the RL study's systems (the same contexts, comparable).
+    # "smollm2": SmolLM2-135M-Instruct, the verified folder converted from the hash-checked GGUF; "tiny-random":
+    # the 2-layer random Llama (smoke and tests only)
+    model: str = "smollm2"
+    # RL brings little information per step: small ranks train it as well as full fine-tuning does (rank 1 did
+    # in "LoRA Without Regret", Schulman et al. 2025); 16 leaves room
+    lora_r: int = 16
+    lora_alpha: int = 32  # the update is scaled by alpha / r = 2, the usual LoRA convention (alpha = 2 r)
+    lora_dropout: float = 0.05  # peft's and trl's examples' value; a light regulariser of the adapter
+    # One step: prompts_per_step training contexts, num_generations replies each, the advantage of a reply its
+    # reward less its group's mean (over the group's std): a group needs two replies at least. 2 x 4 x 48 tokens
+    # measured 9-12 s a step on two CPU cores (NOTES.md), 21-30 s on one busy thread (docs/method.md)
+    prompts_per_step: int = 2
+    num_generations: int = 4
+    # the system prompt asks for at most 30 words (about 40 tokens): 48 lets a reply end before it is cut
+    max_completion_length: int = 48
+    temperature: float = 1.0  # sample from the policy itself, the distribution whose log-probs GRPO trains
+    beta: float = 0.04  # KL(policy || base) coefficient: DeepSeekMath's GRPO value; the adapter off is the base
+    # trl's default, 1e-6 (DeepSeekMath's), is a full fine-tuning rate; LoRA trains best at about ten times the
+    # full fine-tuning one (Schulman et al. 2025, "LoRA Without Regret"); a CPU run is a few hundred steps, so
+    # five times more again. Constant (emprl.rl.grpo.train_grpo says why)
+    lr: float = 5e-5
+    steps: int = 300  # 2 prompts a step: 600 contexts, each seen once; about an hour at 12 s a step
+    save_steps: int = 25  # a checkpoint every this many steps (the adapter, AdamW, RNG): a killed run resumes
+    # the policy's dtype: "auto" is bfloat16 on CUDA and on CPUs with native bf16 (run.native_bf16), else float32
+    # (models.judge.resolve_dtype); the LoRA weights stay float32 (peft upcasts them)
+    dtype: str = "auto"
+    # training contexts: a seeded subset of the training split (data.visited_subset; None: all of it)
+    train_examples: int | None = 600
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_generations < 2:  # trl refuses it too, later and without naming the section
+            raise ValueError(f"grpo.num_generations must be at least 2 (the advantage is a reward less its "
+                             f"group's mean), got {self.num_generations}")
+
+
+@dataclass(frozen=True)
 class RuntimeConfig(_Section):
     section: ClassVar[str] = "runtime"
 
@@ -260,6 +303,7 @@ class Profile:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
 
     @property
     def is_smoke(self) -> bool:
@@ -278,6 +322,7 @@ SECTIONS = {
     "evaluation": EvalConfig,
     "study": StudyConfig,
     "judge": JudgeConfig,
+    "grpo": GRPOSettings,
 }
 
 # --------------------------------------------------------------------------- the profiles
@@ -300,6 +345,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # float32: the checked cells of notebook 02 must not depend on whether the CPU has native bf16
         "judge": {"backbone": "tiny-random", "max_context_len": 48, "max_response_len": 32, "epochs": 20,
                   "patience": 5, "dtype": "float32"},
+        # the tiny random Llama, two steps of 2 x 2 replies of 8 tokens: seconds; float32 for the judge's
+        # reason; a large rate so that two steps move the adapter visibly
+        "grpo": {"model": "tiny-random", "lora_r": 4, "lora_alpha": 8, "num_generations": 2,
+                 "max_completion_length": 8, "lr": 1e-2, "steps": 2, "save_steps": 1, "train_examples": 8,
+                 "dtype": "float32"},
     },
     # Real data, offline MiniLM identifiers, T5 trained from scratch: CPU or GPU, minutes to hours.
     "offline": {
@@ -317,6 +367,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "evaluation": {"samples_per_context": 4, "study_max_examples": 1000},
         # the identifiers' lengths; SmolLM2 features of all 3,023 EPITOME pairs: see docs/method.md
         "judge": {"max_context_len": 64, "max_response_len": 48},
+        # grpo: the section's defaults, SmolLM2 on the CPU (300 steps of 2 x 4 replies)
     },
     # Real data on one GPU (an H100) in at most 7 minutes for notebooks 01-07. The arithmetic, from the GPU
     # figures in NOTES.md section 5 (t5-base eager forward+backward 93 ms at batch 8, launch-bound, so a
@@ -348,6 +399,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "ppo": {"steps": 50, "batch_size": 32, "mini_batch_size": 32, "checkpoint_every": 25},
         "evaluation": {"batch_size": 256, "ablation_ppo_steps": None, "ablation_no_kl_steps": 25},
         "judge": {"max_context_len": 256, "max_response_len": 64, "batch_size": 64},
+        # 16 prompts x 8 replies a step (128, where a GPU is no slower than with 8), groups of 8 as trl's
+        # default; 200 steps visit 3,200 contexts once. Not measured on a GPU yet
+        "grpo": {"prompts_per_step": 16, "num_generations": 8, "steps": 200, "save_steps": 50,
+                 "train_examples": 3200},
     },
     # The paper: t5-base from the hub, the paper's hyper-parameters, GPUs.
     "paper": {
@@ -355,6 +410,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "generator": {"model": "t5-base", "max_source_len": 256, "max_target_len": 40, "epochs": 20, "patience": 3},
         "ppo": {"steps": 24000},
         "judge": {"backbone": "roberta-base", "max_context_len": 256, "max_response_len": 64},
+        # the paper has no GRPO: the gpu profile's batches, run five times longer over 16,000 contexts
+        "grpo": {"prompts_per_step": 16, "num_generations": 8, "steps": 1000, "save_steps": 100,
+                 "train_examples": 16000},
     },
 }
 
@@ -393,6 +451,10 @@ RANGES: dict[str, tuple] = {
     **{f"judge.{k}": POSITIVE for k in ("max_context_len", "max_response_len", "batch_size", "lr", "epochs",
                                        "patience")},
     "judge.weight_decay": NON_NEGATIVE,
+    **{f"grpo.{k}": POSITIVE for k in ("lora_r", "lora_alpha", "prompts_per_step", "num_generations",
+                                      "max_completion_length", "temperature", "lr", "steps", "save_steps",
+                                      "train_examples")},
+    "grpo.lora_dropout": (0, 1, True, False), "grpo.beta": NON_NEGATIVE,
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "runtime.precision": ("auto", "bf16", "fp32"),
@@ -412,6 +474,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "judge.dtype": ("auto", "float32", "bfloat16"),
     "judge.head": ("linear", "mlp"),
     "judge.class_weighting": ("none", "inverse", "inverse_sqrt"),
+    "grpo.model": ("smollm2", "tiny-random"),  # emprl.rl.grpo.load_policy
+    "grpo.dtype": ("auto", "float32", "bfloat16"),
 }
 
 

@@ -13,6 +13,7 @@ Checkpoints live under ``<out>/checkpoints/`` (git-ignored)::
     generator/_tokenizer/                  the scratch generator's tokenizer
     generator/_train_state/{full,prefix}/  the generator's resume state
     ppo/<variant>/policy/                  a PPO policy by variant (emprl, no_kl, no_emp, placebo; notebooks 04, 06)
+    grpo/<variant>_seed<S>/                a GRPO run of the instruct LLM: trl's checkpoint-N/, adapter/, log.csv
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ class Paths:
 
     def policy(self, variant: str, root: Path | None = None) -> Path:
         return self.ppo(variant, root) / "policy"
+
+    def grpo(self, variant: str, seed: int) -> Path:
+        """A GRPO run's folder (``emprl.rl.grpo.train_grpo``): checkpoints, resume key, adapter, log."""
+        return self.checkpoints / "grpo" / f"{variant}_seed{seed}"
 
     def system(self, name: str, root: Path | None = None) -> Path:
         """The checkpoint folder of ``name`` (a key of SYSTEMS) under ``root or out``."""

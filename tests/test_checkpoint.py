@@ -44,7 +44,7 @@ def test_atomic_dir_swaps_a_whole_folder_or_nothing(tmp_path):
 def test_check_key_resumes_matches_and_names_the_file_otherwise(tmp_path):
     path = tmp_path / "state.json"
     assert ckpt.check_key(path, {"lr": 1}, {"lr": 1})
-    with pytest.raises(ValueError, match="state.json.*different run configuration"):
+    with pytest.raises(ValueError, match=r"state.json.*different run configuration.*: lr \(saved 1, now 2\);"):
         ckpt.check_key(path, {"lr": 1}, {"lr": 2})
     assert ckpt.check_key(path, {"lr": 1}, {"lr": 2}, restart=True) is False
 

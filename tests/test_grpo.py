@@ -1,15 +1,22 @@
-"""The empathy reward as a trl reward function, the prompts, and two GRPO steps with LoRA on the tiny causal LM."""
+"""The empathy reward as a trl reward function, the prompts, GRPO with LoRA on the tiny causal LM (trl directly
+and through train_grpo: the adapter, resume, the placebo's gold), the grpo profile section, sample_replies and
+the command."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from emprl.models import encoders, scoring, smollm2
+from emprl import data
+from emprl.eval import evaluation
+from emprl.models import encoders, identifiers, scoring, smollm2
+from emprl.profiles import GRPOSettings, IdentifierConfig, get_profile
 from emprl.rl import grpo
 from emprl.rl.best_of_n import level_prior
+from emprl.rl.ppo_train import placebo_order
 from emprl.rl.reward import chance_corrected_reward, empathy_reward
 from test_identifiers import tiny_identifier
 
@@ -18,6 +25,9 @@ MECHS = ("emotional_reactions", "interpretations", "explorations")  # the emprl.
 CONTEXTS = [["I lost my job today and I do not know what to do."],
             ["My dog died last week.", "Oh no, I am so sorry.", "He was fourteen."]]
 GOLD = [[2, 0, 1], [1, 1, 0]]
+# four training contexts with four different gold triples, so that a placebo's gold is never a context's own
+TRAIN = CONTEXTS + [["I passed my driving test!"], ["My sister is visiting next week.", "That sounds lovely."]]
+TRAIN_GOLD = GOLD + [[0, 2, 2], [0, 0, 1]]
 PRIOR = level_prior(torch.tensor([[0, 0, 0], [2, 0, 1], [1, 1, 0], [0, 0, 2], [0, 0, 0]]))
 
 
@@ -95,3 +105,132 @@ def test_two_grpo_steps_train_the_lora_adapter_and_leave_the_base_model(scorer, 
     logged = [entry for entry in trainer.state.log_history if "rewards/empathy_reward/mean" in entry]
     assert len(logged) == 2 and all(math.isfinite(entry["reward"]) for entry in logged)
     assert logged[1]["kl"] > 0  # the trained adapter has moved the policy from the reference
+
+
+def test_the_grpo_section_checks_its_values_by_name():
+    with pytest.raises(ValueError, match=r"^grpo.lora_r must be > 0, got 0$"):
+        GRPOSettings(lora_r=0)
+    with pytest.raises(ValueError, match="grpo.model must be one of"):
+        GRPOSettings(model="gpt2")
+    with pytest.raises(ValueError, match="grpo.dtype must be one of"):
+        GRPOSettings(dtype="float16")
+    with pytest.raises(ValueError, match=r"grpo.lora_dropout must be in \[0, 1\)"):
+        GRPOSettings(lora_dropout=1.0)
+    with pytest.raises(ValueError, match="grpo.num_generations must be at least 2"):
+        GRPOSettings(num_generations=1)
+    with pytest.raises(ValueError, match="grpo.steps must be int"):
+        GRPOSettings(steps=2.5)
+    with pytest.raises(ValueError, match=r"profile 'smoke': grpo.lr must be > 0"):
+        get_profile("smoke", {"grpo.lr": 0})
+    assert get_profile("smoke").grpo.model == "tiny-random"
+    assert {get_profile(p).grpo.model for p in ("offline", "gpu", "paper")} == {"smollm2"}
+
+
+class CountingScorer:
+    """The scorer, counting the completions it scores."""
+
+    def __init__(self, scorer):
+        self.scorer, self.dtype, self.scored = scorer, scorer.dtype, 0
+
+    def logits(self, contexts, responses):
+        self.scored += len(responses)
+        return self.scorer.logits(contexts, responses)
+
+
+def test_train_grpo_saves_an_adapter_that_moves_the_model_and_a_rerun_resumes(scorer, tmp_path):
+    cfg = get_profile("smoke").grpo  # 2 steps of 2 prompts x 2 replies of 8 tokens
+    folder = tmp_path / "grpo" / "empathy_seed0"
+    counting = CountingScorer(scorer)
+    run = grpo.train_grpo(cfg, TRAIN, TRAIN_GOLD, counting, folder, progress=False)
+    assert run["global_step"] == 2 and run["resumed_from"] is None and counting.scored == 2 * 4
+    assert (run["adapter"] / "adapter_model.safetensors").is_file()
+    assert run["log"]["step"].tolist() == [1, 2] and run["log_path"].read_text().startswith("step,")
+    assert run["log"]["reward"].notna().all() and run["log"]["kl"].iloc[1] > 0
+
+    # the saved adapter loads back onto the base model, is the one trained, and changes its output
+    base, tokenizer = grpo.load_policy("tiny-random")
+    ids = tokenizer("I am so tired of everything.", return_tensors="pt")["input_ids"]
+    before = base(ids).logits
+    trained, _ = grpo.load_policy("tiny-random", adapter=run["adapter"])
+    after = trained(ids).logits
+    assert not torch.allclose(before, after, atol=1e-4)
+    assert torch.allclose(after, run["model"].eval()(ids).logits, atol=1e-6)
+    assert len(grpo.sample_replies(trained, tokenizer, ["Speaker: hello"], 2, 4, 1.0)) == 2
+
+    # the same settings: resumed from the last checkpoint, nothing trained again; more steps: continued
+    again = grpo.train_grpo(cfg, TRAIN, TRAIN_GOLD, counting, folder, progress=False)
+    assert (again["resumed_from"], again["global_step"], counting.scored) == (2, 2, 8)
+    assert again["log"]["step"].tolist() == [1, 2]
+    longer = grpo.train_grpo(dataclasses.replace(cfg, steps=3), TRAIN, TRAIN_GOLD, counting, folder,
+                             progress=False)
+    assert (longer["resumed_from"], longer["global_step"], counting.scored) == (2, 3, 12)
+    assert longer["log"]["step"].tolist() == [1, 2, 3]
+    # other settings: an error naming what differs
+    with pytest.raises(ValueError, match=r"different run configuration.*grpo.lr \(saved 0.01, now 0.001\)"):
+        grpo.train_grpo(dataclasses.replace(cfg, lr=1e-3), TRAIN, TRAIN_GOLD, scorer, folder, progress=False)
+
+
+def test_the_placebo_rewards_each_context_against_the_gold_of_placebo_order(scorer, tmp_path, monkeypatch):
+    seen = []  # (context, gold levels) as the reward function receives them
+    real = grpo.empathy_reward_function
+
+    def spying(*args, **kwargs):
+        reward = real(*args, **kwargs)
+
+        def spy(completions, context, gold_levels, **rest):
+            seen.extend(zip(context, map(tuple, gold_levels)))
+            return reward(completions=completions, context=context, gold_levels=gold_levels, **rest)
+
+        spy.__name__ = reward.__name__
+        return spy
+
+    monkeypatch.setattr(grpo, "empathy_reward_function", spying)
+    cfg = dataclasses.replace(get_profile("smoke").grpo, steps=2)
+    grpo.train_grpo(cfg, TRAIN, TRAIN_GOLD, scorer, tmp_path / "placebo", "placebo", seed=3, progress=False)
+    order = placebo_order(len(TRAIN), 3)
+    contexts = grpo.prompt_dataset(TRAIN, TRAIN_GOLD, None)["context"]
+    placebo = {contexts[i]: tuple(TRAIN_GOLD[order[i]]) for i in range(len(TRAIN))}
+    assert len(seen) == 2 * 4 and all(placebo[c] == gold for c, gold in seen)
+    assert all(gold != tuple(TRAIN_GOLD[contexts.index(c)]) for c, gold in seen)  # never the context's own
+
+
+def test_sample_replies_are_seeded_and_laid_out_in_m_blocks_of_n(monkeypatch):
+    model, tokenizer = grpo.load_policy("tiny-random")
+    contexts = ["alpha bravo charlie", "delta", "echo foxtrot"]  # three lengths: length-sorted batches
+
+    def sample(seed):
+        return grpo.sample_replies(model, tokenizer, contexts, 2, 6, 1.0, seed=seed, batch_size=2)
+
+    first = sample(0)
+    assert len(first) == 2 * 3 and first == sample(0) and first != sample(1)
+
+    # where each reply lands: a generate that answers with its prompt and the number of the sample
+    def echo(input_ids, attention_mask, num_return_sequences, **_):
+        rows = input_ids.repeat_interleave(num_return_sequences, 0)
+        number = [tokenizer.convert_tokens_to_ids(str(k % num_return_sequences)) for k in range(len(rows))]
+        return torch.cat([rows, rows, torch.tensor(number)[:, None]], 1)
+
+    monkeypatch.setattr(model, "generate", echo)
+    echoed = sample(0)
+    for j in range(2):
+        for i, context in enumerate(contexts):
+            reply = echoed[j * len(contexts) + i]
+            assert [c for c in contexts if c in reply] == [context] and reply.endswith(f" {j}")
+
+
+def test_the_command_trains_then_writes_m_replies_to_each_validation_context(scorer, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("EMPRL_DATA_DIR", raising=False)  # smoke: the bundled sample
+    for m in MECHS:
+        identifiers.save_identifier(scorer.identifiers[m], scorer.tokenizer,
+                                    tmp_path / "checkpoints" / "identifiers" / m,
+                                    IdentifierConfig(max_context_len=24, max_response_len=12))
+    assert grpo.main(["--profile", "smoke", "--variant", "placebo", "--seed", "1", "--out", str(tmp_path)]) == 0
+    run = tmp_path / "checkpoints" / "grpo" / "placebo_seed1"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "log.csv").is_file()
+    P = get_profile("smoke")
+    valid = data.load_split(P, "valid")[: P.evaluation.study_max_examples]
+    rows = evaluation.read_generations(evaluation.generations_path(
+        tmp_path / "generations", "grpo_valid", grpo.system_name("tiny-random", "placebo", 1)))
+    m = P.evaluation.samples_per_context
+    assert [(r["id"], r["sample"]) for r in rows] == [(ex.id, j) for j in range(m) for ex in valid]
