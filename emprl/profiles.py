@@ -263,6 +263,9 @@ class GRPOSettings(_Section):  # not "GRPOConfig": that is trl's, which emprl.rl
     dtype: str = "auto"
     # training contexts: a seeded subset of the training split (data.visited_subset; None: all of it)
     train_examples: int | None = 600
+    # the test split's contexts the systems answer, once (notebook 10; None: all of it): on a CPU the LLM's
+    # replies cost about a second each, so the offline profile answers the first 1,000 (m replies each)
+    test_examples: int | None = 1000
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -349,7 +352,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # reason; a large rate so that two steps move the adapter visibly
         "grpo": {"model": "tiny-random", "lora_r": 4, "lora_alpha": 8, "num_generations": 2,
                  "max_completion_length": 8, "lr": 1e-2, "steps": 2, "save_steps": 1, "train_examples": 8,
-                 "dtype": "float32"},
+                 "test_examples": None, "dtype": "float32"},
     },
     # Real data, offline MiniLM identifiers, T5 trained from scratch: CPU or GPU, minutes to hours.
     "offline": {
@@ -402,7 +405,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # 16 prompts x 8 replies a step (128, where a GPU is no slower than with 8), groups of 8 as trl's
         # default; 200 steps visit 3,200 contexts once. Not measured on a GPU yet
         "grpo": {"prompts_per_step": 16, "num_generations": 8, "steps": 200, "save_steps": 50,
-                 "train_examples": 3200},
+                 "train_examples": 3200, "test_examples": None},
     },
     # The paper: t5-base from the hub, the paper's hyper-parameters, GPUs.
     "paper": {
@@ -412,7 +415,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "judge": {"backbone": "roberta-base", "max_context_len": 256, "max_response_len": 64},
         # the paper has no GRPO: the gpu profile's batches, run five times longer over 16,000 contexts
         "grpo": {"prompts_per_step": 16, "num_generations": 8, "steps": 1000, "save_steps": 100,
-                 "train_examples": 16000},
+                 "train_examples": 16000, "test_examples": None},
     },
 }
 
@@ -453,7 +456,7 @@ RANGES: dict[str, tuple] = {
     "judge.weight_decay": NON_NEGATIVE,
     **{f"grpo.{k}": POSITIVE for k in ("lora_r", "lora_alpha", "prompts_per_step", "num_generations",
                                       "max_completion_length", "temperature", "lr", "steps", "save_steps",
-                                      "train_examples")},
+                                      "train_examples", "test_examples")},
     "grpo.lora_dropout": (0, 1, True, False), "grpo.beta": NON_NEGATIVE,
 }
 CHOICES: dict[str, tuple[str, ...]] = {

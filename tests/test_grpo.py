@@ -234,3 +234,15 @@ def test_the_command_trains_then_writes_m_replies_to_each_validation_context(sco
         tmp_path / "generations", "grpo_valid", grpo.system_name("tiny-random", "placebo", 1)))
     m = P.evaluation.samples_per_context
     assert [(r["id"], r["sample"]) for r in rows] == [(ex.id, j) for j in range(m) for ex in valid]
+
+
+def test_a_finished_run_of_whole_epochs_trains_no_step_more(scorer, tmp_path):
+    # 4 contexts = one epoch of the smoke steps (2 prompts x 2 replies): HF's loop, resumed at an epoch's end,
+    # would train the next epoch's first step before looking at max_steps
+    cfg = dataclasses.replace(get_profile("smoke").grpo, steps=1)
+    four, gold = TRAIN[:4], TRAIN_GOLD[:4]
+    runs = [grpo.train_grpo(cfg, four, gold, scorer, tmp_path / "run", progress=False) for _ in range(3)]
+    assert [(r["resumed_from"], r["global_step"]) for r in runs] == [(None, 1), (1, 1), (1, 1)]
+    assert all(r["log"]["step"].tolist() == [1] for r in runs)
+    ids = torch.tensor([[5, 6, 7]])
+    assert torch.allclose(runs[2]["model"].eval()(ids).logits, runs[0]["model"].eval()(ids).logits, atol=1e-6)

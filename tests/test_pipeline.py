@@ -194,3 +194,13 @@ def test_jobs_run_notebooks_side_by_side_after_what_they_read(tmp_path, monkeypa
     _notebook(nbdir / "03_x.ipynb", "raise ValueError('boom in 03')")
     with pytest.raises(RuntimeError, match=r"03 failed .* not run: 04"):
         pipeline.run_parallel("smoke", 2, out=str(tmp_path / "out2"), notebook_dir=nbdir)
+
+
+def test_a_setting_added_as_before_is_not_stale_where_a_render_predates_it(tmp_path):
+    current = get_profile("smoke").to_dict()
+    record = {"profile": "smoke", "preset": "paper", "config": json.loads(json.dumps(current))}
+    del record["config"]["ppo"]["reward"]  # rendered before ppo.reward existed: the paper's reward
+    assert pipeline.ADDED_AS_BEFORE["ppo.reward"] == "paper" == current["ppo"]["reward"]
+    assert pipeline.staleness(_rendered(tmp_path / "04_a.ipynb", record)) == []
+    other = get_profile("smoke", {"ppo.reward": "chance_corrected"}).to_dict()  # what the render would now miss
+    assert pipeline.ADDED_AS_BEFORE["ppo.reward"] != other["ppo"]["reward"]

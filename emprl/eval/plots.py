@@ -189,18 +189,25 @@ STUDY_PANELS = {"emp_reward_mean": "R_emp (training batches)", "kl": "KL estimat
                 "entropy": "entropy (nats / token)"}
 
 
+# GRPO's log (trl's names, emprl.rl.grpo.train_grpo's log.csv)
+GRPO_PANELS = {"reward": "reward (training groups)", "kl": "KL to the base model",
+               "completions/mean_length": "reply length (tokens)", "entropy": "entropy (nats / token)"}
+
+
 @_styled
-def study_curves(logs: dict[str, pd.DataFrame], path, banner: str = ""):
-    """R_emp, KL, response length and entropy by step, one line per configuration (rolling mean over
-    a twentieth of the steps)."""
-    fig, axes = _subplots(1, len(STUDY_PANELS), (4.5 * len(STUDY_PANELS), 4))
-    for ax, (col, title) in zip(axes[0], STUDY_PANELS.items()):
+def study_curves(logs: dict[str, pd.DataFrame], path, banner: str = "", panels: dict[str, str] = STUDY_PANELS,
+                 xlabel: str = "PPO step"):
+    """The training curves of ``panels`` ({log column: title}; PPO's R_emp, KL, critic, response length and
+    entropy by default, ``GRPO_PANELS`` for GRPO) by step, one line per run (rolling mean over a twentieth of
+    the steps)."""
+    fig, axes = _subplots(1, len(panels), (4.5 * len(panels), 4))
+    for ax, (col, title) in zip(axes[0], panels.items()):
         for name, log in logs.items():
             window = max(len(log) // 20, 1)
             ax.plot(log["step"], log[col].rolling(window, min_periods=1).mean(), lw=1.5, label=name)
         if col == "kl":
             ax.axhline(0.0, color="grey", lw=0.8)
-        ax.set(title=title, xlabel="PPO step")
+        ax.set(title=title, xlabel=xlabel)
     axes[0, 0].legend(fontsize=7)
     return finish(fig, path, banner)
 

@@ -446,3 +446,40 @@ def controls(table: pd.DataFrame, selected: str | None, why: str, smoke: bool, e
     if selected is not None:
         lines.append(f"Headline configuration by the rule fixed before the runs: **{selected}** ({why}).")
     return "".join(head(smoke)) + bullets(lines)
+
+
+def grpo(rows: dict[str, dict[str, dict]], paired: dict[str, pd.DataFrame], lengths: dict[str, float],
+         variants, smoke: bool, split: str = "validation") -> str:
+    """10: what GRPO with the empathy reward did to the instruct LLM, against its base model and against its
+    placebo twin, under each evaluator (the judge first), on ``split``. ``rows``: {evaluator: {system: metrics
+    row}} with systems "base" and "GRPO <variant>"; ``paired``: {evaluator: ``evaluation.paired_tests``} with
+    rows "GRPO <v> - base" and "GRPO <v> - GRPO placebo"; ``lengths``: {system: mean reply length in tokens}."""
+    from emprl.eval.evaluation import METRIC_LABELS
+
+    evaluators = sorted(rows, key=lambda e: e != "judge")
+    lines = [f"On the {split} split, {rows[evaluators[0]]['base']['n_examples']:,} contexts answered "
+             f"{rows[evaluators[0]]['base'].get('samples_per_context', 1)} times by each model; the base model's "
+             f"replies average {lengths['base']:.1f} tokens."]
+    moved = {}
+    for v in variants:
+        name = f"GRPO {v}"
+        parts = []
+        for e in evaluators:
+            _, sig, text = _paired_line(paired[e], f"{name} - base", METRIC_LABELS["kappa"])
+            parts.append(f"mean kappa ({e}) {text}")
+            if e == evaluators[0]:
+                moved[v] = sig and rows[e][name]["kappa"] > rows[e]["base"]["kappa"]
+        line = f"**{name}** against the base model: " + "; ".join(parts)
+        if v != "placebo" and "GRPO placebo" in {f"GRPO {x}" for x in variants}:
+            _, sig, text = _paired_line(paired[evaluators[0]], f"{name} - GRPO placebo", METRIC_LABELS["kappa"])
+            line += f"; against the placebo ({evaluators[0]}): {text}"
+            moved[v] = moved[v] and sig and rows[evaluators[0]][name]["kappa"] > rows[evaluators[0]]["GRPO placebo"]["kappa"]
+        line += f"; replies of {lengths[name]:.1f} tokens."
+        lines.append(line)
+    gained = [v for v in variants if v != "placebo" and moved.get(v)]
+    lines.append((f"The empathy reward raised the instruct LLM's agreement with the gold empathy levels beyond its "
+                  f"base and its placebo twin ({evaluators[0]}, 95% CIs over contexts) with: {', '.join(gained)}."
+                  if gained else
+                  f"No variant raised the instruct LLM's agreement with the gold empathy levels ({evaluators[0]}'s "
+                  "mean kappa) beyond both its base model and its placebo twin (95% CIs over contexts)."))
+    return "".join(head(smoke)) + bullets(lines)

@@ -45,6 +45,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "07": ("04", "06"),  # systems of 05 and the ablation's EmpRL
     "08": ("02", "03"),  # the RL study trains its own arms
     "09": ("04", "06"),  # the playground's systems
+    "10": ("02",),  # GRPO on the instruct LLM: the identifiers (its reward) and the judge
 }
 
 
@@ -132,13 +133,22 @@ def sections_read(notebook: str | Path) -> set[str] | None:
     return {"data"} | set(re.findall(r"\bP\.([a-z_]+)\b", notebook.read_text())) & set(SECTIONS)
 
 
+# Settings added to a section after renders were recorded, whose value here is what the code did before they
+# existed: a render that does not record one ran with this value. Add only a setting whose addition changed no
+# computation at that value (the tests of the option show the old path is the default one).
+ADDED_AS_BEFORE: dict[str, Any] = {
+    "ppo.reward": "paper",  # R_emp as the paper's; "chance_corrected" came with issue 26
+}
+
+
 def staleness(rendered: str | Path, notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
     """Why a rendered notebook is not current for its profile ([] when it is).
 
     It is stale when it records no configuration, or when its recorded configuration differs from what
     ``get_profile`` builds today for the recorded profile and preset (the paper's where none is recorded)
     in a section its source in ``notebook_dir`` reads (``sections_read``; every section but ``runtime`` when
-    the source is gone): a setting it never reads, such as a section added since, cannot change it.
+    the source is gone): a setting it never reads, such as a section added since, cannot change it. A setting
+    of ``ADDED_AS_BEFORE`` that the render does not record counts as recorded at its value there.
     """
     import nbformat
 
@@ -156,6 +166,7 @@ def staleness(rendered: str | Path, notebook_dir: Path = NOTEBOOK_DIR) -> list[s
         old = {k: v for k, v in old.items() if k.split(".")[0] in read}
         new = {k: v for k, v in new.items() if k.split(".")[0] in read}
     absent = "(absent)"
+    old = {**{k: v for k, v in ADDED_AS_BEFORE.items() if k.split(".")[0] in {x.split(".")[0] for x in old}}, **old}
     return [f"{Path(rendered).name}: {key} recorded {old.get(key, absent)!r}, current {new.get(key, absent)!r}"
             for key in sorted(set(old) | set(new)) if old.get(key, absent) != new.get(key, absent)]
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -37,10 +39,14 @@ from emprl.rl.reward import chance_corrected_reward, empathy_reward
 # level-triple frequencies; "placebo": R_emp against the gold levels of another training context
 # (ppo_train.placebo_order): the reward keeps its distribution and loses its link to the context
 VARIANTS = ("empathy", "chance_corrected", "placebo")
-# settings a run may resume with other values of: its length and how often it is saved
-RESUMABLE_CHANGES = ("steps", "save_steps")
+# settings a run may resume with other values of: its length, how often it is saved, and the test contexts
+# notebook 10 answers after it (not a training setting)
+RESUMABLE_CHANGES = ("steps", "save_steps", "test_examples")
 LORA_TARGETS = "all-linear"  # peft: every linear layer but the LM head (q, k, v, o, gate, up, down)
 KEY_FILE = "resume_key.json"
+# trl 1.16 and peft 0.21 read transformers 5's deprecated alias of is_activation_checkpointing: its warning is
+# noise (the answer is the same), silenced where they call it
+DEPRECATED_PROPERTY = "`is_gradient_checkpointing` is deprecated"
 
 # The instruct model is told who it is in the dialogue (the contexts alternate "Speaker:" and "Listener:",
 # the Listener replying last) and to keep it short, like the paper's ChatGPT prompt ("no more than 30 words").
@@ -125,7 +131,9 @@ def load_policy(name: str, dtype: str = "float32", adapter: str | Path | None = 
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter))
+        with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5 renamed (same answer)
+            warnings.filterwarnings("ignore", message=DEPRECATED_PROPERTY)
+            model = PeftModel.from_pretrained(model, str(adapter))
     return model, tokenizer
 
 
@@ -187,36 +195,56 @@ def train_grpo(cfg, examples: Sequence, gold_levels, scorer, run_dir: str | Path
     # so trl's defaults bf16=True (an autocast, slow on a CPU without native bf16) and gradient checkpointing (a
     # second forward, for memory a 135M model does not need; "activation_checkpointing" in transformers 5) are
     # turned off. A constant rate: a run given more steps goes on as if it had been that long from the start.
-    model, tokenizer = load_policy(cfg.model, dtype)
-    args = GRPOConfig(
-        output_dir=str(run_dir), use_cpu=device.type == "cpu", report_to=[], seed=seed,
-        disable_tqdm=not progress,
-        max_steps=cfg.steps, per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
-        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature, beta=cfg.beta, learning_rate=cfg.lr, lr_scheduler_type="constant",
-        bf16=False, activation_checkpointing=False, logging_steps=1,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2)  # two: the last may be cut short
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
-    # with an adapter and beta > 0, trl's reference is the model with the adapter disabled: the base
-    trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=reward, args=args,
-                          train_dataset=rows, peft_config=lora)
+    last = int(done[-1].name.rpartition("-")[2]) if done else None
+    if last is not None and last >= cfg.steps:
+        # finished: not handed back to HF's loop, which, resumed at the end of an epoch, trains the next epoch's
+        # first step before it looks at max_steps (a finished run of whole epochs would grow a step per rerun)
+        model, tokenizer = load_policy(cfg.model, dtype, adapter=done[-1])
+        state = json.loads((done[-1] / "trainer_state.json").read_text())
+        history, global_step = state["log_history"], state["global_step"]
+    else:
+        model, tokenizer = load_policy(cfg.model, dtype)
+        args = GRPOConfig(
+            output_dir=str(run_dir), use_cpu=device.type == "cpu", report_to=[], seed=seed,
+            disable_tqdm=not progress,
+            max_steps=cfg.steps, per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+            num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+            temperature=cfg.temperature, beta=cfg.beta, learning_rate=cfg.lr, lr_scheduler_type="constant",
+            bf16=False, activation_checkpointing=False, logging_steps=1,
+            save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2)  # two: the last may be cut short
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+        # 4. train, from the last complete checkpoint if there is one. With an adapter and beta > 0, trl's
+        # reference is the model with the adapter disabled: the base.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=DEPRECATED_PROPERTY)
+            trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=reward, args=args,
+                                  train_dataset=rows, peft_config=lora)
+            if not progress:  # without a progress bar the Trainer prints every step's logs: log.csv has them
+                from transformers.trainer_callback import PrinterCallback
 
-    # 4. train, from the last complete checkpoint if there is one
-    trainer.train(resume_from_checkpoint=str(done[-1]) if done else None)
+                trainer.remove_callback(PrinterCallback)
+            # transformers orders checkpoints by step number where the filesystem's mtimes tie, and says so
+            quiet = logging.getLogger("transformers.trainer_utils")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                trainer.train(resume_from_checkpoint=str(done[-1]) if done else None)
+            finally:
+                quiet.setLevel(level)
+        model, history, global_step = trainer.model, trainer.state.log_history, trainer.state.global_step
 
     # 5. the adapter (adapter_model.safetensors, adapter_config.json) and the log
     adapter = run_dir / "adapter"
     with ckpt.atomic_dir(adapter) as tmp:
-        trainer.model.save_pretrained(str(tmp))
-    log = pd.DataFrame([e for e in trainer.state.log_history if "reward" in e])
+        model.save_pretrained(str(tmp))
+    log = pd.DataFrame([e for e in history if "reward" in e])
     log = log[["step", *[c for c in log.columns if c != "step"]]]
     log_path = run_dir / "log.csv"
     with ckpt.atomic_file(log_path, "w") as f:
         log.to_csv(f, index=False)
-    return {"model": trainer.model, "tokenizer": tokenizer, "adapter": adapter, "log": log, "log_path": log_path,
-            "resumed_from": int(done[-1].name.rpartition("-")[2]) if done else None,
-            "global_step": trainer.state.global_step}
+    return {"model": model, "tokenizer": tokenizer, "adapter": adapter, "log": log, "log_path": log_path,
+            "resumed_from": last, "global_step": global_step}
 
 
 def sample_replies(model, tokenizer, contexts: Sequence[str], m: int, max_new_tokens: int, temperature: float,
