@@ -186,8 +186,13 @@ def train_grpo(cfg, examples: Sequence, gold_levels, scorer, run_dir: str | Path
     elif done:
         raise ValueError(f"{run_dir} holds checkpoints but no {KEY_FILE} to check them against; delete it or "
                          "pass resume=False")
+    # under `accelerate launch` every process runs this function; one writes (trl's Trainer does the same)
+    from accelerate import PartialState
+
+    writes = PartialState().is_main_process
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_text(key_path, json.dumps(key, indent=2) + "\n")
+    if writes:
+        ckpt.atomic_write_text(key_path, json.dumps(key, indent=2) + "\n")
 
     # 3. the policy and trl's settings. HF's Trainer saves the AdamW, scheduler and RNG states with torch.save
     # and (transformers 5.25) loads them back with torch.load(weights_only=True), so resuming unpickles no
@@ -236,13 +241,14 @@ def train_grpo(cfg, examples: Sequence, gold_levels, scorer, run_dir: str | Path
 
     # 5. the adapter (adapter_model.safetensors, adapter_config.json) and the log
     adapter = run_dir / "adapter"
-    with ckpt.atomic_dir(adapter) as tmp:
-        model.save_pretrained(str(tmp))
     log = pd.DataFrame([e for e in history if "reward" in e])
     log = log[["step", *[c for c in log.columns if c != "step"]]]
     log_path = run_dir / "log.csv"
-    with ckpt.atomic_file(log_path, "w") as f:
-        log.to_csv(f, index=False)
+    if writes:
+        with ckpt.atomic_dir(adapter) as tmp:
+            model.save_pretrained(str(tmp))
+        with ckpt.atomic_file(log_path, "w") as f:
+            log.to_csv(f, index=False)
     return {"model": model, "tokenizer": tokenizer, "adapter": adapter, "log": log, "log_path": log_path,
             "resumed_from": last, "global_step": global_step}
 
@@ -334,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
               f"log {result['log_path']}", flush=True)
         system = system_name(cfg.model, args.variant, P.seed)
 
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`: one process samples and writes
+        return 0
     # the RL study's validation contexts and replies to each (evaluation.study_max_examples, samples_per_context)
     valid = data.load_split(P, "valid", args.data_dir)[: E.study_max_examples]
     contexts, _ = data.context_texts(valid, P.data.max_context_tokens)
