@@ -52,6 +52,8 @@ def _worker(out: Path) -> None:
         "lora_sum": float(sum(p.double().sum() for p in lora.values())),
         # LoRA's B matrices start at zero: what they hold is what training put there
         "lora_b_abs": float(sum(p.double().abs().sum() for n, p in lora.items() if "lora_B" in n))}))
+    state.wait_for_everyone()
+    torch.distributed.destroy_process_group()  # before the interpreter exits (tests/test_ppo_distributed.py)
 
 
 @pytest.mark.slow

@@ -132,6 +132,9 @@ def _worker(out: Path) -> None:
     if acc.is_main_process:
         (out / "result.json").write_text(json.dumps(result, indent=1))
     acc.wait_for_everyone()
+    # tear the process group down before the interpreter does: left to exit, a gloo thread still running can
+    # abort the process ("terminate called without an active exception"), seen on a loaded machine
+    torch.distributed.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- the test
