@@ -246,7 +246,7 @@ def banner(P: Profile, preset: str = "paper") -> str:
 
 def setup(profile: str | Profile = "smoke", seed: int = 0, data_dir: str | os.PathLike | None = None,
           output_dir: str | os.PathLike | None = None, device: str | None = None, overrides: Any = None,
-          preset: str = "paper") -> Run:
+          preset: str = "paper", record: bool = True) -> Run:
     """Set up a run: build the profile (``preset`` then ``overrides`` on top), choose device, precision and
     threads, create the output folders, write the resolved configuration to ``<out>/metrics/config.json``
     and print the run's settings (with the smoke banner at the smoke profile).
@@ -285,7 +285,8 @@ def setup(profile: str | Profile = "smoke", seed: int = 0, data_dir: str | os.Pa
     run = Run(profile=P, out=out, data_root=data_root, device=resolved, precision=precision, threads=threads,
               banner=banner(P, preset), paths=paths,
               reward_dtype=resolve_reward_dtype(P.runtime.reward_dtype, resolved), preset=preset)
-    paths.config.write_text(json.dumps(run.config(), indent=2) + "\n")
+    if record:  # a command that adds to a rendered run's outputs (rescore, controls) leaves its record alone
+        paths.config.write_text(json.dumps(run.config(), indent=2) + "\n")
     print(f"profile {P.name}, preset {preset}, seed {P.seed}: device {run.device}, precision {precision}, "
           f"{threads} CPU thread(s), PPO reward scored in {run.reward_dtype}")
     if P.is_smoke:

@@ -47,6 +47,7 @@ def test_rescore_writes_each_pairs_levels_then_skips_what_is_done(out, slice_siz
     evaluation.write_system_generations(out / "generations", "06_test", ids, {"A": a, "B": b})  # A again, same
     written = rescore.rescore("smoke", "reward", out=out, slice_size=slice_size)
     assert set(written) == {"gold", "A", "B"}
+    assert not (out / "metrics" / "config.json").exists()  # a rendered run's record is left alone
     record = evaluation.read_json_gz(evaluation.levels_path(out, "test", "A"))
     assert record["m"] == 2 and record["ids"] == ids
     levels = np.asarray(record["evaluators"]["reward"]["levels"])  # [N, m, 3]

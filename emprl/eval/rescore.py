@@ -26,8 +26,7 @@ import numpy as np
 
 from emprl import data
 from emprl.eval import evaluation
-from emprl.profiles import get_profile
-from emprl.run import Paths, resolve_device, resolve_output_dir, set_threads
+from emprl.run import setup
 
 EVALUATORS = ("reward", "judge")
 GOLD = "gold"  # the human responses
@@ -102,15 +101,13 @@ def train_frequencies(profile: str, evaluator: str, out=None, checkpoints=None, 
     the blind best floor of that evaluator is fitted on them."""
     from emprl.eval import metrics
 
-    P = get_profile(profile)
-    set_threads(P)
-    out = resolve_output_dir(profile, out)
-    paths = Paths(out)
+    run = setup(profile, output_dir=out, record=False)  # the rendered run's metrics/config.json stays as it is
+    P, out, paths = run.profile, run.out, run.paths
     checkpoints = Path(checkpoints) if checkpoints else paths.checkpoints
     train = data.visited_subset(data.load_split(P, "train", data.dataset_dir(profile, data_dir)), P.ppo.steps,
                                 P.ppo.batch_size, P.seed)
     _, contexts = data.context_texts(train, P.data.max_context_tokens)
-    scorer = load_evaluator(evaluator, checkpoints, resolve_device(P.runtime.device), paths.cache / "judge_features")
+    scorer = load_evaluator(evaluator, checkpoints, run.device, paths.cache / "judge_features")
     levels = score_in_slices(scorer, contexts, {GOLD: [ex.response for ex in train]}, slice_size)[GOLD]
     return evaluation.write_train_frequencies(out, evaluator, metrics.level_frequencies(levels), len(train),
                                               evaluation.TRAIN_SOURCE)
@@ -120,17 +117,14 @@ def rescore(profile: str, evaluator: str, out=None, checkpoints=None, data_dir=N
             force: bool = False, slice_size: int = 250) -> dict[str, Path]:
     if evaluator not in EVALUATORS:
         raise ValueError(f"evaluator must be one of {EVALUATORS}, got {evaluator!r}")
-    # not run.setup: it would overwrite the rendered run's metrics/config.json in OUT
-    P = get_profile(profile)
-    set_threads(P)
-    out = resolve_output_dir(profile, out)
-    paths = Paths(out)
+    run = setup(profile, output_dir=out, record=False)  # the rendered run's metrics/config.json stays as it is
+    P, out, paths = run.profile, run.out, run.paths
     checkpoints = Path(checkpoints) if checkpoints else paths.checkpoints
     test = data.load_split(P, "test", data.dataset_dir(profile, data_dir))
     ids = [ex.id for ex in test]
     _, score_contexts = data.context_texts(test, P.data.max_context_tokens)
     ledger = evaluation.Ledger.of(out, P)
-    scorer = load_evaluator(evaluator, checkpoints, resolve_device(P.runtime.device), paths.cache / "judge_features")
+    scorer = load_evaluator(evaluator, checkpoints, run.device, paths.cache / "judge_features")
     written = {}
 
     # what to score: the human responses unless their levels are there, and each system without them

@@ -33,10 +33,9 @@ import pandas as pd
 from emprl import data
 from emprl.eval import evaluation
 from emprl.models import generator, scoring
-from emprl.profiles import get_profile, parse_overrides
+from emprl.profiles import get_profile
 from emprl.rl import ppo_train, study
-from emprl.run import (Paths, Run, banner, resolve_device, resolve_output_dir, resolve_precision,
-                       resolve_reward_dtype, set_threads)
+from emprl.run import resolve_output_dir, setup
 
 VARIANTS = ("emprl", "placebo")
 BASE = "w/o RL"  # the generator itself, evaluated once beside the runs
@@ -65,14 +64,8 @@ def run_control(profile: str, config: str | None, variant: str, seed: int, out=N
         raise ValueError(f"unknown control configuration {config!r}; known: {list(study.CONTROLS)}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    P = get_profile(profile, parse_overrides(overrides))
-    out = resolve_output_dir(profile, out)
-    paths = Paths(out)
-    device = resolve_device(P.runtime.device)
-    # not run.setup: it would overwrite the rendered notebooks' metrics/config.json in OUT
-    run = Run(profile=P, out=out, data_root=None, device=device,
-              precision=resolve_precision(P.runtime.precision, device), threads=set_threads(P), banner=banner(P),
-              paths=paths, reward_dtype=resolve_reward_dtype(P.runtime.reward_dtype, device))
+    run = setup(profile, output_dir=out, overrides=overrides, record=False)
+    P, out, paths, device = run.profile, run.out, run.paths, run.device
     checkpoints = Path(checkpoints) if checkpoints else paths.checkpoints
     root = Path(root) if root else paths.checkpoints / "controls"
     E, S = P.evaluation, P.study

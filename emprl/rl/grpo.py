@@ -305,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     from emprl.eval import evaluation
     from emprl.models.judge import resolve_dtype
     from emprl.models.scoring import EmpathyScorer, gold_labels
-    from emprl.profiles import get_profile
-    from emprl.run import Paths, resolve_device, resolve_output_dir, resolve_reward_dtype, set_threads
+    from emprl.run import resolve_reward_dtype, setup
 
     parser = argparse.ArgumentParser(prog="python -m emprl.rl.grpo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="offline")
@@ -315,11 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder with checkpoints/identifiers (default outputs/<profile>)")
     parser.add_argument("--data-dir", help="data folder (default $EMPRL_DATA_DIR)")
     args = parser.parse_args(argv)
-    # not run.setup: it would overwrite the rendered notebooks' metrics/config.json in OUT
-    P = get_profile(args.profile, seed=args.seed)
-    set_threads(P)
-    device = resolve_device(P.runtime.device)
-    paths = Paths(resolve_output_dir(args.profile, args.out))
+    run = setup(args.profile, args.seed, output_dir=args.out, record=False)  # OUT's config.json stays as it is
+    P, device, paths = run.profile, run.device, run.paths
     cfg, E = P.grpo, P.evaluation
 
     if args.variant == "base":
