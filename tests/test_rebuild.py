@@ -110,3 +110,21 @@ def test_every_system_under_both_evaluators_side_by_side(tmp_path, capsys):
     blind = table.loc[metrics.BLIND_FLOOR, "Emp-F1 (judge)"]
     above = float(table.loc["EmpRL", "above blind (judge)"])
     assert above == pytest.approx(table.loc["EmpRL", "Emp-F1 (judge)"] - blind, abs=0.01)
+
+
+def test_effects_are_paired_differences_against_w_o_rl(tmp_path, capsys):
+    gold, systems, _ = _write_run(tmp_path)
+    assert rebuild.main(["--profile", "smoke", "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "tables" / "rebuilt_effects_reward.csv")
+    assert set(table["Comparison"]) == {"EmpRL - w/o RL"}  # no control pair has both systems here
+    E = get_profile("smoke").evaluation
+    for metric, label in (("emp_f1", "Emp-F1 (%)"), ("kappa", "kappa (mean)")):
+        row = table[table["Metric"] == label].iloc[0]
+        # the difference computed independently of the paired bootstrap: the two systems' own scores
+        direct = {"emp_f1": lambda lv: metrics.emp_f1(np.tile(gold, (2, 1)), lv),
+                  "kappa": lambda lv: float(np.mean(metrics.cohen_kappa(np.tile(gold, (2, 1)), lv)))}[metric]
+        assert row["Difference"] == pytest.approx(
+            direct(systems["EmpRL"]["levels"]) - direct(systems["w/o RL"]["levels"]), abs=1e-9)
+        res = metrics.paired_test(metric, systems["EmpRL"], systems["w/o RL"], gold=gold, n_boot=E.bootstrap,
+                                  seed=get_profile("smoke").seed)
+        assert row["95% CI"] == f"[{res.low:.2f}, {res.high:.2f}]"

@@ -12,7 +12,8 @@ Reads, under the run's output folder OUT (``evaluation.write_evaluation_records`
 * ``generations/*.jsonl.gz``: the responses.
 
 Writes, per evaluator E, ``tables/rebuilt_table_ii_E``, ``tables/rebuilt_table_v_E`` (the Table V systems
-present), ``tables/rebuilt_systems_E`` (every system) as .md and .csv, and ``metrics/rebuilt_signatures.json``
+present), ``tables/rebuilt_systems_E`` (every system), ``tables/rebuilt_effects_E`` (paired Emp-F1 and kappa
+differences: every system minus w/o RL, and the study's controls) as .md and .csv, and ``metrics/rebuilt_signatures.json``
 (the paper's signatures whose systems are present). The bootstrap settings and the Dist-n tokenizer are the
 profile's (``emprl.profiles``); the seed is the profile's seed.
 """
@@ -37,6 +38,11 @@ from emprl.run import resolve_output_dir
 
 TABLE_II_SYSTEMS = ("EmpRL", "w/o RL")  # notebook 05's systems; an LLM row ("LLM ...") joins them
 TABLE_V_SYSTEMS = tuple(TABLE_V["rows"])
+BASELINE = "w/o RL"  # every system's effect is read against the generator before RL
+# the study's controls (notebook 08): an arm against its zero-reward twin, best-of-n against a random keep
+CONTROL_PAIRS = (("repaired, lr 1e-4, 1600 steps", "repaired, lr 1e-4 twin, 1600 steps"),
+                 ("RS, keep best", "RS, keep random"))
+EFFECT_METRICS = ("emp_f1", "kappa")
 
 
 def _responses(out: Path, record: dict) -> list[str] | None:
@@ -122,6 +128,19 @@ def signatures(data: dict, evaluator: str, eval_cfg, seed: int) -> list[dict]:
                                  partial=True)
 
 
+def effects(data: dict, evaluator: str, eval_cfg, seed: int) -> pd.DataFrame | None:
+    """Paired bootstrap of Emp-F1 and mean kappa under one evaluator: every system minus w/o RL, and the study's
+    controls (``CONTROL_PAIRS``) where both systems are present; None when there is nothing to pair."""
+    systems = {n: {"responses": s["responses"], "levels": s["levels"][evaluator]}
+               for n, s in data["systems"].items() if evaluator in s["levels"]}
+    pairs = [(n, BASELINE) for n in sorted(systems) if BASELINE in systems and n != BASELINE]
+    pairs += [(a, b) for a, b in CONTROL_PAIRS if a in systems and b in systems]
+    if not pairs:
+        return None
+    return evaluation.paired_tests(systems, data["gold"][evaluator], pairs, eval_cfg.tokenizer, eval_cfg.bootstrap,
+                                   seed, metric_names=EFFECT_METRICS)
+
+
 def side_by_side(by_evaluator: dict[str, dict[str, dict]]) -> pd.DataFrame:
     """One row per system (floors included), per evaluator: Emp-F1, its CI, its distance above that evaluator's
     blind best floor, mean kappa and its CI. ``by_evaluator``: {evaluator: {system: metrics row}} as ``rows``."""
@@ -189,6 +208,13 @@ def rebuild(out, profile: str, split: str = "test") -> dict[str, Path]:
             key = f"rebuilt_{name}_{evaluator}"
             save_table(out, key, frame, title=f"{key}: {split} split, evaluator {evaluator}", note=note,
                        smoke=P.is_smoke)
+            written[key] = out / "tables" / f"{key}.md"
+        paired = effects(data, evaluator, E, seed)
+        if paired is not None:
+            key = f"rebuilt_effects_{evaluator}"
+            save_table(out, key, paired, digits=3, smoke=P.is_smoke,
+                       title=f"Paired bootstrap effects ({split} split, evaluator {evaluator}): every system minus "
+                             f"{BASELINE}, and the study's controls")
             written[key] = out / "tables" / f"{key}.md"
         sigs[evaluator] = signatures(data, evaluator, E, seed)
         if sigs[evaluator]:
