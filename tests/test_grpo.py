@@ -218,6 +218,27 @@ def test_sample_replies_are_seeded_and_laid_out_in_m_blocks_of_n(monkeypatch):
             assert [c for c in contexts if c in reply] == [context] and reply.endswith(f" {j}")
 
 
+def test_cached_replies_are_the_sampled_ones_and_a_changed_model_or_seed_samples_again(tmp_path, monkeypatch):
+    model, tokenizer = grpo.load_policy("tiny-random")
+    contexts = ["alpha bravo", "charlie"]
+    uncached = grpo.sample_replies(model, tokenizer, contexts, 2, 5, 1.0, seed=0, batch_size=2)
+    assert grpo.sample_replies(model, tokenizer, contexts, 2, 5, 1.0, seed=0, batch_size=2,
+                               cache_dir=tmp_path) == uncached  # the first call samples and stores
+    calls = []
+    real_generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: calls.append(1) or real_generate(**kw))
+    assert grpo.sample_replies(model, tokenizer, contexts, 2, 5, 1.0, seed=0, batch_size=2,
+                               cache_dir=tmp_path) == uncached and not calls  # the second reads them back
+    grpo.sample_replies(model, tokenizer, contexts, 2, 5, 1.0, seed=1, batch_size=2, cache_dir=tmp_path)
+    assert calls  # another seed is another entry
+    calls.clear()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    grpo.sample_replies(model, tokenizer, contexts, 2, 5, 1.0, seed=0, batch_size=2, cache_dir=tmp_path)
+    assert calls  # other weights: sampled again, not the stale entry
+    assert len(list(tmp_path.glob("replies_*.json"))) == 3
+
+
 def test_the_command_trains_then_writes_m_replies_to_each_validation_context(scorer, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("EMPRL_DATA_DIR", raising=False)  # smoke: the bundled sample

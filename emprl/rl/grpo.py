@@ -254,7 +254,7 @@ def train_grpo(cfg, examples: Sequence, gold_levels, scorer, run_dir: str | Path
 
 
 def sample_replies(model, tokenizer, contexts: Sequence[str], m: int, max_new_tokens: int, temperature: float,
-                   seed: int = 0, batch_size: int = 32, progress: bool = False) -> list[str]:
+                   seed: int = 0, batch_size: int = 32, progress: bool = False, cache_dir=None) -> list[str]:
     """``m`` replies to each of the generator's ``contexts`` (``data.context_texts``), in the evaluation layout:
     m blocks of N, sample j of context i at j * N + i.
 
@@ -262,8 +262,26 @@ def sample_replies(model, tokenizer, contexts: Sequence[str], m: int, max_new_to
     top-k, no top-p; the tokenizer's and the model's end-of-sequence tokens end a reply), so that the base model
     and every trained one are sampled alike. Length-sorted batches of ``batch_size`` contexts, left-padded, the m
     replies of a context from one prompt (``num_return_sequences``); batch b is sampled under seed ``seed + b``
-    (the caller's random stream is left as it was), so that a call gives the same replies again."""
+    (the caller's random stream is left as it was), so that a call gives the same replies again.
+
+    ``cache_dir``: keep the replies there, keyed by the model's weights, the contexts and every argument that
+    changes them, so that the command line's validation replies and the notebook's are sampled once (on a CPU a
+    system's thousands of replies take tens of minutes)."""
+    from emprl.models.scoring import data_fingerprint, state_fingerprint
     from emprl.progress import bar
+
+    if cache_dir is not None:
+        key = {"model": state_fingerprint({"policy": model}), "contexts": data_fingerprint(contexts, contexts),
+               "m": m, "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
+               "batch_size": batch_size, "torch": torch.__version__}
+        path = Path(cache_dir) / f"replies_{ckpt.key_digest(key)[:16]}.json"
+        cached = ckpt.load_cached(path, key)
+        if cached is not None:
+            return cached["replies"]
+        replies = sample_replies(model, tokenizer, contexts, m, max_new_tokens, temperature, seed, batch_size,
+                                 progress)
+        ckpt.save_cached(path, key, {"replies": replies})
+        return replies
 
     prompts = [tokenizer.apply_chat_template(chat_prompt(c), add_generation_prompt=True, tokenize=True,
                                              return_dict=True)["input_ids"] for c in contexts]
@@ -344,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     valid = data.load_split(P, "valid", args.data_dir)[: E.study_max_examples]
     contexts, _ = data.context_texts(valid, P.data.max_context_tokens)
     replies = sample_replies(model, tokenizer, contexts, E.samples_per_context, cfg.max_completion_length,
-                             cfg.temperature, seed=P.seed, batch_size=E.batch_size, progress=True)
+                             cfg.temperature, seed=P.seed, batch_size=E.batch_size, progress=True,
+                             cache_dir=paths.cache)  # the notebook's replies to these contexts: the same entry
     for path in evaluation.write_system_generations(paths.generations, "grpo_valid", [ex.id for ex in valid],
                                                     {system: replies}):
         print(f"{system}: {E.samples_per_context} x {len(valid)} validation replies in {path}", flush=True)
