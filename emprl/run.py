@@ -230,7 +230,24 @@ class Run:
         """The full resolved configuration: the validated profile and what "auto" resolved to (no paths)."""
         return {"profile": self.profile.name, "preset": self.preset, "config": self.profile.to_dict(),
                 "resolved": {"device": str(self.device), "precision": self.precision, "threads": self.threads,
-                             "reward_dtype": self.reward_dtype}}
+                             "reward_dtype": self.reward_dtype},
+                "software": software()}
+
+
+def software() -> dict[str, Any]:
+    """The versions a run's numbers depend on. Training is deterministic for a seed within one environment, not
+    across them: the offline identifiers retrained with torch 2.13.0 in a fresh environment differ from the
+    committed ones in the first decimal of Table I (docs/results.md), so a record names what it ran on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "trl"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return {"python": platform.python_version(), **found, "cpu_native_bf16": native_bf16()}
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

@@ -215,3 +215,14 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch):
         monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: f"flags\t: {flags}\n" if str(self) ==
                             "/proc/cpuinfo" else real(self, *a, **k))
         assert run_module.native_bf16() is expected, flags
+
+
+def test_the_record_names_the_software_it_ran_on(tmp_path):
+    import torch
+    import transformers
+
+    r = emprl.setup("smoke", output_dir=tmp_path)
+    recorded = json.loads(r.paths.config.read_text())["software"]
+    assert recorded["torch"] == torch.__version__.split("+")[0] or recorded["torch"] == torch.__version__
+    assert recorded["transformers"] == transformers.__version__
+    assert isinstance(recorded["cpu_native_bf16"], bool) and recorded["python"].count(".") == 2
