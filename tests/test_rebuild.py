@@ -128,3 +128,14 @@ def test_effects_are_paired_differences_against_w_o_rl(tmp_path, capsys):
         res = metrics.paired_test(metric, systems["EmpRL"], systems["w/o RL"], gold=gold, n_boot=E.bootstrap,
                                   seed=get_profile("smoke").seed)
         assert row["95% CI"] == f"[{res.low:.2f}, {res.high:.2f}]"
+
+
+def test_gold_levels_of_other_contexts_do_not_replace_the_committed_ones(tmp_path):
+    gold, systems, _ = _write_run(tmp_path)
+    path = evaluation.gold_levels_path(tmp_path, "test")
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"test_gold.*other contexts.*own split name"):
+        evaluation.write_gold_levels(tmp_path, "test", ["conv0", "conv1"], {"judge": gold[:2]})
+    assert path.read_bytes() == before  # nothing lost
+    evaluation.write_gold_levels(tmp_path, "test_first2", ["conv0", "conv1"], {"judge": gold[:2]})  # a subset
+    assert rebuild.main(["--profile", "smoke", "--out", str(tmp_path)]) == 0  # the whole split still rebuilds

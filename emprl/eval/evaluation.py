@@ -459,13 +459,18 @@ def write_levels(out, split: str, system: str, ids, evaluators: dict[str, np.nda
 
 def write_gold_levels(out, split: str, ids, evaluators: dict[str, np.ndarray]) -> Path:
     """OUT/levels/<split>_gold.json.gz: {"ids" [N], "evaluators": {name: [N][3] gold levels}} (evaluators
-    already in the file and not given here are kept)."""
+    already in the file and not given here are kept). Gold of other contexts than the file's is an error, not a
+    replacement: every system's levels in OUT/levels are read against that file's ids (a subset of a split is
+    another split name, e.g. "test_first1000")."""
     path = gold_levels_path(out, split)
     record = {"split": split, "ids": list(ids), "evaluators": {}}
     if path.is_file():
         old = read_json_gz(path)
-        if old["ids"] == record["ids"]:
-            record["evaluators"] = old["evaluators"]
+        if old["ids"] != record["ids"]:
+            raise ValueError(f"{path} holds the gold levels of {len(old['ids'])} other contexts than these "
+                             f"{len(record['ids'])}: write a subset under its own split name, or remove the file "
+                             f"first to replace the whole evaluation")
+        record["evaluators"] = old["evaluators"]
     for name, gold in evaluators.items():
         gold = np.asarray(gold, dtype=np.int64)
         if gold.shape != (len(ids), 3):

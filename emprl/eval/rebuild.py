@@ -84,6 +84,8 @@ def load(out, split: str = "test") -> dict:
         if path.name == gold_name:
             continue
         record = evaluation.read_json_gz(path)
+        if record.get("split", split) != split:  # "test_first1000_..." also matches "test_*": another split's
+            continue
         if record["ids"] != ids:
             raise ValueError(f"{path}: its ids are not those of {gold_name}")
         levels = {name: np.asarray(e["levels"], dtype=np.int64).transpose(1, 0, 2).reshape(-1, 3)
