@@ -240,9 +240,11 @@ def paired_tests(systems: dict[str, dict], gold, pairs, tokenizer="word", n_boot
                 continue  # a floor has no responses
             res = metrics.paired_test(metric, systems[a], systems[b], gold=gold, tokenizer=tokenizer, n_boot=n_boot,
                                       seed=seed)
-            rows.append({"Comparison": f"{a} - {b}", "Metric": METRIC_LABELS[metric], "Difference": res.delta,
-                         "95% CI": f"[{res.low:.2f}, {res.high:.2f}]", "SE": res.se, "p (paired bootstrap)": res.p_value,
-                         "Dist-n tokenizer": metrics.tokenizer_label(tokenizer) if metric.startswith("dist") else "-"})
+            row = {"Comparison": f"{a} - {b}", "Metric": METRIC_LABELS[metric], "Difference": res.delta,
+                   "95% CI": f"[{res.low:.2f}, {res.high:.2f}]", "SE": res.se, "p (paired bootstrap)": res.p_value}
+            if any(name.startswith("dist") for name in metric_names):  # only a Dist-n row has a tokenizer to name
+                row["Dist-n tokenizer"] = metrics.tokenizer_label(tokenizer) if metric.startswith("dist") else "-"
+            rows.append(row)
     return pd.DataFrame(rows).set_index("Comparison")
 
 

@@ -140,7 +140,7 @@ def effects(data: dict, evaluator: str, eval_cfg, seed: int) -> pd.DataFrame | N
     if not pairs:
         return None
     return evaluation.paired_tests(systems, data["gold"][evaluator], pairs, eval_cfg.tokenizer, eval_cfg.bootstrap,
-                                   seed, metric_names=EFFECT_METRICS).drop(columns="Dist-n tokenizer")  # no Dist-n
+                                   seed, metric_names=EFFECT_METRICS)
 
 
 def side_by_side(by_evaluator: dict[str, dict[str, dict]]) -> pd.DataFrame:

@@ -267,11 +267,11 @@ def sample_replies(model, tokenizer, contexts: Sequence[str], m: int, max_new_to
     ``cache_dir``: keep the replies there, keyed by the model's weights, the contexts and every argument that
     changes them, so that the command line's validation replies and the notebook's are sampled once (on a CPU a
     system's thousands of replies take tens of minutes)."""
-    from emprl.models.scoring import data_fingerprint, state_fingerprint
+    from emprl.models.scoring import state_fingerprint
     from emprl.progress import bar
 
     if cache_dir is not None:
-        key = {"model": state_fingerprint({"policy": model}), "contexts": data_fingerprint(contexts, contexts),
+        key = {"model": state_fingerprint({"policy": model}), "contexts": ckpt.key_digest(list(contexts)),
                "m": m, "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
                "batch_size": batch_size, "torch": torch.__version__}
         path = Path(cache_dir) / f"replies_{ckpt.key_digest(key)[:16]}.json"
