@@ -16,10 +16,15 @@ STAMP   := $(VENV)/.emprl-installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every other package at the version of requirements-lock.txt (constraints: the environment the offline
+# outputs are rendered in; results are bit-identical within one environment only). Unpinned: make LOCK= test
+LOCK    ?= requirements-lock.txt
+PIP_C   := $(if $(LOCK),-c $(LOCK))
+
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q $(PIP_C) -e ".[test]"
 	@touch $@
 
 reproduce: $(STAMP)
@@ -41,12 +46,12 @@ bundle: $(STAMP)
 
 # The playground in JupyterLab driven by the system's Chromium (docs/playground.md).
 browser-test: $(STAMP)
-	$(PY) -m pip install -q -e ".[browser]"
+	$(PY) -m pip install -q $(PIP_C) -e ".[browser]"
 	$(PY) -m pytest -q -m browser tests/browser
 
 # The LLM baseline against the real local server (docs/evaluation-and-llm.md: "A local LLM"); builds llama-cpp-python once.
 llm-test: $(STAMP)
-	$(PY) -m pip install -q -e ".[llm]"
+	$(PY) -m pip install -q $(PIP_C) -e ".[llm]"
 	$(PY) -m emprl.download --llm smollm2
 	$(PY) -m pytest -q -m llm_server tests/llm
 

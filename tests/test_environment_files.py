@@ -139,3 +139,55 @@ def test_a_dependency_emprl_does_not_import_says_why(requirement):
                 if line.strip().startswith(f'"{requirement}"'))
     assert "#" in line, (f"emprl does not import {requirement}: move it to an extra with a comment saying "
                          "why, or say on its line in pyproject.toml what needs it")
+
+
+def lock_problems(root: Path = ROOT) -> list[str]:
+    """What is wrong with requirements-lock.txt, make's constraints: every declared dependency and test
+    requirement but torch (the Makefile's TORCH) pinned with ``==`` at a version its specifier in
+    pyproject.toml allows, each once, and no editable or local entry; empty when it is right."""
+    from packaging.requirements import Requirement
+
+    pins: dict[str, str] = {}
+    problems = []
+    for number, line in enumerate((root / "requirements-lock.txt").read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.!+\-]+)", line)
+        if match is None:
+            problems.append(f"line {number} `{line}` is not `name==version`")
+            continue
+        name = _name(match.group(1))
+        if name in pins:
+            problems.append(f"{name} is pinned twice")
+        pins[name] = match.group(2)
+    project = _project(root)
+    for req in project["dependencies"] + project["optional-dependencies"]["test"]:
+        requirement, name = Requirement(req), _name(req)
+        if name == "torch":
+            if name in pins:
+                problems.append("torch is pinned by the Makefile's TORCH, not by the lock")
+        elif name not in pins:
+            problems.append(f"{name} is not pinned")
+        elif not requirement.specifier.contains(pins[name], prereleases=True):
+            problems.append(f"{name}=={pins[name]} is outside pyproject.toml's `{req}`")
+    return problems
+
+
+def test_the_lock_pins_every_dependency_within_its_specifier():
+    problems = lock_problems()
+    assert not problems, "requirements-lock.txt: " + "; ".join(problems)
+
+
+def test_lock_problems_are_caught(tmp_path):
+    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text()
+                                             .replace('"scipy>=1.11"', '"scipy>=99"'))
+    lines = [line for line in (ROOT / "requirements-lock.txt").read_text().splitlines()
+             if not line.startswith(("nltk==", "pandas=="))]
+    (tmp_path / "requirements-lock.txt").write_text("\n".join(lines + ["pandas>=2", "torch==2.13.0"]) + "\n")
+    problems = lock_problems(tmp_path)
+    assert sorted(problems) == sorted([f"line {len(lines) + 1} `pandas>=2` is not `name==version`",
+                                       "nltk is not pinned", "pandas is not pinned",
+                                       "torch is pinned by the Makefile's TORCH, not by the lock",
+                                       f"scipy=={dict(l.split('==') for l in lines if '==' in l)['scipy']} "
+                                       "is outside pyproject.toml's `scipy>=99`"])
