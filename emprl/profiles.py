@@ -202,6 +202,7 @@ class StudyConfig(_Section):
     rs_contexts: int = 4000  # rejection sampling: training contexts per round
     rs_samples: int = 8  # rejection sampling: responses sampled per context (k)
     rs_rounds: int = 1  # rejection sampling: rounds (each samples from the previous round's generator)
+    control_seeds: int = 3  # issue 26: training seeds 0 .. control_seeds - 1 of every configuration and its placebo
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "ppo": {"steps": 4, "batch_size": 4, "mini_batch_size": 4, "checkpoint_every": 2, "lr": 1e-3},
         "evaluation": {"max_examples": 24, "bootstrap": 100, "ablation_no_kl_steps": 2, "n_random_cases": 2,
                        "human_eval_contexts": 8, "no_kl_ppl_every": 1},
-        "study": {"arm_steps": 2, "long_steps": 3, "bon_samples": 4, "rs_contexts": 16, "rs_samples": 2},
+        "study": {"arm_steps": 2, "long_steps": 3, "bon_samples": 4, "rs_contexts": 16, "rs_samples": 2,
+                  "control_seeds": 2},
         # float32: the checked cells of notebook 02 must not depend on whether the CPU has native bf16
         "judge": {"backbone": "tiny-random", "max_context_len": 48, "max_response_len": 32, "epochs": 20,
                   "patience": 5, "dtype": "float32"},
@@ -450,7 +452,7 @@ RANGES: dict[str, tuple] = {
                                             "ablation_no_kl_steps", "n_random_cases", "human_eval_contexts")},
     "evaluation.ci_level": OPEN_UNIT, "evaluation.no_kl_ppl_every": POSITIVE,
     **{f"study.{k}": POSITIVE for k in ("arm_steps", "long_steps", "bon_samples", "rs_contexts", "rs_samples",
-                                       "rs_rounds")},
+                                       "rs_rounds", "control_seeds")},
     **{f"judge.{k}": POSITIVE for k in ("max_context_len", "max_response_len", "batch_size", "lr", "epochs",
                                        "patience")},
     "judge.weight_decay": NON_NEGATIVE,

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from emprl import data
 from emprl.eval import evaluation
 from emprl.models import encoders, generator as G
 from emprl.models import identifiers as I
@@ -52,15 +53,38 @@ def test_a_run_and_its_placebo_twin_train_evaluate_and_resume(checkpoints, tmp_p
     # a rerun resumes: the finished state, the cached evaluation, the same row
     again = controls.run_control("smoke", "repaired, lr 1e-4", "emprl", 1, **common)
     assert again["emp_f1"] == rows["emprl"]["emp_f1"] and again.get("cached")
+    # the test split: the finished run only evaluates (no step added to its log), recorded in the ledger
+    name = controls.run_name("repaired, lr 1e-4", "emprl", 1)
+    test_row = controls.run_control("smoke", "repaired, lr 1e-4", "emprl", 1, split="test", **common)
+    record = evaluation.read_json_gz(evaluation.levels_path(tmp_path / "out", "test", name))
+    P = get_profile("smoke")
+    test_ids = [ex.id for ex in data.load_split(P, "test")[: P.evaluation.max_examples]]
+    assert record["ids"] == test_ids and test_row["n_examples"] == len(test_ids)
+    assert record["m"] == 2 and set(record["evaluators"]) == {"reward"}  # no judge among these checkpoints
+    assert record["generations"] == evaluation.generations_path(tmp_path / "out" / "generations", "controls_test",
+                                                                 name).relative_to(tmp_path / "out").as_posix()
+    assert (tmp_path / "out" / record["generations"]).is_file()
+    assert len(pd.read_csv(tmp_path / "out" / "controls" / evaluation.system_stem(name) / "log.csv")) == 2
+    ledger = evaluation.read_ledger(tmp_path / "out" / evaluation.LEDGER_NAME)
+    assert [(e["system"], e["n"], e["m"], e["cached"]) for e in ledger] == [(name, len(test_ids), 2, False)]
+    with pytest.raises(ValueError, match="split must be"):
+        controls.run_control("smoke", "repaired, lr 1e-4", "emprl", 1, split="train", **common)
 
 
 def test_the_run_list_and_its_split_between_workers(tmp_path, capsys):
-    runs = controls.all_runs()
-    assert len(runs) == len(study.CONTROLS) * len(controls.VARIANTS) * len(study.CONTROL_SEEDS)
-    assert runs[: 2 * len(study.CONTROLS)] == [(c, v, 0) for c in study.CONTROLS for v in controls.VARIANTS]
+    seeds = get_profile("smoke").study.control_seeds
+    runs = controls.all_runs(seeds)
+    assert len(runs) == 1 + len(study.CONTROLS) * len(controls.VARIANTS) * seeds
+    assert runs[0] == (None, "emprl", 0) and controls.name_of(*runs[0]) == controls.BASE
+    assert runs[1: 1 + 2 * len(study.CONTROLS)] == [(c, v, 0) for c in study.CONTROLS for v in controls.VARIANTS]
     assert controls.main(["--profile", "smoke", "--out", str(tmp_path), "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert len(listed) == 1 + len(runs) and all(line.startswith("to do") for line in listed)
+    assert len(listed) == len(runs) and all(line.startswith("to do") for line in listed)
+    # the test split comes after every validation run: refused, and nothing is trained or evaluated
+    with pytest.raises(SystemExit):
+        controls.main(["--profile", "smoke", "--out", str(tmp_path), "--split", "test", "--next", "1"])
+    assert "no validation record yet" in capsys.readouterr().err
+    assert not (tmp_path / "levels").exists() and not (tmp_path / evaluation.LEDGER_NAME).exists()
     with pytest.raises(ValueError, match="unknown control configuration"):
         controls.run_control("smoke", "nope", "emprl", 0, out=tmp_path)
 

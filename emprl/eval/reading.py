@@ -411,7 +411,7 @@ def controls(table: pd.DataFrame, selected: str | None, why: str, smoke: bool, e
     mean kappa, Emp-F1 above that evaluator's blind floor and PPL, with CIs over seeds and contexts; then whether
     the empathy reward makes the policy read the context. ``table``: ``rl.controls.summary``'s."""
     if table.empty:
-        return "".join(head(smoke)) + bullets(["No configuration has both variants at any seed yet."])
+        return "\n".join(head(smoke)) + bullets(["No configuration has both variants at any seed yet."])
     reads, lines = [], []
     for config, row in table.iterrows():
         placebo, s_placebo = _effect_words(row[f"kappa over placebo ({evaluator})"],
@@ -445,7 +445,7 @@ def controls(table: pd.DataFrame, selected: str | None, why: str, smoke: bool, e
     lines.append(verdict)
     if selected is not None:
         lines.append(f"Headline configuration by the rule fixed before the runs: **{selected}** ({why}).")
-    return "".join(head(smoke)) + bullets(lines)
+    return "\n".join(head(smoke)) + bullets(lines)
 
 
 def grpo(rows: dict[str, dict[str, dict]], paired: dict[str, pd.DataFrame], lengths: dict[str, float],

@@ -138,6 +138,7 @@ def sections_read(notebook: str | Path) -> set[str] | None:
 # computation at that value (the tests of the option show the old path is the default one).
 ADDED_AS_BEFORE: dict[str, Any] = {
     "ppo.reward": "paper",  # R_emp as the paper's; "chance_corrected" came with issue 26
+    "study.control_seeds": 3,  # was the constant study.CONTROL_SEEDS = (0, 1, 2); read only by 08's section 8
 }
 
 

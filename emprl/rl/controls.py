@@ -3,10 +3,12 @@
     python -m emprl.rl.controls --profile offline --list                     # every run, done or not
     python -m emprl.rl.controls --profile offline --config "repaired, lr 1e-4" --seed 1 --variant placebo
     python -m emprl.rl.controls --profile offline --next 2 --worker 0         # the runs left, split in two
+    python -m emprl.rl.controls --profile offline --split test --next 2 --worker 0   # then the test split, once
 
 A run is one configuration of ``study.CONTROLS`` (a preset and overrides), one variant, one training seed:
 PPO from the prefix-tuned generator for ``study.long_steps`` steps, then the validation split (m samples per
-context) through ``evaluation.evaluate_system``, the one evaluation of every system. The variants: "emprl"
+context) through ``evaluation.evaluate_system``, the one evaluation of every system. The training seeds are
+0 .. ``study.control_seeds`` - 1. The variants: "emprl"
 (the configuration's reward) and its **placebo twin** ("placebo": the same reward scored against the gold
 levels of another training context, ``ppo_train.placebo_order``), at the same seed, so the difference is what
 reading the context buys. The training seed changes the value head's initialisation, the data order and the
@@ -16,8 +18,10 @@ itself) is evaluated once, alike.
 Checkpoints go under ``--root`` (outside the work tree: a run is resumable, and a killed one continues from
 its last checkpoint); what is committed goes under OUT: the training log (``controls/<run>/log.csv``), the
 validation generations and per-response levels with per-example NLL (``evaluation.write_evaluation_records``,
-split "valid"), from which the tables are rebuilt. Nothing here touches the test split: that happens once,
-after the selection rule (``study.select_control``), through the ledger.
+split "valid"), from which the tables are rebuilt. The test split is touched once, after every validation run is
+done and the headline is chosen by the rule fixed before the runs (``study.select_control``): ``--split test``
+evaluates every run alike (a finished run resumes at its last step, so it only evaluates), each evaluation
+recorded in the test ledger, and refuses while a validation run is missing.
 """
 
 from __future__ import annotations
@@ -46,36 +50,46 @@ def run_name(config: str, variant: str, seed: int) -> str:
     return f"{config} | {variant} | seed {seed}"
 
 
-def all_runs(seeds=study.CONTROL_SEEDS) -> list[tuple[str, str, int]]:
-    """Every (config, variant, seed), seeds outermost: after each seed, every configuration has a result."""
-    return [(c, v, s) for s in seeds for c in study.CONTROLS for v in VARIANTS]
+def all_runs(n_seeds: int) -> list[tuple[str, str, int]]:
+    """Every (config, variant, seed) of seeds 0 .. n_seeds - 1 (``study.control_seeds``), the generator
+    without RL first as (None, "emprl", 0), then seeds outermost: after each seed, every configuration has a
+    result."""
+    return [(None, "emprl", 0)] + [(c, v, s) for s in range(n_seeds) for c in study.CONTROLS for v in VARIANTS]
 
 
-def is_done(out: Path, name: str) -> bool:
-    return evaluation.levels_path(out, "valid", name).is_file()
+def name_of(config: str | None, variant: str, seed: int) -> str:
+    return BASE if config is None else run_name(config, variant, seed)
+
+
+def is_done(out: Path, name: str, split: str = "valid") -> bool:
+    return evaluation.levels_path(out, split, name).is_file()
 
 
 def run_control(profile: str, config: str | None, variant: str, seed: int, out=None, root=None, checkpoints=None,
-                data_dir=None, overrides=None, progress: bool = False) -> dict:
-    """Train (or resume) one run and evaluate it on the validation split; returns its evaluation row.
-    ``config`` None: the generator without RL (``BASE``). ``overrides``: as ``emprl.setup``'s (e.g.
-    "runtime.precision=bf16": every run alike)."""
+                data_dir=None, overrides=None, progress: bool = False, split: str = "valid") -> dict:
+    """Train (or resume) one run and evaluate it on ``split``; returns its evaluation row. ``config`` None: the
+    generator without RL (``BASE``). ``overrides``: as ``emprl.setup``'s (e.g. "runtime.precision=bf16": every
+    run alike). ``split``: "valid" (the first ``evaluation.study_max_examples`` examples) or "test" (the first
+    ``evaluation.max_examples``, as every test table; recorded in the ledger)."""
     if config is not None and config not in study.CONTROLS:
         raise ValueError(f"unknown control configuration {config!r}; known: {list(study.CONTROLS)}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     run = setup(profile, output_dir=out, overrides=overrides, record=False)
     P, out, paths, device = run.profile, run.out, run.paths, run.device
     checkpoints = Path(checkpoints) if checkpoints else paths.checkpoints
     root = Path(root) if root else paths.checkpoints / "controls"
     E, S = P.evaluation, P.study
-    name = BASE if config is None else run_name(config, variant, seed)
+    name = name_of(config, variant, seed)
 
     scorer = scoring.EmpathyScorer.load(checkpoints / "identifiers", device=device,
                                         batch_size=2 * P.identifiers.batch_size)
     reward_scorer = scorer.with_dtype(run.reward_dtype)  # PPO's reward; gold levels and metrics: float32
-    valid = data.load_split(P, "valid", data.dataset_dir(profile, data_dir))[: E.study_max_examples or E.max_examples]
-    gold_valid = scoring.gold_labels(scorer, valid, paths.cache).numpy()
+    examples = data.load_split(P, split, data.dataset_dir(profile, data_dir))
+    examples = examples[: E.study_max_examples or E.max_examples] if split == "valid" else examples[: E.max_examples]
+    gold = scoring.gold_labels(scorer, examples, paths.cache).numpy()
     gen_dir = checkpoints / "generator" / "prefix"
     policy, tokenizer = generator.load_generator(gen_dir)
     policy = policy.to(device)
@@ -94,35 +108,36 @@ def run_control(profile: str, config: str | None, variant: str, seed: int, out=N
         policy, log = res["model"].policy, res["log_path"]
     train_s = time.perf_counter() - t
     with run.autocast():
-        result = evaluation.evaluate_system(policy, tokenizer, valid, gold_valid, scorer, P.generator, E,
+        result = evaluation.evaluate_system(policy, tokenizer, examples, gold, scorer, P.generator, E,
                                             P.data.max_context_tokens, seed=P.seed, progress=progress,
-                                            cache_dir=paths.cache, split="valid", system=name)
-    ids = [ex.id for ex in valid]
-    evaluation.write_system_generations(out / "generations", "controls_valid", ids, {name: result["responses"]})
-    evaluation.write_evaluation_records(out, "valid", ids, gold_valid, {name: result}, stem="controls_valid")
+                                            cache_dir=paths.cache, split=split, system=name,
+                                            ledger=evaluation.Ledger.of(out, P) if split == "test" else None)
+    ids, stem = [ex.id for ex in examples], f"controls_{split}"
+    evaluation.write_system_generations(out / "generations", stem, ids, {name: result["responses"]})
+    evaluation.write_evaluation_records(out, split, ids, gold, {name: result}, stem=stem)
     if (checkpoints / "judge").is_dir():  # the independent judge's levels beside the reward identifiers'
         from emprl.models.judge import Judge
 
         judge = Judge.load(checkpoints / "judge", device, cache_dir=paths.cache / "judge_features")
-        _, score_contexts = data.context_texts(valid, P.data.max_context_tokens)
-        m = len(result["responses"]) // len(valid)
-        gold_record = evaluation.gold_levels_path(out, "valid")
+        _, score_contexts = data.context_texts(examples, P.data.max_context_tokens)
+        m = len(result["responses"]) // len(examples)
+        gold_record = evaluation.gold_levels_path(out, split)
         if "judge" not in evaluation.read_json_gz(gold_record)["evaluators"]:
-            evaluation.write_gold_levels(out, "valid", ids,
-                                         {"judge": judge.levels(score_contexts, [ex.response for ex in valid]).numpy()})
-        evaluation.write_levels(out, "valid", name, ids,
+            evaluation.write_gold_levels(out, split, ids, {"judge": judge.levels(
+                score_contexts, [ex.response for ex in examples]).numpy()})
+        evaluation.write_levels(out, split, name, ids,
                                 {"judge": judge.levels(score_contexts * m, result["responses"]).numpy()})
     if log is not None:  # the curve beside the levels, committed
         target = out / "controls" / evaluation.system_stem(name) / "log.csv"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(log, target)
-    print(f"{name}: trained in {train_s:.0f} s; validation Emp-F1 {result['row']['emp_f1']:.2f}, "
+    print(f"{name}: trained in {train_s:.0f} s; {split} Emp-F1 {result['row']['emp_f1']:.2f}, "
           f"kappa {result['row']['kappa']:.3f}", flush=True)
     return result["row"]
 
 
-def summary(out, profile: str) -> tuple[pd.DataFrame, str | None, str]:
-    """Per configuration with both variants at one seed or more, from the committed validation records alone
+def summary(out, profile: str, split: str = "valid") -> tuple[pd.DataFrame, str | None, str]:
+    """Per configuration with both variants at one seed or more, from the committed ``split`` records alone
     (``eval.rebuild.load``): under each evaluator, the effect on mean kappa over the placebo twin and over w/o
     RL, and Emp-F1 above that evaluator's blind best floor, each with its 95% CI over seeds and contexts
     (``metrics.seed_paired_test``); PPL over w/o RL's; whether the responses stay sound at every seed. Returns
@@ -131,17 +146,24 @@ def summary(out, profile: str) -> tuple[pd.DataFrame, str | None, str]:
 
     P = get_profile(profile)
     E = P.evaluation
-    records = rebuild.load(out, "valid")
+    records = rebuild.load(out, split)
     systems, gold = records["systems"], records["gold"]
     if BASE not in systems:
-        raise FileNotFoundError(f"no validation record of {BASE!r} under {out}: python -m emprl.rl.controls "
-                                f"--config {BASE!r}")
+        raise FileNotFoundError(f"no {split} record of {BASE!r} under {out}: python -m emprl.rl.controls "
+                                f"--config {BASE!r} --split {split}")
     evaluators = sorted(gold, key=lambda e: e != "judge")  # the judge first: the headline reads it
+    for name, record in systems.items():
+        missing = [e for e in evaluators if e not in record["levels"]]
+        if missing and (name == BASE or name.split(" | ")[0] in study.CONTROLS):
+            how = (f"python -m emprl.eval.rescore --profile {profile} --evaluator {missing[0]} --system {name!r}"
+                   if split == "test" else "remove it and run the control again (it scores with every evaluator)")
+            raise ValueError(f"{evaluation.levels_path(out, split, name)} has no {missing[0]} levels, which the "
+                             f"gold has: {how}")
     test = dict(tokenizer=E.tokenizer, n_boot=E.bootstrap, seed=P.seed)
     base_ppl = rebuild.ppl_of(systems[BASE])
     rows = {}
     for config in study.CONTROLS:
-        seeds = [s for s in study.CONTROL_SEEDS
+        seeds = [s for s in range(P.study.control_seeds)
                  if all(run_name(config, v, s) in systems for v in VARIANTS)]
         if not seeds:
             continue
@@ -195,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help=f"one of {list(study.CONTROLS)}, or {BASE!r}")
     parser.add_argument("--variant", default="emprl", choices=VARIANTS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="valid", choices=("valid", "test"),
+                        help="valid (default), or test: once, every run alike, after every validation run")
     parser.add_argument("--list", action="store_true", help="list every run and whether it is done")
     parser.add_argument("--next", type=int, metavar="K", help="run the runs not done yet, as worker --worker of K")
     parser.add_argument("--worker", type=int, default=0)
@@ -202,18 +226,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="override one profile parameter for every run alike, e.g. --set runtime.precision=bf16")
     args = parser.parse_args(argv)
     out = resolve_output_dir(args.profile, args.out)
-    runs = [(None, "emprl", 0)] + all_runs()
+    runs = all_runs(get_profile(args.profile).study.control_seeds)
     if args.list:
-        for config, variant, seed in runs:
-            name = BASE if config is None else run_name(config, variant, seed)
-            print(f"{'done' if is_done(out, name) else 'to do':6} {name}")
+        for run in runs:
+            print(f"{'done' if is_done(out, name_of(*run), args.split) else 'to do':6} {name_of(*run)}")
         return 0
+    if args.split == "test":  # the test split once, after the selection on validation (issue 26)
+        missing = [name_of(*r) for r in runs if not is_done(out, name_of(*r), "valid")]
+        if missing:
+            parser.error(f"{len(missing)} run(s) have no validation record yet (first: {missing[0]!r}); the test "
+                         "split comes after every validation run")
     common = dict(out=args.out, root=args.root, checkpoints=args.checkpoints, data_dir=args.data_dir,
-                  overrides=args.overrides)
+                  overrides=args.overrides, split=args.split)
     if args.next is not None:
         if not 0 <= args.worker < args.next:
             parser.error(f"--worker must be in [0, {args.next}), got {args.worker}")
-        todo = [r for r in runs if not is_done(out, BASE if r[0] is None else run_name(*r))]
+        todo = [r for r in runs if not is_done(out, name_of(*r), args.split)]
         for config, variant, seed in todo[args.worker:: args.next]:
             run_control(args.profile, config, variant, seed, **common)
         return 0

@@ -8,7 +8,7 @@ paper's Table V signatures when tested with enough power.
 - ``arm_settings(P, name, steps)``: the PPOConfig of an arm: its preset and overrides on the profile.
 - ``window_stats`` / ``criteria``: training R_emp rise and the three conditions, against a reference (the twin).
 - ``select``: the arm to run long, chosen on validation.
-- ``CONTROLS``, ``CONTROL_SEEDS``, ``select_control``: issue 26's configurations, each beside its placebo twin at
+- ``CONTROLS``, ``select_control``: issue 26's configurations, each beside its placebo twin at
   several seeds (``emprl.rl.controls`` runs them), and the rule that picks the headline, fixed before the runs.
 
 The paper's Table V signatures and their verdicts are ``emprl.eval.evaluation.signatures`` / ``verdict``: they
@@ -48,7 +48,7 @@ ARMS: dict[str, Arm] = {
     "repaired, lr 1e-3": Arm("repaired", {"lr": 1e-3}, "all repairs, prefix lr 1e-3"),
 }
 # Issue 26: does the reward make the policy read the context? Each configuration runs beside its placebo twin
-# (the same reward against another context's gold) at every seed of CONTROL_SEEDS (emprl.rl.controls).
+# (the same reward against another context's gold) at seeds 0 .. study.control_seeds - 1 (emprl.rl.controls).
 CONTROLS: dict[str, Arm] = {
     "paper": ARMS["paper"],
     "paper, lr 1e-4": ARMS["paper, lr 1e-4"],
@@ -57,7 +57,6 @@ CONTROLS: dict[str, Arm] = {
                                       "all repairs, prefix lr 1e-4, paid R_emp less its expectation under the "
                                       "training split's level frequencies"),
 }
-CONTROL_SEEDS = (0, 1, 2)
 MIN_MEAN_LENGTH = 8.0  # tokens, criterion (c)
 MAX_PPL_RATIO = 1.25  # criterion (c): PPL within +25% of the reference
 
