@@ -235,9 +235,10 @@ class Run:
 
 
 def software() -> dict[str, Any]:
-    """The versions a run's numbers depend on. Training is deterministic for a seed within one environment, not
-    across them: the offline identifiers retrained with torch 2.13.0 in a fresh environment differ from the
-    committed ones in the first decimal of Table I (docs/results.md), so a record names what it ran on."""
+    """The versions and the CPU a run's numbers depend on. Training is deterministic for a seed within one
+    environment, not across them: the offline identifiers retrained on another CPU with torch 2.13.0 in a fresh
+    environment differ from the committed ones in the first decimal of Table I (docs/results.md), so a record
+    names what it ran on."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -247,7 +248,20 @@ def software() -> dict[str, Any]:
             found[name] = version(name)
         except PackageNotFoundError:
             found[name] = None
-    return {"python": platform.python_version(), **found, "cpu_native_bf16": native_bf16()}
+    return {"python": platform.python_version(), **found, "cpu": cpu_model(), "cpu_native_bf16": native_bf16()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's first "model name", else ``platform.processor()``, else "unknown")."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

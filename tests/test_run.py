@@ -226,3 +226,4 @@ def test_the_record_names_the_software_it_ran_on(tmp_path):
     assert recorded["torch"] == torch.__version__.split("+")[0] or recorded["torch"] == torch.__version__
     assert recorded["transformers"] == transformers.__version__
     assert isinstance(recorded["cpu_native_bf16"], bool) and recorded["python"].count(".") == 2
+    assert recorded["cpu"] == run_module.cpu_model() and recorded["cpu"] and "\n" not in recorded["cpu"]
