@@ -85,6 +85,7 @@ def run(name: str, args_factory, model, tokenizer, dataset, reward, peft_config,
     from trl import GRPOTrainer
 
     clock = CLOCK
+    clock.steps.clear()  # trl numbers its steps from 1 in every run: another configuration's events are not this one's
     times: list[float] = []
 
     class Timer(TrainerCallback):
