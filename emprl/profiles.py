@@ -259,6 +259,10 @@ class GRPOSettings(_Section):  # not "GRPOConfig": that is trl's, which emprl.rl
     lr: float = 5e-5
     steps: int = 300  # 2 prompts a step: 600 contexts, each seen once; about an hour at 12 s a step
     save_steps: int = 25  # a checkpoint every this many steps (the adapter, AdamW, RNG): a killed run resumes
+    # the adapter is kept every this many steps (a multiple of save_steps: trl keeps only its last two checkpoints),
+    # and notebook 10 answers the first curve_examples validation contexts with each kept one: the validation curve
+    snapshot_every: int = 100
+    curve_examples: int | None = 250
     # the policy's dtype: "auto" is bfloat16 on CUDA and on CPUs with native bf16 (run.native_bf16), else float32
     # (models.judge.resolve_dtype); the LoRA weights stay float32 (peft upcasts them)
     dtype: str = "auto"
@@ -273,6 +277,9 @@ class GRPOSettings(_Section):  # not "GRPOConfig": that is trl's, which emprl.rl
         if self.num_generations < 2:  # trl refuses it too, later and without naming the section
             raise ValueError(f"grpo.num_generations must be at least 2 (the advantage is a reward less its "
                              f"group's mean), got {self.num_generations}")
+        if self.snapshot_every % self.save_steps:  # a snapshot is a copy of a checkpoint's adapter
+            raise ValueError(f"grpo.snapshot_every must be a multiple of grpo.save_steps ({self.save_steps}), "
+                             f"got {self.snapshot_every}")
 
 
 @dataclass(frozen=True)
@@ -354,7 +361,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # reason; a large rate so that two steps move the adapter visibly
         "grpo": {"model": "tiny-random", "lora_r": 4, "lora_alpha": 8, "num_generations": 2,
                  "max_completion_length": 8, "lr": 1e-2, "steps": 2, "save_steps": 1, "train_examples": 8,
-                 "test_examples": None, "dtype": "float32"},
+                 "test_examples": None, "dtype": "float32", "snapshot_every": 1, "curve_examples": 6},
     },
     # Real data, offline MiniLM identifiers, T5 trained from scratch: CPU or GPU, minutes to hours.
     "offline": {
@@ -458,7 +465,7 @@ RANGES: dict[str, tuple] = {
     "judge.weight_decay": NON_NEGATIVE,
     **{f"grpo.{k}": POSITIVE for k in ("lora_r", "lora_alpha", "prompts_per_step", "num_generations",
                                       "max_completion_length", "temperature", "lr", "steps", "save_steps",
-                                      "train_examples", "test_examples")},
+                                      "train_examples", "test_examples", "snapshot_every", "curve_examples")},
     "grpo.lora_dropout": (0, 1, True, False), "grpo.beta": NON_NEGATIVE,
 }
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -120,6 +120,8 @@ def test_the_grpo_section_checks_its_values_by_name():
         GRPOSettings(num_generations=1)
     with pytest.raises(ValueError, match="grpo.steps must be int"):
         GRPOSettings(steps=2.5)
+    with pytest.raises(ValueError, match=r"grpo.snapshot_every must be a multiple of grpo.save_steps \(25\), got 30"):
+        GRPOSettings(save_steps=25, snapshot_every=30)
     with pytest.raises(ValueError, match=r"profile 'smoke': grpo.lr must be > 0"):
         get_profile("smoke", {"grpo.lr": 0})
     assert get_profile("smoke").grpo.model == "tiny-random"
@@ -165,6 +167,11 @@ def test_train_grpo_saves_an_adapter_that_moves_the_model_and_a_rerun_resumes(sc
                              progress=False)
     assert (longer["resumed_from"], longer["global_step"], counting.scored) == (2, 3, 12)
     assert longer["log"]["step"].tolist() == [1, 2, 3]
+    # the adapter of every step is kept (smoke: snapshot_every 1), though trl keeps its last two checkpoints only
+    assert list(longer["snapshots"]) == [1, 2, 3] and not (folder / "checkpoint-1").exists()
+    at_two, _ = grpo.load_policy("tiny-random", adapter=longer["snapshots"][2])
+    assert torch.equal(at_two(ids).logits, after)  # step 2's snapshot is the adapter the 2-step run saved
+    assert grpo.snapshots(folder / "nowhere") == {}
     # other settings: an error naming what differs
     with pytest.raises(ValueError, match=r"different run configuration.*grpo.lr \(saved 0.01, now 0.001\)"):
         grpo.train_grpo(dataclasses.replace(cfg, lr=1e-3), TRAIN, TRAIN_GOLD, scorer, folder, progress=False)

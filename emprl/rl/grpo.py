@@ -39,9 +39,10 @@ from emprl.rl.reward import chance_corrected_reward, empathy_reward
 # level-triple frequencies; "placebo": R_emp against the gold levels of another training context
 # (ppo_train.placebo_order): the reward keeps its distribution and loses its link to the context
 VARIANTS = ("empathy", "chance_corrected", "placebo")
-# settings a run may resume with other values of: its length, how often it is saved, and the test contexts
-# notebook 10 answers after it (not a training setting)
-RESUMABLE_CHANGES = ("steps", "save_steps", "test_examples")
+# settings a run may resume with other values of: its length, how often it is saved and its adapter kept, and
+# the validation and test contexts notebook 10 answers after it (not training settings)
+RESUMABLE_CHANGES = ("steps", "save_steps", "snapshot_every", "curve_examples", "test_examples")
+SNAPSHOTS = "snapshots"  # run_dir/snapshots/step-<N>/: the adapter after N steps, every grpo.snapshot_every
 LORA_TARGETS = "all-linear"  # peft: every linear layer but the LM head (q, k, v, o, gate, up, down)
 KEY_FILE = "resume_key.json"
 # trl 1.16 and peft 0.21 read transformers 5's deprecated alias of is_activation_checkpointing: its warning is
@@ -146,13 +147,16 @@ def train_grpo(cfg, examples: Sequence, gold_levels, scorer, run_dir: str | Path
     ``prompt_dataset`` takes them), ``gold_levels`` [N, 3] their human responses' levels. ``scorer``: the
     identifiers the reward reads (``EmpathyScorer``, in the reward's dtype). ``variant``: one of VARIANTS.
     ``run_dir`` (``Paths.grpo``) holds trl's ``checkpoint-<step>/`` (every ``cfg.save_steps`` steps and the
-    last), ``resume_key.json``, the trained ``adapter/`` and ``log.csv`` (one row per step: trl's logged
-    reward, its std, the KL, the loss, completion lengths). A rerun with the same settings continues from the
+    last), ``resume_key.json``, the trained ``adapter/``, ``log.csv`` (one row per step: trl's logged
+    reward, its std, the KL, the loss, completion lengths) and ``snapshots/step-<N>/``, the adapter after every
+    ``cfg.snapshot_every`` steps (``keep_snapshots``). A rerun with the same settings continues from the
     last complete checkpoint (a finished run trains no step more); with other settings it is a ValueError naming
     them (``resume=False`` deletes ``run_dir`` and starts again). Returns {"model" (the trained PeftModel),
-    "tokenizer", "adapter", "log", "log_path", "resumed_from" (a step, or None), "global_step"}.
+    "tokenizer", "adapter", "log", "log_path", "resumed_from" (a step, or None), "global_step", "snapshots"
+    ({step: adapter folder})}.
     """
     from peft import LoraConfig
+    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from emprl.models.judge import resolve_dtype
@@ -193,6 +197,7 @@ def train_grpo(cfg, examples: Sequence, gold_levels, scorer, run_dir: str | Path
     run_dir.mkdir(parents=True, exist_ok=True)
     if writes:
         ckpt.atomic_write_text(key_path, json.dumps(key, indent=2) + "\n")
+        keep_snapshots(run_dir, cfg.snapshot_every)  # a run resumed with the setting new keeps what is still there
 
     # 3. the policy and trl's settings. HF's Trainer saves the AdamW, scheduler and RNG states with torch.save
     # and (transformers 5.25) loads them back with torch.load(weights_only=True), so resuming unpickles no
@@ -225,6 +230,12 @@ def train_grpo(cfg, examples: Sequence, gold_levels, scorer, run_dir: str | Path
             warnings.filterwarnings("ignore", message=DEPRECATED_PROPERTY)
             trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=reward, args=args,
                                   train_dataset=rows, peft_config=lora)
+            if writes:
+                class KeepSnapshots(TrainerCallback):
+                    def on_save(self, args, state, control, **kwargs):  # checkpoint-<step> is complete here
+                        keep_snapshots(run_dir, cfg.snapshot_every)
+
+                trainer.add_callback(KeepSnapshots())
             if not progress:  # without a progress bar the Trainer prints every step's logs: log.csv has them
                 from transformers.trainer_callback import PrinterCallback
 
@@ -250,7 +261,29 @@ def train_grpo(cfg, examples: Sequence, gold_levels, scorer, run_dir: str | Path
         with ckpt.atomic_file(log_path, "w") as f:
             log.to_csv(f, index=False)
     return {"model": model, "tokenizer": tokenizer, "adapter": adapter, "log": log, "log_path": log_path,
-            "resumed_from": last, "global_step": global_step}
+            "resumed_from": last, "global_step": global_step, "snapshots": snapshots(run_dir)}
+
+
+def keep_snapshots(run_dir: Path, every: int) -> None:
+    """Copy the adapter of each complete ``checkpoint-<N>`` with N a multiple of ``every`` to
+    ``snapshots/step-<N>/`` if it is not there yet: trl keeps only the last two checkpoints, and the validation
+    curve (notebook 10) answers with the adapter of every ``every`` steps. Adapter files only (safetensors)."""
+    for folder in run_dir.glob("checkpoint-*"):
+        if not folder.name.rpartition("-")[2].isdigit():
+            continue
+        step = int(folder.name.rpartition("-")[2])
+        target = run_dir / SNAPSHOTS / f"step-{step}"
+        if step % every or target.is_dir() or not (folder / "trainer_state.json").is_file():
+            continue
+        with ckpt.atomic_dir(target) as tmp:
+            for name in ("adapter_model.safetensors", "adapter_config.json"):
+                shutil.copyfile(folder / name, Path(tmp) / name)
+
+
+def snapshots(run_dir: str | Path) -> dict[int, Path]:
+    """{N: the adapter folder after N steps} of a run's kept snapshots, by step."""
+    found = {int(p.name[5:]): p for p in (Path(run_dir) / SNAPSHOTS).glob("step-*") if p.name[5:].isdigit()}
+    return dict(sorted(found.items()))
 
 
 def sample_replies(model, tokenizer, contexts: Sequence[str], m: int, max_new_tokens: int, temperature: float,
