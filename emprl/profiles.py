@@ -263,6 +263,9 @@ class GRPOSettings(_Section):  # not "GRPOConfig": that is trl's, which emprl.rl
     # and notebook 10 answers the first curve_examples validation contexts with each kept one: the validation curve
     snapshot_every: int = 100
     curve_examples: int | None = 250
+    # contexts per generate call when answering validation and test contexts (m replies each): the KV cache of a
+    # batch grows with it (256 contexts x 4 replies of 400 tokens would be ~10 GB in bf16), unlike the T5's
+    sample_batch_size: int = 16
     # the policy's dtype: "auto" is bfloat16 on CUDA and on CPUs with native bf16 (run.native_bf16), else float32
     # (models.judge.resolve_dtype); the LoRA weights stay float32 (peft upcasts them)
     dtype: str = "auto"
@@ -414,7 +417,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # 16 prompts x 8 replies a step (128, where a GPU is no slower than with 8), groups of 8 as trl's
         # default; 200 steps visit 3,200 contexts once. Not measured on a GPU yet
         "grpo": {"prompts_per_step": 16, "num_generations": 8, "steps": 200, "save_steps": 50,
-                 "train_examples": 3200, "test_examples": None},
+                 "sample_batch_size": 64, "train_examples": 3200, "test_examples": None},
     },
     # The paper: t5-base from the hub, the paper's hyper-parameters, GPUs.
     "paper": {
@@ -424,7 +427,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "judge": {"backbone": "roberta-base", "max_context_len": 256, "max_response_len": 64},
         # the paper has no GRPO: the gpu profile's batches, run five times longer over 16,000 contexts
         "grpo": {"prompts_per_step": 16, "num_generations": 8, "steps": 1000, "save_steps": 100,
-                 "train_examples": 16000, "test_examples": None},
+                 "sample_batch_size": 64, "train_examples": 16000, "test_examples": None},
     },
 }
 
@@ -465,7 +468,8 @@ RANGES: dict[str, tuple] = {
     "judge.weight_decay": NON_NEGATIVE,
     **{f"grpo.{k}": POSITIVE for k in ("lora_r", "lora_alpha", "prompts_per_step", "num_generations",
                                       "max_completion_length", "temperature", "lr", "steps", "save_steps",
-                                      "train_examples", "test_examples", "snapshot_every", "curve_examples")},
+                                      "train_examples", "test_examples", "snapshot_every", "curve_examples",
+                                      "sample_batch_size")},
     "grpo.lora_dropout": (0, 1, True, False), "grpo.beta": NON_NEGATIVE,
 }
 CHOICES: dict[str, tuple[str, ...]] = {

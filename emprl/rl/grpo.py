@@ -40,8 +40,9 @@ from emprl.rl.reward import chance_corrected_reward, empathy_reward
 # (ppo_train.placebo_order): the reward keeps its distribution and loses its link to the context
 VARIANTS = ("empathy", "chance_corrected", "placebo")
 # settings a run may resume with other values of: its length, how often it is saved and its adapter kept, and
-# the validation and test contexts notebook 10 answers after it (not training settings)
-RESUMABLE_CHANGES = ("steps", "save_steps", "snapshot_every", "curve_examples", "test_examples")
+# how notebook 10 answers validation and test contexts after it (not training settings)
+RESUMABLE_CHANGES = ("steps", "save_steps", "snapshot_every", "curve_examples", "test_examples",
+                     "sample_batch_size")
 SNAPSHOTS = "snapshots"  # run_dir/snapshots/step-<N>/: the adapter after N steps, every grpo.snapshot_every
 LORA_TARGETS = "all-linear"  # peft: every linear layer but the LM head (q, k, v, o, gate, up, down)
 KEY_FILE = "resume_key.json"
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     valid = data.load_split(P, "valid", args.data_dir)[: E.study_max_examples]
     contexts, _ = data.context_texts(valid, P.data.max_context_tokens)
     replies = sample_replies(model, tokenizer, contexts, E.samples_per_context, cfg.max_completion_length,
-                             cfg.temperature, seed=P.seed, batch_size=E.batch_size, progress=True,
+                             cfg.temperature, seed=P.seed, batch_size=cfg.sample_batch_size, progress=True,
                              cache_dir=paths.cache)  # the notebook's replies to these contexts: the same entry
     for path in evaluation.write_system_generations(paths.generations, "grpo_valid", [ex.id for ex in valid],
                                                     {system: replies}):
