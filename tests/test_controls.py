@@ -137,3 +137,16 @@ def test_summary_reads_the_committed_records_and_picks_the_headline(tmp_path):
 
     text = reading.controls(table, selected, why, smoke=False)
     assert "read its context" in text and "in: paper." in text and "No evidence either way for: paper, lr 1e-4" in text
+
+
+def test_summary_names_the_file_and_the_command_when_a_system_lacks_an_evaluator(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 20
+    ids = [f"t{i}" for i in range(n)]
+    gold = {"reward": rng.integers(0, 3, (n, 3)), "judge": rng.integers(0, 3, (n, 3))}
+    evaluation.write_gold_levels(tmp_path, "test", ids, gold)
+    evaluation.write_levels(tmp_path, "test", controls.BASE, ids, {"reward": _agreeing(gold["reward"], 0.5, rng)})
+    with pytest.raises(ValueError, match=r"test_w_o_rl\.json\.gz has no judge levels, which the gold has: "
+                                         r"python -m emprl\.eval\.rescore --profile smoke --evaluator judge "
+                                         r"--system 'w/o RL'"):
+        controls.summary(tmp_path, "smoke", "test")
