@@ -211,11 +211,11 @@ def test_sample_replies_are_seeded_and_laid_out_in_m_blocks_of_n(monkeypatch):
     first = sample(0)
     assert len(first) == 2 * 3 and first == sample(0) and first != sample(1)
 
-    # where each reply lands: a generate that answers with its prompt and the number of the sample
-    def echo(input_ids, attention_mask, num_return_sequences, **_):
-        rows = input_ids.repeat_interleave(num_return_sequences, 0)
-        number = [tokenizer.convert_tokens_to_ids(str(k % num_return_sequences)) for k in range(len(rows))]
-        return torch.cat([rows, rows, torch.tensor(number)[:, None]], 1)
+    # where each reply lands: a generate that answers with its prompt and the number of the sample (its rows are
+    # each prompt repeated m = 2 times, as generate's own copies would be)
+    def echo(input_ids, attention_mask, **_):
+        number = [tokenizer.convert_tokens_to_ids(str(k % 2)) for k in range(len(input_ids))]
+        return torch.cat([input_ids, input_ids, torch.tensor(number)[:, None]], 1)
 
     monkeypatch.setattr(model, "generate", echo)
     echoed = sample(0)
@@ -223,6 +223,35 @@ def test_sample_replies_are_seeded_and_laid_out_in_m_blocks_of_n(monkeypatch):
         for i, context in enumerate(contexts):
             reply = echoed[j * len(contexts) + i]
             assert [c for c in contexts if c in reply] == [context] and reply.endswith(f" {j}")
+
+
+def test_a_prompt_encoded_once_samples_what_generate_samples_from_m_copies():
+    """The reference: generate with num_return_sequences, which encodes every copy of a left-padded prompt, under
+    the same seed per batch; the replies must be the same, sample for sample (float32, prompts of other lengths)."""
+    model, tokenizer = grpo.load_policy("tiny-random")
+    torch.manual_seed(0)
+    with torch.no_grad():  # a random model whose next token depends on the whole prompt and its positions
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    contexts = ["alpha bravo charlie delta echo", "foxtrot", "golf hotel india", "juliett kilo"]
+    m, new_tokens, seed = 3, 7, 5
+    ours = grpo.sample_replies(model, tokenizer, contexts, m, new_tokens, 1.0, seed=seed, batch_size=2)
+
+    prompts = [tokenizer.apply_chat_template(grpo.chat_prompt(c), add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"] for c in contexts]
+    pad, eos = tokenizer.pad_token_id, [tokenizer.eos_token_id]
+    reference = [""] * (m * len(contexts))
+    for b, idx in enumerate(data.length_sorted_batches([len(p) for p in prompts], 2)):
+        torch.manual_seed(seed + b)
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx])
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx])
+        tokens = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                top_p=1.0, max_new_tokens=new_tokens, num_return_sequences=m, pad_token_id=pad,
+                                eos_token_id=eos)
+        for k, text in enumerate(tokenizer.batch_decode(tokens[:, width:], skip_special_tokens=True)):
+            reference[(k % m) * len(contexts) + idx[k // m]] = text.strip()
+    assert ours == reference and len(set(ours)) > m  # the same replies, and not one reply repeated
 
 
 def test_cached_replies_are_the_sampled_ones_and_a_changed_model_or_seed_samples_again(tmp_path, monkeypatch):

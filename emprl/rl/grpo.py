@@ -294,20 +294,25 @@ def sample_replies(model, tokenizer, contexts: Sequence[str], m: int, max_new_to
 
     The prompt is ``chat_prompt``'s and the decoding trl's in training (pure sampling at ``temperature``: no
     top-k, no top-p; the tokenizer's and the model's end-of-sequence tokens end a reply), so that the base model
-    and every trained one are sampled alike. Length-sorted batches of ``batch_size`` contexts, left-padded, the m
-    replies of a context from one prompt (``num_return_sequences``); batch b is sampled under seed ``seed + b``
-    (the caller's random stream is left as it was), so that a call gives the same replies again.
+    and every trained one are sampled alike. Length-sorted batches of ``batch_size`` contexts, left-padded; batch
+    b is sampled under seed ``seed + b`` (the caller's random stream is left as it was), so that a call gives the
+    same replies again. A prompt is encoded once for its m replies: ``generate`` with ``num_return_sequences``
+    would encode each copy, and the prompts (a context of up to ``data.max_context_tokens`` words) cost most of
+    the time on a CPU. Its key-value cache, all but the last prompt token, is repeated m times and handed to
+    ``generate``, which samples exactly as it would have (the same rows, the same random draws; tested).
 
     ``cache_dir``: keep the replies there, keyed by the model's weights, the contexts and every argument that
     changes them, so that the command line's validation replies and the notebook's are sampled once (on a CPU a
     system's thousands of replies take tens of minutes)."""
+    from transformers import DynamicCache
+
     from emprl.models.scoring import state_fingerprint
     from emprl.progress import bar
 
     if cache_dir is not None:
         key = {"model": state_fingerprint({"policy": model}), "contexts": ckpt.key_digest(list(contexts)),
                "m": m, "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
-               "batch_size": batch_size, "torch": torch.__version__}
+               "batch_size": batch_size, "torch": torch.__version__, "prompt": "encoded once"}
         path = Path(cache_dir) / f"replies_{ckpt.key_digest(key)[:16]}.json"
         cached = ckpt.load_cached(path, key)
         if cached is not None:
@@ -336,9 +341,15 @@ def sample_replies(model, tokenizer, contexts: Sequence[str], m: int, max_new_to
             ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
             mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx],
                                 device=device)  # not ids != pad: the pad token may be the prompt's end token
-            tokens = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
-                                    temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                    num_return_sequences=m, pad_token_id=pad, eos_token_id=eos)
+            # the prompt's cache but its last token (generate encodes at least one token itself), with the positions
+            # generate gives a left-padded row, then repeated m times: row k is context k // m, as generate's copies
+            cache = DynamicCache(config=model.config)
+            model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, cache=cache,
+                  position_ids=(mask[:, :-1].cumsum(-1) - 1).clamp(min=0))
+            cache.batch_repeat_interleave(m)
+            tokens = model.generate(input_ids=ids.repeat_interleave(m, 0), attention_mask=mask.repeat_interleave(m, 0),
+                                    cache=cache, do_sample=True, temperature=temperature, top_k=0,
+                                    top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
             texts = tokenizer.batch_decode(tokens[:, width:], skip_special_tokens=True)  # row k: context k // m
             for k, text in enumerate(texts):
                 out[(k % m) * n + idx[k // m]] = text.strip()
