@@ -95,14 +95,20 @@ def _agreeing(gold, share, rng, m=2):
     return np.where(rng.random(tiled.shape) < share, tiled, rng.integers(0, 3, tiled.shape))
 
 
+def _random_gold(out, split, n, rng):
+    """(ids, {evaluator: [n, 3] random levels}) of both evaluators, written as the split's gold file."""
+    ids = [f"{split}{i}" for i in range(n)]
+    gold = {"reward": rng.integers(0, 3, (n, 3)), "judge": rng.integers(0, 3, (n, 3))}
+    evaluation.write_gold_levels(out, split, ids, gold)
+    return ids, gold
+
+
 def test_summary_reads_the_committed_records_and_picks_the_headline(tmp_path):
     from emprl.eval import metrics
 
     rng = np.random.default_rng(0)
     n = 300
-    ids = [f"v{i}" for i in range(n)]
-    gold = {"reward": rng.integers(0, 3, (n, 3)), "judge": rng.integers(0, 3, (n, 3))}
-    evaluation.write_gold_levels(tmp_path, "valid", ids, gold)
+    ids, gold = _random_gold(tmp_path, "valid", n, rng)
     for e in gold:
         evaluation.write_train_frequencies(tmp_path, e, metrics.level_frequencies(gold[e]), n, "synthetic")
     # "paper" reads its context under the judge (agreement 0.6 vs its placebo's 0.3); "paper, lr 1e-4" does not
@@ -141,10 +147,7 @@ def test_summary_reads_the_committed_records_and_picks_the_headline(tmp_path):
 
 def test_summary_names_the_file_and_the_command_when_a_system_lacks_an_evaluator(tmp_path):
     rng = np.random.default_rng(1)
-    n = 20
-    ids = [f"t{i}" for i in range(n)]
-    gold = {"reward": rng.integers(0, 3, (n, 3)), "judge": rng.integers(0, 3, (n, 3))}
-    evaluation.write_gold_levels(tmp_path, "test", ids, gold)
+    ids, gold = _random_gold(tmp_path, "test", 20, rng)
     evaluation.write_levels(tmp_path, "test", controls.BASE, ids, {"reward": _agreeing(gold["reward"], 0.5, rng)})
     with pytest.raises(ValueError, match=r"test_w_o_rl\.json\.gz has no judge levels, which the gold has: "
                                          r"python -m emprl\.eval\.rescore --profile smoke --evaluator judge "
