@@ -158,3 +158,10 @@ def test_levels_files_round_trip_and_merge_evaluators(tmp_path):
     assert evaluation.read_json_gz(evaluation.gold_levels_path(tmp_path, "test"))["evaluators"]["reward"] == gold.tolist()
     with pytest.raises(FileNotFoundError, match="test_missing"):
         evaluation.read_json_gz(tmp_path / "levels" / "test_missing.json.gz")
+
+
+def test_describe_run_names_the_model_it_is_given_instead_of_the_profiles_t5():
+    P = get_profile("smoke")
+    assert "T5" in evaluation.describe_run(P)
+    label = evaluation.describe_run(P, model="smollm2 + LoRA r 16")
+    assert "| smollm2 + LoRA r 16; identifiers " in label and "T5" not in label

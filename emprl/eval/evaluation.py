@@ -264,10 +264,11 @@ def data_label(data_dir=None) -> str:
     return f"data folder {root.name}"
 
 
-def describe_run(P, data_dir=None) -> str:
-    """One label for our block: profile, generator, identifiers, data."""
+def describe_run(P, data_dir=None, model: str | None = None) -> str:
+    """One label for our block: profile, generator (``model``, or the profile's T5), identifiers, data."""
     g, i = P.generator, P.identifiers
-    model = f"T5 {g.model} (d_model {g.d_model}, {g.num_layers} layers)" if g.model == "scratch" else f"T5 {g.model}"
+    if model is None:
+        model = f"T5 {g.model} (d_model {g.d_model}, {g.num_layers} layers)" if g.model == "scratch" else f"T5 {g.model}"
     return (f"ours: {P.name} | {model}; identifiers {i.encoder} | data {data_label(data_dir)} | Dist-n tokens: "
             f"{metrics.tokenizer_label(P.evaluation.tokenizer)}")
 
