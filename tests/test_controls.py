@@ -153,3 +153,25 @@ def test_summary_names_the_file_and_the_command_when_a_system_lacks_an_evaluator
                                          r"python -m emprl\.eval\.rescore --profile smoke --evaluator judge "
                                          r"--system 'w/o RL'"):
         controls.summary(tmp_path, "smoke", "test")
+
+
+def test_workers_take_fixed_disjoint_runs_whatever_is_done_and_twins_stay_together(tmp_path, monkeypatch):
+    runs = controls.all_runs(get_profile("smoke").study.control_seeds)
+    # one run of the second pair is already done: its twin stays with the same worker, and no run moves
+    done = controls.name_of(*runs[3])
+    path = evaluation.levels_path(tmp_path, "valid", done)
+    path.parent.mkdir(parents=True)
+    path.write_text("")
+    taken = {}
+    for worker in (0, 1):
+        calls = []
+        monkeypatch.setattr(controls, "run_control", lambda profile, c, v, s, **kw: calls.append((c, v, s)))
+        assert controls.main(["--profile", "smoke", "--out", str(tmp_path), "--next", "2", "--worker", str(worker)]) == 0
+        taken[worker] = calls
+    assert sorted(taken[0] + taken[1], key=runs.index) == [r for r in runs if controls.name_of(*r) != done]
+    assert runs[0] in taken[0] and runs[1] in taken[0] and runs[2] in taken[0]  # w/o RL, then the first pair
+    assert runs[4] in taken[1] and runs[3] not in taken[1]  # the second pair's other twin, on worker 1
+    for (c, v, s) in taken[0] + taken[1]:  # twins on one worker
+        twin = (c, "placebo" if v == "emprl" else "emprl", s)
+        if c is not None and controls.name_of(*twin) != done:
+            assert ((c, v, s) in taken[0]) == (twin in taken[0])

@@ -57,6 +57,13 @@ def all_runs(n_seeds: int) -> list[tuple[str, str, int]]:
     return [(None, "emprl", 0)] + [(c, v, s) for s in range(n_seeds) for c in study.CONTROLS for v in VARIANTS]
 
 
+def worker_of(index: int, k: int) -> int:
+    """Which of k workers runs ``all_runs(...)[index]``. Fixed by the run's place in the whole list, not in what
+    is left, so workers started at different times (or again in a new session) never take the same run; a run
+    and its placebo twin go to one worker, so each pair is finished together."""
+    return 0 if index == 0 else ((index - 1) // len(VARIANTS)) % k
+
+
 def name_of(config: str | None, variant: str, seed: int) -> str:
     return BASE if config is None else run_name(config, variant, seed)
 
@@ -241,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.next is not None:
         if not 0 <= args.worker < args.next:
             parser.error(f"--worker must be in [0, {args.next}), got {args.worker}")
-        todo = [r for r in runs if not is_done(out, name_of(*r), args.split)]
-        for config, variant, seed in todo[args.worker:: args.next]:
+        todo = [r for i, r in enumerate(runs)
+                if worker_of(i, args.next) == args.worker and not is_done(out, name_of(*r), args.split)]
+        for config, variant, seed in todo:
             run_control(args.profile, config, variant, seed, **common)
         return 0
     config = None if args.config in (None, BASE) else args.config
