@@ -139,3 +139,33 @@ def test_gold_levels_of_other_contexts_do_not_replace_the_committed_ones(tmp_pat
     assert path.read_bytes() == before  # nothing lost
     evaluation.write_gold_levels(tmp_path, "test_first2", ["conv0", "conv1"], {"judge": gold[:2]})  # a subset
     assert rebuild.main(["--profile", "smoke", "--out", str(tmp_path)]) == 0  # the whole split still rebuilds
+
+
+def test_notebook_10s_split_is_rebuilt_beside_the_test_split_against_base_and_placebo(tmp_path, capsys):
+    gold, _, _ = _write_run(tmp_path)  # the test split's records
+    assert rebuild.main(["--profile", "smoke", "--out", str(tmp_path)]) == 0
+    test_tables = {p.name: p.read_bytes() for p in (tmp_path / "tables").iterdir()}
+    # notebook 10's records: a subset of the test contexts, the LLM before GRPO and three GRPO variants
+    rng = np.random.default_rng(3)
+    n, m, split = 20, 2, "test_first20"
+    ids, sub = [f"conv{i}" for i in range(n)], gold[:n]
+    names = ("smollm2 base", "smollm2 GRPO empathy", "smollm2 GRPO chance_corrected", "smollm2 GRPO placebo")
+    llm = {name: {"levels": rng.integers(0, 3, size=(m * n, 3)),
+                  "responses": [f"{name} reply {rng.integers(9)}" for _ in range(m * n)]} for name in names}
+    evaluation.write_system_generations(tmp_path / "generations", "10_test", ids,
+                                        {k: v["responses"] for k, v in llm.items()})
+    evaluation.write_evaluation_records(tmp_path, split, ids, sub, llm, stem="10_test")
+    assert rebuild.main(["--profile", "smoke", "--out", str(tmp_path), "--split", split]) == 0
+    # the test split's tables are left as they were; the subset's have names of their own
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tables").iterdir() if p.name in test_tables} == test_tables
+    assert (tmp_path / "metrics" / f"rebuilt_{split}_signatures.json").is_file()
+    table = pd.read_csv(tmp_path / "tables" / f"rebuilt_{split}_effects_reward.csv")
+    emp = table[table["Metric"] == "Emp-F1 (%)"].set_index("Comparison")["Difference"]
+    assert set(emp.index) == {"smollm2 GRPO empathy - smollm2 base", "smollm2 GRPO chance_corrected - smollm2 base",
+                              "smollm2 GRPO placebo - smollm2 base", "smollm2 GRPO empathy - smollm2 GRPO placebo",
+                              "smollm2 GRPO chance_corrected - smollm2 GRPO placebo"}
+    f1 = {k: metrics.emp_f1(np.tile(sub, (m, 1)), v["levels"]) for k, v in llm.items()}  # each system on its own
+    assert emp["smollm2 GRPO empathy - smollm2 GRPO placebo"] == pytest.approx(
+        f1["smollm2 GRPO empathy"] - f1["smollm2 GRPO placebo"], abs=1e-9)
+    assert emp["smollm2 GRPO chance_corrected - smollm2 base"] == pytest.approx(
+        f1["smollm2 GRPO chance_corrected"] - f1["smollm2 base"], abs=1e-9)

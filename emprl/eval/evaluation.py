@@ -572,8 +572,16 @@ def signatures(systems: dict[str, dict], gold, tokenizer: str, n_boot: int, seed
     return out
 
 
-# which training examples the blind floor's frequencies count (notebook 05 and rescore count the same ones)
+# which training examples the blind floor's frequencies count (every notebook and rescore: prior_contexts)
 TRAIN_SOURCE = "gold levels of notebook 04's PPO contexts (data.visited_subset of the training split)"
+
+
+def prior_contexts(P, train: list) -> list:
+    """The training examples whose gold level frequencies fit the blind best floor (``TRAIN_SOURCE``): notebook
+    04's PPO contexts, whatever the notebook trains on, so that every table's floor is the same draw."""
+    from emprl import data
+
+    return data.visited_subset(train, P.ppo.steps, P.ppo.batch_size, P.seed)
 
 
 def train_frequencies_path(out) -> Path:

@@ -13,8 +13,10 @@ Reads, under the run's output folder OUT (``evaluation.write_evaluation_records`
 
 Writes, per evaluator E, ``tables/rebuilt_table_ii_E``, ``tables/rebuilt_table_v_E`` (the Table V systems
 present), ``tables/rebuilt_systems_E`` (every system), ``tables/rebuilt_effects_E`` (paired Emp-F1 and kappa
-differences: every system minus w/o RL, and the study's controls) as .md and .csv, and ``metrics/rebuilt_signatures.json``
-(the paper's signatures whose systems are present). The bootstrap settings and the Dist-n tokenizer are the
+differences: every system minus w/o RL, or minus the LLM's base model where there is no w/o RL, and each system
+minus its placebo twin and the study's controls) as .md and .csv, and ``metrics/rebuilt_signatures.json`` (the
+paper's signatures whose systems are present). A split other than ``test`` writes ``rebuilt_<split>_...``, so
+that rebuilding notebook 10's ``test_first1000`` leaves the test split's tables as they are. The bootstrap settings and the Dist-n tokenizer are the
 profile's (``emprl.profiles``); the seed is the profile's seed.
 """
 
@@ -131,11 +133,17 @@ def signatures(data: dict, evaluator: str, eval_cfg, seed: int) -> list[dict]:
 
 
 def effects(data: dict, evaluator: str, eval_cfg, seed: int) -> pd.DataFrame | None:
-    """Paired bootstrap of Emp-F1 and mean kappa under one evaluator: every system minus w/o RL, and the study's
-    controls (``CONTROL_PAIRS``) where both systems are present; None when there is nothing to pair."""
+    """Paired bootstrap of Emp-F1 and mean kappa under one evaluator: every system minus w/o RL (or the LLM's base),
+    each system minus its placebo twin, and the study's controls (``CONTROL_PAIRS``) where both systems are
+    present; None when there is nothing to pair."""
     systems = {n: {"responses": s["responses"], "levels": s["levels"][evaluator]}
                for n, s in data["systems"].items() if evaluator in s["levels"]}
-    pairs = [(n, BASELINE) for n in sorted(systems) if BASELINE in systems and n != BASELINE]
+    # notebook 10's split has no w/o RL: its systems are read against the LLM before GRPO ("<model> base")
+    base = BASELINE if BASELINE in systems else next((n for n in sorted(systems) if n.endswith(" base")), None)
+    pairs = [(n, base) for n in sorted(systems) if base is not None and n != base]
+    # a system against its placebo twin: the same run with the last word of its name "placebo" (notebook 10)
+    twins = [(n, f"{n.rsplit(' ', 1)[0]} placebo") for n in sorted(systems) if not n.endswith(" placebo")]
+    pairs += [(a, b) for a, b in twins if b in systems and a != base]
     pairs += [(a, b) for a, b in CONTROL_PAIRS if a in systems and b in systems]
     if not pairs:
         return None
@@ -191,6 +199,7 @@ def rebuild(out, profile: str, split: str = "test") -> dict[str, Path]:
             f"bootstrap resamples of contexts with their samples, seed {seed}. Emp-F1 above blind floor: minus the "
             "blind best floor's Emp-F1 (levels drawn from the distribution that maximises the expected weighted F1 "
             "under the training split's level frequencies). PPL only where the per-example NLL is committed.")
+    stem = "rebuilt" if split == "test" else f"rebuilt_{split}"  # one split's tables never overwrite another's
     written, sigs, by_evaluator = {}, {}, {}
     for evaluator in data["gold"]:
         ours, floors = rows(data, evaluator, E, seed)
@@ -207,25 +216,25 @@ def rebuild(out, profile: str, split: str = "test") -> dict[str, Path]:
             if not subset:
                 continue
             frame = evaluation.comparison_table(paper, subset, paper_label, label + suffix, floors=floors)
-            key = f"rebuilt_{name}_{evaluator}"
+            key = f"{stem}_{name}_{evaluator}"
             save_table(out, key, frame, title=f"{key}: {split} split, evaluator {evaluator}", note=note,
                        smoke=P.is_smoke)
             written[key] = out / "tables" / f"{key}.md"
         paired = effects(data, evaluator, E, seed)
         if paired is not None:
-            key = f"rebuilt_effects_{evaluator}"
+            key = f"{stem}_effects_{evaluator}"
             save_table(out, key, paired, digits=3, smoke=P.is_smoke,
                        title=f"Paired bootstrap effects ({split} split, evaluator {evaluator}): every system minus "
                              f"{BASELINE}, and the study's controls")
             written[key] = out / "tables" / f"{key}.md"
         sigs[evaluator] = signatures(data, evaluator, E, seed)
         if sigs[evaluator]:
-            key = f"rebuilt_signatures_{evaluator}"
+            key = f"{stem}_signatures_{evaluator}"
             save_table(out, key, pd.DataFrame(sigs[evaluator]).set_index("signature"), digits=3, smoke=P.is_smoke,
                        title=f"The paper's signatures, rebuilt ({split} split, evaluator {evaluator})")
             written[key] = out / "tables" / f"{key}.md"
     if len(data["gold"]) > 1:  # every system under each evaluator, side by side
-        key = "rebuilt_systems_by_evaluator"
+        key = f"{stem}_systems_by_evaluator"
         save_table(out, key, side_by_side(by_evaluator), smoke=P.is_smoke,
                    title=f"Every system under each evaluator ({split} split, n={len(data['ids'])})",
                    note="Emp-F1 and mean Cohen's kappa against each evaluator's own gold levels, with 95% CIs; "
@@ -233,12 +242,12 @@ def rebuild(out, profile: str, split: str = "test") -> dict[str, Path]:
                         "split), '-' where those frequencies are not committed.")
         written[key] = out / "tables" / f"{key}.md"
     if len(data["gold"]) > 1:  # the evaluators against each other, on the human responses
-        key = "rebuilt_gold_agreement"
+        key = f"{stem}_gold_agreement"
         save_table(out, key, gold_agreement(data["gold"]), smoke=P.is_smoke,
                    title=f"The evaluators' levels of the human responses against each other ({split} split, "
                          f"n={len(data['ids'])})")
         written[key] = out / "tables" / f"{key}.md"
-    path = out / "metrics" / "rebuilt_signatures.json"
+    path = out / "metrics" / f"{stem}_signatures.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"profile": profile, "split": split, "n": len(data["ids"]),
                                 "bootstrap": E.bootstrap, "signatures": sigs}, indent=1) + "\n")

@@ -97,15 +97,14 @@ def score_in_slices(scorer, contexts: list[str], jobs: dict[str, list[str]], sli
 def train_frequencies(profile: str, evaluator: str, out=None, checkpoints=None, data_dir=None,
                       slice_size: int = 250) -> Path:
     """The evaluator's level frequencies of the human responses of the PPO run's training contexts
-    (``data.visited_subset``, as notebook 05 counts the reward's), into ``levels/train_frequencies.json``:
+    (``evaluation.prior_contexts``, as the notebooks count the reward's), into ``levels/train_frequencies.json``:
     the blind best floor of that evaluator is fitted on them."""
     from emprl.eval import metrics
 
     run = setup(profile, output_dir=out, record=False)  # the rendered run's metrics/config.json stays as it is
     P, out, paths = run.profile, run.out, run.paths
     checkpoints = Path(checkpoints) if checkpoints else paths.checkpoints
-    train = data.visited_subset(data.load_split(P, "train", data.dataset_dir(profile, data_dir)), P.ppo.steps,
-                                P.ppo.batch_size, P.seed)
+    train = evaluation.prior_contexts(P, data.load_split(P, "train", data.dataset_dir(profile, data_dir)))
     _, contexts = data.context_texts(train, P.data.max_context_tokens)
     scorer = load_evaluator(evaluator, checkpoints, run.device, paths.cache / "judge_features")
     levels = score_in_slices(scorer, contexts, {GOLD: [ex.response for ex in train]}, slice_size)[GOLD]
