@@ -303,3 +303,28 @@ def test_a_finished_run_of_whole_epochs_trains_no_step_more(scorer, tmp_path):
     assert all(r["log"]["step"].tolist() == [1] for r in runs)
     ids = torch.tensor([[5, 6, 7]])
     assert torch.allclose(runs[2]["model"].eval()(ids).logits, runs[0]["model"].eval()(ids).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("end_of_turn", [False, True])
+def test_reference_nll_is_the_models_own_loss_on_each_reply(end_of_turn):
+    model, tokenizer = grpo.load_policy("tiny-random")
+    if end_of_turn:  # as ChatML: each turn closed by the end-of-turn token, then a newline that is no part of it
+        tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}[SEP]\n{% endfor %}"
+                                   "{% if add_generation_prompt %}assistant:{% endif %}")
+    contexts = ["Speaker: I lost my job today.", "Speaker: My dog died. Listener: Oh no. Speaker: He was old.",
+                "Speaker: I passed!"]
+    references = ["That is so hard, I am sorry.", "I am sorry for your loss, he had a long life with you.", "Wow!"]
+    nll, tokens = grpo.reference_nll(model, tokenizer, contexts, references, batch_size=2)  # padded batches
+    for i, (context, reply) in enumerate(zip(contexts, references)):
+        # the reference: the prompt, then the reply's own tokens (and the end-of-turn token), one unpadded row,
+        # scored by transformers' own loss (the mean over the labelled tokens)
+        prompt = tokenizer.apply_chat_template(grpo.chat_prompt(context), add_generation_prompt=True,
+                                               tokenize=True, return_dict=True)["input_ids"]
+        target = tokenizer(" " + reply, add_special_tokens=False)["input_ids"]
+        target += [tokenizer.sep_token_id] if end_of_turn else []
+        ids = torch.tensor([prompt + target])
+        labels = torch.tensor([[-100] * len(prompt) + target])
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=labels).loss.item()
+        assert tokens[i] == len(target)
+        assert nll[i] == pytest.approx(loss * len(target), rel=1e-5)

@@ -357,6 +357,44 @@ def sample_replies(model, tokenizer, contexts: Sequence[str], m: int, max_new_to
     return out
 
 
+def reference_nll(model, tokenizer, contexts: Sequence[str], references: Sequence[str], batch_size: int = 16):
+    """(nll [N], tokens [N]): the summed token cross-entropy of each human reply as the assistant's turn after
+    ``chat_prompt(context)``, and its token count, end-of-turn token included (the reply's end, as T5's eos);
+    PPL = exp(nll.sum() / tokens.sum()), as the T5 systems'. Only the model's own tokenizer reads the replies,
+    so PPLs compare across the LLM's systems, not with the T5's."""
+    eos = model.generation_config.eos_token_id
+    eos = set([] if eos is None else [eos] if isinstance(eos, int) else eos) | {tokenizer.eos_token_id}
+    rows = []
+    for i, (context, reply) in enumerate(zip(contexts, references)):
+        prompt = tokenizer.apply_chat_template(chat_prompt(context), add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]
+        full = tokenizer.apply_chat_template([*chat_prompt(context), {"role": "assistant", "content": reply}],
+                                             tokenize=True, return_dict=True)["input_ids"]
+        if full[: len(prompt)] != prompt:  # a template that rewrites earlier turns would misplace the reply
+            raise ValueError(f"reference {i}: the chat template's prompt is not a prefix of the prompt with its reply")
+        # up to the first end-of-turn token: what follows it (ChatML's newline) is no part of the reply
+        end = next((k for k in range(len(prompt), len(full)) if full[k] in eos), len(full) - 1)
+        rows.append((full[: end + 1], len(prompt)))
+    nll, tokens = np.zeros(len(rows)), np.zeros(len(rows))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for idx in data.length_sorted_batches([len(ids) for ids, _ in rows], batch_size):
+            width = max(len(rows[i][0]) for i in idx)  # right-padded: positions as in an unpadded row
+            ids = torch.tensor([rows[i][0] + [tokenizer.pad_token_id] * (width - len(rows[i][0])) for i in idx],
+                               device=device)
+            mask = torch.tensor([[1] * len(rows[i][0]) + [0] * (width - len(rows[i][0])) for i in idx], device=device)
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), dim=-1)
+            token_logp = logp.gather(-1, ids[:, 1:, None])[..., 0]  # position t predicts token t + 1
+            for r, i in enumerate(idx):
+                start, stop = rows[i][1], len(rows[i][0])  # the reply's tokens: [start, stop)
+                nll[i] = -float(token_logp[r, start - 1: stop - 1].sum())
+                tokens[i] = stop - start
+    model.train(was_training)
+    return nll, tokens
+
+
 def system_name(model: str, variant: str | None, seed: int) -> str:
     """The name the replies are written under: "<model> base", or "<model> GRPO <variant> seed <S>"."""
     return f"{model} base" if variant is None else f"{model} GRPO {variant} seed {seed}"
