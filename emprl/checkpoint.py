@@ -336,3 +336,13 @@ def save_cached(path: str | os.PathLike, key: Any, result: dict[str, Any]) -> No
         return
     tensors = {k: v for k, v in result.items() if torch.is_tensor(v)}
     save_state(path, tensors, {"key": key, "result": {k: v for k, v in result.items() if k not in tensors}})
+
+
+def compute_dtype(device_type: str) -> str:
+    """The dtype the caller's code computes in on ``device_type`` now: autocast's ("torch.bfloat16") inside an
+    enabled ``torch.autocast`` (``Run.autocast``), else "float32". Part of the resume and cache keys of what
+    autocast changes, so that a run trained in one precision is not resumed, or its evaluation read back, in
+    the other."""
+    if torch.is_autocast_enabled(device_type):
+        return str(torch.get_autocast_dtype(device_type))
+    return "float32"

@@ -157,3 +157,12 @@ def test_key_digest_is_sha256_of_canonical_json():
     key = {"b": [1, 2.5, "é"], "a": {"y": None, "x": True}}
     assert ckpt.key_digest(key) == hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     assert ckpt.key_digest(key) == ckpt.key_digest({"a": {"x": True, "y": None}, "b": [1, 2.5, "é"]})
+
+
+def test_compute_dtype_is_autocasts_inside_it_and_float32_outside():
+    assert ckpt.compute_dtype("cpu") == "float32"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ckpt.compute_dtype("cpu") == "torch.bfloat16"
+        with torch.autocast("cpu", enabled=False):
+            assert ckpt.compute_dtype("cpu") == "float32"
+    assert ckpt.compute_dtype("cpu") == "float32"

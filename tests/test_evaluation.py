@@ -55,6 +55,9 @@ def test_m_samples_per_context_and_the_cache(tmp_path, monkeypatch):
         evaluation.evaluate_system(model, tok, _examples(), gold, scorer, gen, E, seed=0, progress=False,
                                    cache_dir=tmp_path)
     entry.write_bytes(good)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(pytest.fail.Exception, match="sampled again"):
+        evaluation.evaluate_system(model, tok, _examples(), gold, scorer, gen, E, seed=0, progress=False,
+                                   cache_dir=tmp_path)  # under bf16 autocast: not the float32 evaluation
     with torch.no_grad():  # other weights: another cache entry
         next(p for p in model.prefix.parameters()).add_(0.5)
     with pytest.raises(pytest.fail.Exception, match="sampled again"):

@@ -235,6 +235,10 @@ def test_resume_continues_exactly(data, tmp_path):
     with pytest.raises(ValueError, match="different run"):
         G.train_generator(fresh, tok, train, valid, dataclasses.replace(cfg, lr=0.5), tmp_path / "b", seed=0,
                           progress=False)
+    # nor is a float32 run continued under bf16 autocast (runtime.precision=bf16): its steps would mix precisions
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match="compute_dtype"):
+        G.train_generator(fresh, tok, train, valid, dataclasses.replace(cfg, max_steps=8), tmp_path / "b", seed=0,
+                          progress=False)
 
 
 class Killed(RuntimeError):

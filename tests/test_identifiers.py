@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -181,3 +182,18 @@ def test_t5_encoder_identifier_round_trip(tokenizer, tmp_path):
     assert isinstance(loaded.context_encoder, T5EncoderModel)
     a = I.predict_logits(model, tokenizer, CONTEXTS, RESPONSES, 24, 12)
     assert torch.equal(a, I.predict_logits(loaded, tok, CONTEXTS, RESPONSES, 24, 12))
+
+
+def test_a_finished_identifier_is_reused_in_its_own_precision_and_retrained_in_another(tmp_path):
+    from types import SimpleNamespace
+
+    records = [SimpleNamespace(seeker_post=c, response_post=r, levels={"explorations": y})
+               for c, r, y in zip(CONTEXTS * 2, RESPONSES * 2, LABELS * 2)]
+    cfg = dataclasses.replace(CFG, epochs=1)
+    first = I.train_identifiers(cfg, records, records, tmp_path, 0, ["explorations"], progress=False)
+    assert not first["explorations"]["resumed"]
+    assert I.train_identifiers(cfg, records, records, tmp_path, 0, ["explorations"], progress=False)[
+        "explorations"]["resumed"]  # float32 again: the finished checkpoint
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # runtime.precision=bf16: another training
+        assert not I.train_identifiers(cfg, records, records, tmp_path, 0, ["explorations"], progress=False)[
+            "explorations"]["resumed"]

@@ -181,6 +181,14 @@ def test_resume_with_a_different_config_is_a_clear_error(tmp_path):
     assert run(tmp_path, steps=4)["resumed_from"] == 2  # more steps is fine
 
 
+def test_resume_under_another_autocast_precision_is_a_clear_error(tmp_path):
+    run(tmp_path, steps=2)  # float32
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match=r"compute_dtype \(saved "
+                                                                                        r"'float32', now 'torch.bfloat16'\)"):
+        run(tmp_path, steps=4)  # Run.autocast with runtime.precision=bf16: the steps would mix two precisions
+    assert run(tmp_path, steps=4)["resumed_from"] == 2  # in its own precision it resumes
+
+
 def test_corrupt_state_file_names_the_file(tmp_path):
     bad = tmp_path / "train_state.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")

@@ -103,7 +103,7 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
 def _evaluation_cache(cache_dir, model, scorer, gen_contexts, examples, m, seed, gen_cfg,
                       eval_cfg) -> tuple[Path, dict]:
     """The cache file of one evaluation and its key (generator weights, identifier weights, data, m, seed,
-    decoding, batch size). Generation, PPL and scoring are what it saves; the metrics and CIs are computed
+    decoding, batch size, autocast dtype). Generation, PPL and scoring are what it saves; the metrics and CIs are computed
     again from them."""
     from emprl.models.scoring import data_fingerprint, state_fingerprint
 
@@ -111,7 +111,8 @@ def _evaluation_cache(cache_dir, model, scorer, gen_contexts, examples, m, seed,
            "data": data_fingerprint(gen_contexts, [ex.response for ex in examples]), "m": m, "seed": seed,
            "decoding": [gen_cfg.top_k, gen_cfg.top_p, gen_cfg.temperature, gen_cfg.max_new_tokens,
                         gen_cfg.max_source_len, gen_cfg.length_counts_start_token],
-           "batch_size": eval_cfg.batch_size}
+           "batch_size": eval_cfg.batch_size,
+           "compute_dtype": ckpt.compute_dtype(next(model.parameters()).device.type)}  # under Run.autocast or not
     return Path(cache_dir) / f"evaluation_{ckpt.key_digest(key)[:16]}.json", key
 
 

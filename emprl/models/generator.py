@@ -247,6 +247,9 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
     for key in ("epochs", "max_steps", "full_epochs", "full_max_steps", "eval_every", "patience"):
         fingerprint["cfg"].pop(key)  # may be raised to extend a run
     fingerprint["cfg"].pop("length_counts_start_token")  # decoding only: training never reads it
+    compute = ckpt.compute_dtype(next(model.parameters()).device.type)
+    if compute != "float32":  # under bf16 autocast: another training, never resumed in float32 (whose key is as before)
+        fingerprint["compute_dtype"] = compute
 
     sources = encode(tokenizer, train[0], cfg.max_source_len, "left")
     targets = encode(tokenizer, train[1], cfg.max_target_len, "right")

@@ -365,6 +365,9 @@ def train_identifiers(cfg: IdentifierConfig, train_records, val_records, ckpt_ro
     for mechanism in mechanisms:
         train, val = epitome_pairs(train_records, mechanism), epitome_pairs(val_records, mechanism)
         fp = train_fingerprint(cfg, seed, mechanism, train, val)
+        compute = ckpt.compute_dtype(torch.device(device).type)
+        if compute != "float32":  # under bf16 autocast: another training, never reused in float32 (key as before)
+            fp += f" | compute {compute}"
         directory = Path(ckpt_root) / mechanism
         resumed = False
         config_file = directory / CONFIG

@@ -262,7 +262,8 @@ def _setup(policy, reference, value_head, cfg, gen_cfg, variant, seed, n_example
     log_path = Path(out_dir) / "runs" / f"ppo_{variant}" / "log.csv"
     return _Run(model, wrapped, reference, optimizer, kl_ctl, RunningMoments(), torch.device(device), accelerator,
                 rank, world, ck_dir / "train_state.safetensors", log_path,
-                _resume_key(cfg, gen_cfg, variant, seed, n_examples, world, reward_dtype))
+                _resume_key(cfg, gen_cfg, variant, seed, n_examples, world, reward_dtype,
+                            ckpt.compute_dtype(torch.device(device).type)))
 
 
 def adamw(model: P.ActorCritic, cfg, device: torch.device) -> torch.optim.AdamW:
@@ -300,9 +301,11 @@ SAMPLING_FIELDS = ("top_k", "top_p", "temperature", "max_new_tokens", "max_sourc
                    "length_counts_start_token")
 
 
-def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world, reward_dtype: str = "float32") -> dict:
+def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world, reward_dtype: str = "float32",
+                compute_dtype: str = "float32") -> dict:
     """What must match for a checkpoint to be resumed: every PPO setting but RESUMABLE_CHANGES, the
-    generator's sampling, and the reward's dtype (a run must not mix rewards of two precisions).
+    generator's sampling, the reward's dtype and the autocast dtype of rollout and update (a run must not mix
+    rewards or steps of two precisions).
 
     Every field is in the key, at its default too, so a new PPOConfig option changes the key of every
     checkpoint written before it: such a checkpoint does not resume, and ``checkpoint.check_key``'s error
@@ -310,7 +313,7 @@ def _resume_key(cfg, gen_cfg, variant, seed, n_examples, world, reward_dtype: st
     ppo = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_CHANGES}
     sampling = {k: getattr(gen_cfg, k) for k in SAMPLING_FIELDS}
     return {"ppo": ppo, "sampling": sampling, "variant": variant, "seed": seed, "n_examples": n_examples,
-            "world": world, "reward_dtype": reward_dtype}
+            "world": world, "reward_dtype": reward_dtype, "compute_dtype": compute_dtype}
 
 
 def _resume(run: _Run, cfg, seed: int, resume: bool) -> tuple[int, list[dict]]:
