@@ -103,8 +103,8 @@ def evaluate_system(model, tokenizer, examples, gold, scorer, gen_cfg, eval_cfg,
 def _evaluation_cache(cache_dir, model, scorer, gen_contexts, examples, m, seed, gen_cfg,
                       eval_cfg) -> tuple[Path, dict]:
     """The cache file of one evaluation and its key (generator weights, identifier weights, data, m, seed,
-    decoding, batch size, autocast dtype). Generation, PPL and scoring are what it saves; the metrics and CIs are computed
-    again from them."""
+    decoding, batch size, autocast dtype). Generation, PPL and scoring are what it saves; the metrics and CIs
+    are computed again from them."""
     from emprl.models.scoring import data_fingerprint, state_fingerprint
 
     key = {"generator": state_fingerprint({"g": model}), "identifiers": scorer.fingerprint,

@@ -16,8 +16,8 @@ present), ``tables/rebuilt_systems_E`` (every system), ``tables/rebuilt_effects_
 differences: every system minus w/o RL, or minus the LLM's base model where there is no w/o RL, and each system
 minus its placebo twin and the study's controls) as .md and .csv, and ``metrics/rebuilt_signatures.json`` (the
 paper's signatures whose systems are present). A split other than ``test`` writes ``rebuilt_<split>_...``, so
-that rebuilding notebook 10's ``test_first1000`` leaves the test split's tables as they are. The bootstrap settings and the Dist-n tokenizer are the
-profile's (``emprl.profiles``); the seed is the profile's seed.
+that rebuilding notebook 10's ``test_first1000`` leaves the test split's tables as they are. The bootstrap
+settings and the Dist-n tokenizer are the profile's (``emprl.profiles``); the seed is the profile's seed.
 """
 
 from __future__ import annotations
@@ -225,7 +225,8 @@ def rebuild(out, profile: str, split: str = "test") -> dict[str, Path]:
             key = f"{stem}_effects_{evaluator}"
             save_table(out, key, paired, digits=3, smoke=P.is_smoke,
                        title=f"Paired bootstrap effects ({split} split, evaluator {evaluator}): every system minus "
-                             f"{BASELINE}, and the study's controls")
+                             f"{BASELINE} (or the LLM's base model), against its placebo twin, and the study's "
+                             "controls")
             written[key] = out / "tables" / f"{key}.md"
         sigs[evaluator] = signatures(data, evaluator, E, seed)
         if sigs[evaluator]:

@@ -248,7 +248,7 @@ def train_generator(model, tokenizer, train: tuple[list[str], list[str]], valid:
         fingerprint["cfg"].pop(key)  # may be raised to extend a run
     fingerprint["cfg"].pop("length_counts_start_token")  # decoding only: training never reads it
     compute = ckpt.compute_dtype(next(model.parameters()).device.type)
-    if compute != "float32":  # under bf16 autocast: another training, never resumed in float32 (whose key is as before)
+    if compute != "float32":  # under bf16 autocast: another training, never resumed in float32 (key as before)
         fingerprint["compute_dtype"] = compute
 
     sources = encode(tokenizer, train[0], cfg.max_source_len, "left")

@@ -384,7 +384,8 @@ def reference_nll(model, tokenizer, contexts: Sequence[str], references: Sequenc
             width = max(len(rows[i][0]) for i in idx)  # right-padded: positions as in an unpadded row
             ids = torch.tensor([rows[i][0] + [tokenizer.pad_token_id] * (width - len(rows[i][0])) for i in idx],
                                device=device)
-            mask = torch.tensor([[1] * len(rows[i][0]) + [0] * (width - len(rows[i][0])) for i in idx], device=device)
+            mask = torch.tensor([[1] * len(rows[i][0]) + [0] * (width - len(rows[i][0])) for i in idx],
+                                device=device)
             logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), dim=-1)
             token_logp = logp.gather(-1, ids[:, 1:, None])[..., 0]  # position t predicts token t + 1
             for r, i in enumerate(idx):
