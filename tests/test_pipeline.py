@@ -204,3 +204,25 @@ def test_a_setting_added_as_before_is_not_stale_where_a_render_predates_it(tmp_p
     assert pipeline.staleness(_rendered(tmp_path / "04_a.ipynb", record)) == []
     other = get_profile("smoke", {"ppo.reward": "chance_corrected"}).to_dict()  # what the render would now miss
     assert pipeline.ADDED_AS_BEFORE["ppo.reward"] != other["ppo"]["reward"]
+
+
+def test_a_full_run_ends_by_judging_and_rebuilding_a_partial_run_does_not(tmp_path, monkeypatch):
+    nbdir, out = tmp_path / "nbs", tmp_path / "out"
+    nbdir.mkdir()
+    _notebook(nbdir / "01_a.ipynb", "x = 1")
+    calls = []
+    monkeypatch.setattr(pipeline, "judge_and_rebuild", lambda *a: calls.append(a[:2]) or [])
+    pipeline.run("smoke", only="01", out=str(out), notebook_dir=nbdir)
+    assert calls == []
+    pipeline.run("smoke", out=str(out), notebook_dir=nbdir)
+    assert calls == [(out, "smoke")]
+
+
+def test_judge_and_rebuild_rebuilds_each_test_split_from_the_committed_levels(tmp_path):
+    from test_rebuild import _write_run
+
+    assert pipeline.judge_and_rebuild(tmp_path, "smoke", None, tmp_path / "no_judge") == []  # nothing evaluated
+    _write_run(tmp_path)  # the test split's records, as notebook 05 writes them; no judge trained
+    assert pipeline.judge_and_rebuild(tmp_path, "smoke", None, tmp_path / "no_judge") == ["test"]
+    table = (tmp_path / "tables" / "rebuilt_table_ii_reward.md").read_text()
+    assert "EmpRL" in table and "w/o RL" in table

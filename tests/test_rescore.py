@@ -103,3 +103,18 @@ def test_train_frequencies_count_the_ppo_contexts_and_keep_the_other_evaluators(
     assert record["counted"]["reward"] == {"n": len(train), "source": evaluation.TRAIN_SOURCE}
     assert record["evaluators"]["judge"] == np.full((3, 3), 1 / 3).tolist()
     assert record["counted"]["judge"]["n"] == 7
+
+
+def test_replies_to_the_first_test_contexts_only_are_left_to_their_notebook(out, capsys):
+    test, _ = smoke_test_split()
+    ids = [ex.id for ex in test]
+    evaluation.write_system_generations(out / "generations", "05_test", ids, {"A": [f"a {i}" for i in ids]})
+    # notebook 10's: the first contexts of the test split, its levels under levels/test_first<n>_*
+    evaluation.write_system_generations(out / "generations", "10_test", ids[:3], {"LLM": ["x", "y", "z"]})
+    with pytest.raises(ValueError, match="responses are missing"):  # without its own levels: an incomplete file
+        rescore.rescore("smoke", "judge", out=out)
+    evaluation.write_levels(out, "test_first3", "LLM", ids[:3], {"judge": np.zeros((3, 3), dtype=int)})
+    written = rescore.rescore("smoke", "judge", out=out)
+    assert set(written) == {"gold", "A"}
+    assert not evaluation.levels_path(out, "test", "LLM").exists()
+    assert "LLM: 3 of" in capsys.readouterr().out

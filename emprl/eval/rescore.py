@@ -5,7 +5,9 @@
 
 Every ``OUT/generations/*test*_responses.jsonl.gz`` file holds a system's sampled responses to the test
 contexts (id, system, sample, response). This scores them, and the human responses, with the evaluator and
-writes ``OUT/levels/test_<system>.json.gz`` and ``OUT/levels/test_gold.json.gz`` (``evaluation.write_levels``),
+writes ``OUT/levels/test_<system>.json.gz`` and ``OUT/levels/test_gold.json.gz`` (``evaluation.write_levels``;
+a file that answers only the first n test contexts and has its levels in ``levels/test_first<n>_<system>``, as
+notebook 10's, is skipped: that notebook scores its replies under both evaluators),
 keeping the other evaluators' levels there; ``python -m emprl.eval.rebuild`` then rebuilds the tables from those
 files alone. Nothing is sampled again: a system whose file already holds the evaluator's levels is skipped
 (``--force`` scores it again). What is left is scored together, a slice of the contexts at a time (``--slice``):
@@ -139,6 +141,12 @@ def rescore(profile: str, evaluator: str, out=None, checkpoints=None, data_dir=N
                          f"(there: {sorted(found)} and {GOLD!r})")
     for system, path in found.items():
         if systems and system not in systems:
+            continue
+        answered = len({row["id"] for row in evaluation.read_generations(path)})
+        subset = evaluation.levels_path(out, f"test_first{answered}", system)
+        if answered < len(ids) and subset.is_file():  # notebook 10's replies to the first test contexts
+            print(f"{system}: {answered} of {len(ids)} test contexts, scored under both evaluators by the notebook "
+                  f"that sampled them ({subset.relative_to(out)}), skipped", flush=True)
             continue
         target = evaluation.levels_path(out, "test", system)
         if not force and target.is_file() and evaluator in evaluation.read_json_gz(target)["evaluators"]:

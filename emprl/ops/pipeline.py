@@ -12,7 +12,8 @@ records its parameters and file names in them). Progress bars are summary lines
 (``$EMPRL_PROGRESS=summary``; the hub's and transformers' bars are off). The run stops at the first
 failing notebook and names it and the failing cell. Each rendered notebook records, in its metadata
 under ``emprl``, the commit, the profile, the preset and the resolved configuration;
-``<out>/metrics/config.json`` holds the same. After a full run the report ``<out>/report.md`` is
+``<out>/metrics/config.json`` holds the same. After a full run the judge scores every test system and the
+tables are rebuilt from the committed levels (``judge_and_rebuild``); then the report ``<out>/report.md`` is
 written.
 """
 
@@ -240,6 +241,7 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
         print(f"[emprl.ops.pipeline] {nb.name} done in {timings[nb.name]:.1f} s", flush=True)
     _write_timings(out_dir, timings, partial=only is not None)
     if only is None:
+        judge_and_rebuild(out_dir, profile, data_dir, the_run.paths.judge)
         try:
             from emprl.eval.report import write_report
         except ImportError:
@@ -250,6 +252,28 @@ def run(profile: str, only: str | None = None, out: str | None = None, data_dir:
     total = sum(timings.values())
     print(f"[emprl.ops.pipeline] {len(timings)} notebook(s) in {total:.1f} s; outputs in {out_dir}")
     return out_dir
+
+
+def judge_and_rebuild(out_dir: Path, profile: str, data_dir: str | None, judge_dir: Path) -> list[str]:
+    """After a full run, what no notebook does: the judge's levels of every committed test system and of the
+    training contexts its blind floor is fitted on (``eval.rescore``, which skips what is scored), then every
+    table rebuilt from the committed files (``eval.rebuild``), for each test split with gold levels (notebook
+    10's first contexts have their own). Without a trained judge the rebuild has the reward's identifiers only.
+    Returns the splits rebuilt."""
+    from emprl.eval import evaluation, rebuild, rescore
+
+    if not evaluation.gold_levels_path(out_dir, "test").is_file():
+        return []  # no notebook looked at the test split
+    if (judge_dir / "judge.json").is_file():
+        print("[emprl.ops.pipeline] the judge's levels of every test system (eval.rescore)", flush=True)
+        rescore.rescore(profile, "judge", out=out_dir, data_dir=data_dir)
+        rescore.train_frequencies(profile, "judge", out=out_dir, data_dir=data_dir)
+    splits = sorted(path.name[: -len("_gold.json.gz")]
+                    for path in (out_dir / evaluation.LEVELS_FOLDER).glob("test*_gold.json.gz"))
+    for split in splits:
+        print(f"[emprl.ops.pipeline] rebuilt tables ({split} split): "
+              f"{len(rebuild.rebuild(out_dir, profile, split))} files", flush=True)
+    return splits
 
 
 def _write_timings(out_dir: Path, timings: dict[str, float], partial: bool) -> None:
@@ -313,6 +337,7 @@ def run_parallel(profile: str, jobs: int, only: str | None = None, out: str | No
     if only is None:
         from emprl.eval.report import write_report
 
+        judge_and_rebuild(out_dir, profile, data_dir, the_run.paths.judge)
         print(f"[emprl.ops.pipeline] report: {write_report(out_dir, profile)}")
     print(f"[emprl.ops.pipeline] {len(numbers)} notebook(s) in {time.perf_counter() - start:.1f} s wall, {jobs} at a "
           f"time; outputs in {out_dir}")
