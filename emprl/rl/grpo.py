@@ -386,11 +386,11 @@ def reference_nll(model, tokenizer, contexts: Sequence[str], references: Sequenc
                                device=device)
             mask = torch.tensor([[1] * len(rows[i][0]) + [0] * (width - len(rows[i][0])) for i in idx],
                                 device=device)
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), dim=-1)
-            token_logp = logp.gather(-1, ids[:, 1:, None])[..., 0]  # position t predicts token t + 1
-            for r, i in enumerate(idx):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            for r, i in enumerate(idx):  # only the reply's positions: the prompt's are most of the row
                 start, stop = rows[i][1], len(rows[i][0])  # the reply's tokens: [start, stop)
-                nll[i] = -float(token_logp[r, start - 1: stop - 1].sum())
+                nll[i] = float(torch.nn.functional.cross_entropy(  # position t predicts token t + 1
+                    logits[r, start - 1: stop - 1].float(), ids[r, start:stop], reduction="sum"))
                 tokens[i] = stop - start
     model.train(was_training)
     return nll, tokens
