@@ -51,9 +51,9 @@ def _text(path: Path) -> bytes:
         return f.read()
 
 
-def responses_by_sample(path: Path, ids: list[str]) -> list[str]:
-    """The file's responses in the evaluation layout: m blocks of N, sample j of context i at j * N + i."""
-    rows = evaluation.read_generations(path)
+def responses_by_sample(path: Path, rows: list[dict], ids: list[str]) -> list[str]:
+    """The responses of ``rows`` (``evaluation.read_generations(path)``) in the evaluation layout: m blocks of
+    N, sample j of context i at j * N + i."""
     m = 1 + max(r["sample"] for r in rows)
     where = {i: k for k, i in enumerate(ids)}
     out: list[str | None] = [None] * (m * len(ids))
@@ -142,7 +142,8 @@ def rescore(profile: str, evaluator: str, out=None, checkpoints=None, data_dir=N
     for system, path in found.items():
         if systems and system not in systems:
             continue
-        answered = len({row["id"] for row in evaluation.read_generations(path)})
+        rows = evaluation.read_generations(path)
+        answered = len({row["id"] for row in rows})
         subset = evaluation.levels_path(out, f"test_first{answered}", system)
         if answered < len(ids) and subset.is_file():  # notebook 10's replies to the first test contexts
             print(f"{system}: {answered} of {len(ids)} test contexts, scored under both evaluators by the notebook "
@@ -152,7 +153,7 @@ def rescore(profile: str, evaluator: str, out=None, checkpoints=None, data_dir=N
         if not force and target.is_file() and evaluator in evaluation.read_json_gz(target)["evaluators"]:
             print(f"{system}: {evaluator} levels present, skipped", flush=True)
             continue
-        jobs[system], files[system] = responses_by_sample(path, ids), path
+        jobs[system], files[system] = responses_by_sample(path, rows, ids), path
     levels = score_in_slices(scorer, score_contexts, jobs, slice_size)
     n = len(ids)
     for name, found in levels.items():
