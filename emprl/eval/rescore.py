@@ -142,16 +142,16 @@ def rescore(profile: str, evaluator: str, out=None, checkpoints=None, data_dir=N
     for system, path in found.items():
         if systems and system not in systems:
             continue
+        target = evaluation.levels_path(out, "test", system)
+        if not force and target.is_file() and evaluator in evaluation.read_json_gz(target)["evaluators"]:
+            print(f"{system}: {evaluator} levels present, skipped", flush=True)  # before reading its replies
+            continue
         rows = evaluation.read_generations(path)
         answered = len({row["id"] for row in rows})
         subset = evaluation.levels_path(out, f"test_first{answered}", system)
         if answered < len(ids) and subset.is_file():  # notebook 10's replies to the first test contexts
             print(f"{system}: {answered} of {len(ids)} test contexts, scored under both evaluators by the notebook "
                   f"that sampled them ({subset.relative_to(out)}), skipped", flush=True)
-            continue
-        target = evaluation.levels_path(out, "test", system)
-        if not force and target.is_file() and evaluator in evaluation.read_json_gz(target)["evaluators"]:
-            print(f"{system}: {evaluator} levels present, skipped", flush=True)
             continue
         jobs[system], files[system] = responses_by_sample(path, rows, ids), path
     levels = score_in_slices(scorer, score_contexts, jobs, slice_size)
